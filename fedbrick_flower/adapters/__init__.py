@@ -1,0 +1,1 @@
+"""Adapter modules and their state under canonical names. No Flower imports."""

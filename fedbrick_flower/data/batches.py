@@ -1,0 +1,196 @@
+"""Tokenization of task examples and mini-batch iteration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from fedbrick_flower.data.tasks import TextDataset
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class EncodedExamples:
+    """Tokenized, right-padded examples with their labels.
+
+    Attributes
+    ----------
+    input_ids : torch.Tensor
+        Token ids, shape ``(N, T)``, dtype long.
+    attention_mask : torch.Tensor
+        1 for real tokens and 0 for padding, shape ``(N, T)``, dtype long.
+    labels : torch.Tensor
+        Class ids, shape ``(N,)``, dtype long.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, idx: Sequence[int] | torch.Tensor) -> EncodedExamples:
+        """Return the examples at positions ``idx`` (in that order).
+
+        Parameters
+        ----------
+        idx : sequence of int or torch.Tensor
+            Positions into these examples.
+
+        Returns
+        -------
+        EncodedExamples
+            A new container holding the selected rows.
+        """
+        rows = torch.as_tensor(idx, dtype=torch.long)
+        return EncodedExamples(
+            input_ids=self.input_ids[rows],
+            attention_mask=self.attention_mask[rows],
+            labels=self.labels[rows],
+        )
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give ``tokenizer`` a pad token if it lacks one, and pad on the right.
+
+    Decoder tokenizers (Llama, GPT-2) usually ship without a pad token; the eos
+    token is reused (else unk). Padding is masked out by the attention mask, so
+    the choice of id does not matter, but the model config must be given the same
+    ``pad_token_id`` so sequence classifiers find each row's last real token.
+    Right padding is required by :func:`iterate_batches`, which trims batches by
+    cutting trailing columns.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase
+        Modified in place.
+
+    Raises
+    ------
+    ValueError
+        If the tokenizer has neither a pad, an eos nor an unk token.
+    """
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError("tokenizer has no pad, eos or unk token to pad with")
+        tokenizer.pad_token = fallback
+    tokenizer.padding_side = "right"
+
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    max_length: int,
+) -> EncodedExamples:
+    """Tokenize ``texts`` with truncation, padding to the longest encoded text.
+
+    Calls :func:`ensure_pad_token` on ``tokenizer`` first.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase
+        Tokenizer of the model to train.
+    texts : sequence of str
+        Examples to encode.
+    labels : sequence of int
+        Class id of each example.
+    max_length : int
+        Truncation length in tokens (special tokens included).
+
+    Returns
+    -------
+    EncodedExamples
+        Tensors of width ``min(longest encoded text, max_length)``.
+    """
+    if len(texts) != len(labels):
+        raise ValueError(f"texts and labels differ in length: {len(texts)} != {len(labels)}")
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    ensure_pad_token(tokenizer)
+    label_tensor = torch.tensor(list(labels), dtype=torch.long)
+    if not texts:
+        # Tokenizers reject an empty batch, yet an empty set is valid (a client
+        # without a local test split).
+        empty = torch.zeros((0, 0), dtype=torch.long)
+        return EncodedExamples(input_ids=empty, attention_mask=empty.clone(), labels=label_tensor)
+    encoded = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        padding="longest",
+        return_tensors="pt",
+    )
+    return EncodedExamples(
+        input_ids=encoded["input_ids"].long(),
+        attention_mask=encoded["attention_mask"].long(),
+        labels=label_tensor,
+    )
+
+
+def iterate_batches(
+    examples: EncodedExamples, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield mini-batches, each trimmed to its longest real sequence.
+
+    Trimming drops padding columns that no row of the batch needs, which saves
+    most of the compute on short texts padded to a long neighbour's length.
+
+    Parameters
+    ----------
+    examples : EncodedExamples
+        Right-padded examples.
+    batch_size : int
+        Rows per batch (the last batch may be smaller).
+    shuffle : bool
+        Visit the rows in a seeded random order instead of in order.
+    seed : int, default 0
+        Seed of the shuffle; vary it per epoch for a different order.
+
+    Yields
+    ------
+    dict of str to torch.Tensor
+        ``input_ids`` and ``attention_mask`` of shape ``(B, T_batch)`` and
+        ``labels`` of shape ``(B,)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shuffle:
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))
+    else:
+        order = torch.arange(len(examples))
+    # Sliced by hand: Tensor.split yields one empty chunk for an empty tensor.
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        mask = examples.attention_mask[rows]
+        width = int(mask.sum(dim=1).max())
+        yield {
+            "input_ids": examples.input_ids[rows, :width],
+            "attention_mask": mask[:, :width],
+            "labels": examples.labels[rows],
+        }
+
+
+def select(dataset: TextDataset, indices: Sequence[int]) -> tuple[list[str], list[int]]:
+    """Return the texts and labels of ``dataset`` at ``indices``.
+
+    Parameters
+    ----------
+    dataset : TextDataset
+        Source task.
+    indices : sequence of int
+        Example indices, e.g. a client's ``train`` split.
+
+    Returns
+    -------
+    texts, labels : list of str, list of int
+        In the order of ``indices``.
+    """
+    return [dataset.texts[i] for i in indices], [dataset.labels[i] for i in indices]

@@ -1,0 +1,67 @@
+"""Server-side evaluation of the full-depth global model on each task's server test split.
+
+This is the metric the FedRA and FedBRICK papers report. The server holds the test split itself (computed
+from the scenario like every other split), so no client data is involved.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .adapters.lora import LoraSettings, load_adapter_tensors
+from .clients.profile import build_classifier, task_examples
+from .clients.trainer import evaluate
+from .models import model_family, resolve_device
+from .scenario import Scenario
+from .strategies.base import HeterogeneousStrategy, RoundCallback
+
+logger = logging.getLogger(__name__)
+
+
+class GlobalModelEvaluator(RoundCallback):
+    """After each round, evaluate every ``(model, task)`` global adapter the strategy exposes.
+
+    Parameters
+    ----------
+    scenario : Scenario
+        The run's scenario (models, tasks, server test splits).
+    device : str (default: "auto")
+        Where the server evaluates.
+    """
+
+    def __init__(self, scenario: Scenario, device: str = "auto") -> None:
+        self.scenario = scenario
+        self.device = resolve_device(device)
+
+    def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
+        for (model_key, task), tensors in strategy.global_adapters().items():
+            accuracy, loss = self.evaluate(model_key, task, tensors)
+            logger.info("round %d: global %s on %s: accuracy %.4f", server_round, model_key, task, accuracy)
+            log_rows.append(
+                {
+                    "round": server_round,
+                    "phase": "server-eval",
+                    "model": model_key,
+                    "task": task,
+                    "accuracy": accuracy,
+                    "loss": loss,
+                }
+            )
+
+    def evaluate(self, model_key: str, task: str, tensors: dict[str, Any]) -> tuple[float, float]:
+        """Accuracy and loss of the full-depth model with ``tensors`` loaded, on the task's server test split."""
+        defaults = self.scenario.lora
+        lora = LoraSettings(rank=_rank(tensors, defaults.rank), alpha=defaults.alpha, dropout=defaults.dropout)
+        model = build_classifier(self.scenario, model_key, task, None, lora).to(self.device)
+        load_adapter_tensors(model, model_family(model.backbone), tensors)
+        spec = self.scenario.models[model_key]
+        examples = task_examples(self.scenario, task, "server_test", None, spec.tokenizer_source)
+        return evaluate(model, examples, self.scenario.train.eval_batch_size, self.device)
+
+
+def _rank(tensors: dict[str, Any], default: int) -> int:
+    for name, value in tensors.items():
+        if name.endswith("lora_A"):
+            return int(value.shape[0])
+    return default

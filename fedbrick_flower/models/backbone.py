@@ -1,0 +1,135 @@
+"""Build a client's network: backbone (pretrained or random-init), depth truncation, pooling and task head."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .families import FamilySpec, family_of
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a scenario: a pretrained source, or a small random-init config for tests.
+
+    Parameters
+    ----------
+    key : str
+        The scenario's name for this model; clients of the same key share one global adapter state.
+    source : str, optional
+        Packaged name (``minilm``, ``smollm2-135m``, ``mpnet-base``...), a local folder or a hub id.
+    family : str, optional
+        For a random-init model: the Hugging Face ``model_type`` (``bert``, ``llama``, ``gpt2``...).
+    config : dict, optional
+        For a random-init model: config overrides (``hidden_size``, ``num_hidden_layers``...).
+    tokenizer : str, optional
+        Tokenizer source; defaults to ``source``. Random-init models need one (``minilm`` is packaged).
+    """
+
+    key: str
+    source: str | None = None
+    family: str | None = None
+    config: tuple[tuple[str, Any], ...] = ()
+    tokenizer: str | None = None
+
+    @property
+    def is_random_init(self) -> bool:
+        return self.source is None
+
+    @property
+    def tokenizer_source(self) -> str:
+        source = self.tokenizer or self.source
+        if source is None:
+            raise ValueError(f"models.{self.key}.tokenizer is required for a random-init model")
+        return source
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed that is the same in every process (Python's ``hash`` is salted per process)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(source: str, cache_dir: Path | None = None) -> Any:
+    """Load (and cache per process) a tokenizer, with a pad token for decoder families."""
+    from transformers import AutoTokenizer
+
+    from ..data import ensure_pad_token
+    from .sources import resolve_pretrained
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(source, cache_dir))
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def load_backbone(spec: ModelSpec, seed: int, cache_dir: Path | None = None) -> nn.Module:
+    """Load the full-depth base model of ``spec`` (random-init models are seeded, identical everywhere)."""
+    from transformers import AutoConfig, AutoModel
+
+    from .sources import resolve_pretrained
+
+    if spec.is_random_init:
+        vocab_size = len(load_tokenizer(spec.tokenizer_source, cache_dir))
+        config = AutoConfig.for_model(spec.family, vocab_size=vocab_size, **dict(spec.config))
+        with torch.random.fork_rng():
+            torch.manual_seed(stable_seed(seed, spec.key, "backbone"))
+            model = AutoModel.from_config(config)
+    else:
+        model = AutoModel.from_pretrained(resolve_pretrained(spec.source, cache_dir))
+    _disable_cache(model)
+    return model.eval()
+
+
+def model_family(model: nn.Module) -> FamilySpec:
+    """The registered family of a loaded Hugging Face model."""
+    return family_of(model.config.model_type)
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = model.config
+    return int(getattr(config, "hidden_size", None) or config.n_embd)
+
+
+def num_layers(model: nn.Module) -> int:
+    return int(getattr(model.config, model_family(model).depth_attribute))
+
+
+def _disable_cache(model: nn.Module) -> None:
+    # Classification never decodes step by step; a KV cache only costs memory.
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+
+
+class SequenceClassifier(nn.Module):
+    """Backbone, mean pooling over real tokens, and a linear head.
+
+    Mean pooling is how the sentence-transformer checkpoints were trained, and it also gives decoder
+    families a sequence summary that does not depend on where the padding sits.
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden_size(backbone), num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.head(pooled.to(self.head.weight.dtype))
+
+    def reset_head(self, seed: int) -> None:
+        """Initialise the head from a seed so that every client of a task starts from the same head."""
+        generator = torch.Generator().manual_seed(seed)
+        bound = 1.0 / self.head.in_features**0.5
+        with torch.no_grad():
+            weight = torch.empty(self.head.weight.shape).uniform_(-bound, bound, generator=generator)
+            self.head.weight.copy_(weight)
+            self.head.bias.zero_()

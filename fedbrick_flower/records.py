@@ -1,0 +1,117 @@
+"""The ONE place where adapter tensors become Flower records and back.
+
+It fixes the wire dtype (fp32, or fp16 to halve the traffic; bf16 cannot pass through NumPy), validates what
+arrives (only expected names, expected shapes, finite values, under a size cap) and counts the bytes of the
+records that actually travel.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+WIRE_DTYPES: dict[str, type[np.floating]] = {"float32": np.float32, "float16": np.float16}
+ADAPTERS_KEY = "adapters"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+JSON_KEYS = "json-keys"
+
+
+class UpdateRejected(ValueError):
+    """A client update that must not reach the server state; the message says why."""
+
+
+def wire_dtype(name: str) -> type[np.floating]:
+    """NumPy dtype for a ``wire_dtype`` setting."""
+    try:
+        return WIRE_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"wire_dtype={name!r} is not one of {', '.join(WIRE_DTYPES)}") from None
+
+
+def to_array_record(tensors: Mapping[str, Any], dtype: str = "float32") -> ArrayRecord:
+    """Pack canonical-named tensors (torch or NumPy) into an ArrayRecord in the wire dtype."""
+    target = wire_dtype(dtype)
+    arrays = {name: Array(_as_numpy(value).astype(target, copy=False)) for name, value in tensors.items()}
+    return ArrayRecord(arrays)
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Unpack an ArrayRecord into float32 NumPy arrays, whatever the wire dtype was."""
+    return {name: np.asarray(array.numpy(), dtype=np.float32) for name, array in record.items()}
+
+
+def array_bytes(tensors: Mapping[str, np.ndarray]) -> int:
+    """Raw bytes of the tensors themselves (no names, no framing)."""
+    return int(sum(np.asarray(value).nbytes for value in tensors.values()))
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Serialized size of a message's content: what Flower puts on the wire for it."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+def validate_update(
+    arrays: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    max_bytes: int,
+) -> None:
+    """Check a client update before it may touch server state.
+
+    Parameters
+    ----------
+    arrays : Mapping[str, np.ndarray]
+        The update, as unpacked by :func:`from_array_record`.
+    expected : Mapping[str, tuple[int, ...]]
+        Exactly the names (and their shapes) this client was asked to return.
+    max_bytes : int
+        Size cap for the raw tensor bytes.
+
+    Raises
+    ------
+    UpdateRejected
+        With the first reason found: oversize, unknown names, missing names, wrong shapes, non-finite values.
+    """
+    size = array_bytes(arrays)
+    if size > max_bytes:
+        raise UpdateRejected(f"update of {size} bytes exceeds the cap of {max_bytes} bytes")
+    unknown = sorted(set(arrays) - set(expected))
+    if unknown:
+        raise UpdateRejected(f"unexpected tensors {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+    missing = sorted(set(expected) - set(arrays))
+    if missing:
+        raise UpdateRejected(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for name, value in arrays.items():
+        if tuple(value.shape) != tuple(expected[name]):
+            raise UpdateRejected(f"tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(expected[name])}")
+        if not np.all(np.isfinite(value)):
+            raise UpdateRejected(f"tensor {name!r} holds non-finite values")
+
+
+def json_config(**values: Any) -> ConfigRecord:
+    """A ConfigRecord in which list and dict values travel as JSON strings (records hold scalars and flat
+    lists only); their keys are listed under ``json-keys`` so that :func:`decode_config` is unambiguous."""
+    json_keys = sorted(key for key, value in values.items() if isinstance(value, list | tuple | dict))
+    record = {key: json.dumps(value) if key in json_keys else value for key, value in values.items()}
+    record[JSON_KEYS] = json.dumps(json_keys)
+    return ConfigRecord(record)
+
+
+def decode_config(config: ConfigRecord) -> dict[str, Any]:
+    """Read a ConfigRecord written by :func:`json_config` back into plain Python values."""
+    json_keys = set(json.loads(str(config.get(JSON_KEYS, "[]"))))
+    return {
+        key: json.loads(str(value)) if key in json_keys else value for key, value in config.items() if key != JSON_KEYS
+    }
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    return value.detach().float().cpu().numpy()

@@ -1,0 +1,170 @@
+"""The run directory: resolved scenario, versions, per-round metrics, checkpoints, adapters and summary.
+
+Layout::
+
+    RUN_DIR/scenario.yaml        the resolved scenario (overrides applied)
+    RUN_DIR/versions.json        Python and library versions
+    RUN_DIR/metrics.jsonl        one JSON row per client and round (train, evaluate, rejected), per task
+                                 (server-eval) and per round (wall time)
+    RUN_DIR/checkpoint/          the strategy's state after the last completed round (resume from here)
+    RUN_DIR/adapters/global/     full-depth global adapters per model and task (peft folders)
+    RUN_DIR/adapters/clients/    each client's personalized adapter (peft folders)
+    RUN_DIR/summary.json         the headline numbers
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+from collections import defaultdict
+from importlib import metadata
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .adapters.lora import LoraSettings, save_peft_adapter
+from .models import family_of
+from .scenario import Scenario
+from .strategies.base import HeterogeneousStrategy, RoundCallback
+
+logger = logging.getLogger(__name__)
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoint"
+_PACKAGES = ("flwr", "torch", "transformers", "peft", "numpy", "fedbrick-flower")
+
+
+class RunRecorder(RoundCallback):
+    """Writes the run directory as rounds complete (a Lightning-style callback on the strategy)."""
+
+    def __init__(self, run_dir: Path, scenario: Scenario) -> None:
+        self.run_dir = run_dir
+        self.scenario = scenario
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
+        (run_dir / "versions.json").write_text(json.dumps(_versions(), indent=2))
+        self.rows: list[dict] = read_metrics(run_dir)
+
+    def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
+        with (self.run_dir / METRICS_FILE).open("a") as sink:
+            for row in log_rows:
+                sink.write(json.dumps(row) + "\n")
+        self.rows.extend(log_rows)
+        save_checkpoint(self.run_dir / CHECKPOINT_DIR, strategy, server_round)
+
+    def on_run_end(self, strategy: HeterogeneousStrategy, rounds_completed: int) -> None:
+        self._save_adapters(strategy)
+        summary = summarize(self.rows, rounds_completed, strategy.summary_fields())
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        logger.info("run directory: %s", self.run_dir)
+
+    def _save_adapters(self, strategy: HeterogeneousStrategy) -> None:
+        for (model_key, task), tensors in strategy.global_adapters().items():
+            self._save(self.run_dir / "adapters" / "global" / f"{model_key}-{task}", model_key, tensors, strategy)
+        for client_id, client in strategy.clients.items():
+            tensors = strategy.personalized_adapters(client)
+            if tensors:
+                self._save(self.run_dir / "adapters" / "clients" / client_id, client.model, tensors, strategy)
+
+    def _save(
+        self, folder: Path, model_key: str, tensors: dict[str, np.ndarray], strategy: HeterogeneousStrategy
+    ) -> None:
+        model_type = next(c.model_type for c in strategy.clients.values() if c.model == model_key)
+        spec = self.scenario.models[model_key]
+        rank = next((v.shape[0] for k, v in tensors.items() if k.endswith("lora_A")), self.scenario.lora.rank)
+        settings = LoraSettings(rank=int(rank), alpha=self.scenario.lora.alpha, dropout=self.scenario.lora.dropout)
+        lora_only = {k: v for k, v in tensors.items() if k.startswith(("layers.", "head."))}
+        save_peft_adapter(
+            folder, lora_only, family_of(model_type), settings, spec.source or f"random-init {spec.family}"
+        )
+
+
+def save_checkpoint(folder: Path, strategy: HeterogeneousStrategy, server_round: int) -> None:
+    """Write the strategy state atomically: a crash mid-write leaves the previous checkpoint intact."""
+    from safetensors.numpy import save_file
+
+    arrays, meta = strategy.state_dict()
+    staging = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(staging / "arrays.safetensors"))
+    (staging / "state.json").write_text(json.dumps({"round": server_round, "meta": meta}))
+    if folder.exists():
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, folder)
+
+
+def load_checkpoint(folder: Path, strategy: HeterogeneousStrategy) -> int:
+    """Restore a strategy from :func:`save_checkpoint` output; returns the last completed round."""
+    from safetensors.numpy import load_file
+
+    state = json.loads((folder / "state.json").read_text())
+    strategy.load_state_dict(load_file(str(folder / "arrays.safetensors")), state["meta"], state["round"])
+    return int(state["round"])
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """All rows of a run's ``metrics.jsonl`` (empty for a new run)."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize(rows: list[dict], rounds_completed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The headline numbers of a run from its metric rows."""
+    train = [r for r in rows if r["phase"] == "train"]
+    evaluations = [r for r in rows if r["phase"] == "evaluate"]
+    server = [r for r in rows if r["phase"] == "server-eval"]
+    last_accuracy = {r["client"]: r["accuracy"] for r in sorted(evaluations, key=lambda r: r["round"])}
+    per_client_train: dict[str, list[dict]] = defaultdict(list)
+    for row in train:
+        per_client_train[row["client"]].append(row)
+    last_server_round = max((r["round"] for r in server), default=None)
+    return {
+        "rounds_completed": rounds_completed,
+        "final_accuracy": _mean(last_accuracy.values()),
+        "global_accuracy": _mean(r["accuracy"] for r in server if r["round"] == last_server_round),
+        "adapter_bytes": _mean(_mean(r["adapter_bytes"] for r in rs) for rs in per_client_train.values()),
+        "bytes_up_per_client_round": _mean(r["bytes_up"] for r in train),
+        "bytes_down_per_client_round": _mean(r["bytes_down"] for r in train if r.get("bytes_down") is not None),
+        "full_model_bytes": _mean(_mean(4 * r["model-parameters"] for r in rs) for rs in per_client_train.values()),
+        "rejected_updates": sum(1 for r in rows if r["phase"] == "rejected"),
+        "clients": {
+            cid: {
+                "accuracy": last_accuracy.get(cid),
+                "train_loss_last_round": rs[-1]["train-loss"],
+                "train_seconds_mean": _mean(r["train-seconds"] for r in rs),
+                "peak_memory_mb": max(r["peak-memory-mb"] for r in rs),
+                "layers_last_round": rs[-1].get("layers"),
+            }
+            for cid, rs in sorted(per_client_train.items())
+        },
+        **(extra or {}),
+    }
+
+
+def _mean(values: Any) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(mean(values)) if values else None
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions

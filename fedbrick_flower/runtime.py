@@ -1,0 +1,164 @@
+"""Process plumbing around Flower's own executables: environment, connection config, start, wait, stop by PID.
+
+Nothing here moves model data: the SuperLink, SuperNodes and ``flwr run`` are Flower's; this module only
+starts them with the right flags, writes the ``$FLWR_HOME/config.toml`` connection that ``flwr run`` reads,
+and stops exactly the processes it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import fedbrick_flower
+
+# Flower settings every run needs on an offline machine (see the README's "Environment" section).
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    # Otherwise the SuperLink runs `uv sync` on the app's dependencies and pulls a CUDA torch.
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus the Flower settings and a private ``FLWR_HOME``.
+
+    Hub-offline flags are only defaulted: a user with network access may turn them off.
+    """
+    env = dict(os.environ)
+    for key, value in FLOWER_ENV.items():
+        env.setdefault(key, value)
+    env["FLWR_HOME"] = str(flwr_home)
+    # Child processes must find the same interpreter's executables (flwr, flower-superlink...).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+def app_dir() -> Path:
+    """The Flower App folder (the project root holding ``pyproject.toml``) that ``flwr run`` builds."""
+    root = Path(fedbrick_flower.__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or "[tool.flwr.app]" not in pyproject.read_text():
+        raise RuntimeError(
+            f"no Flower App at {root}: install fedbrick-flower from its source checkout (pip install -e .)"
+        )
+    return root
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_connection(
+    flwr_home: Path,
+    name: str,
+    address: str,
+    *,
+    root_certificates: Path | None = None,
+    num_supernodes: int | None = None,
+    num_cpus: int = 1,
+) -> Path:
+    """Write a SuperLink connection named ``name`` into ``$FLWR_HOME/config.toml`` (the file ``flwr run`` reads)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    if root_certificates is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{root_certificates.resolve()}"')
+    if num_supernodes is not None:
+        lines += [
+            f"options.num-supernodes = {num_supernodes}",
+            # One CPU per simulated client: on a 2-core machine both then train at once.
+            f"options.backend.client-resources.num-cpus = {num_cpus}",
+            "options.backend.client-resources.num-gpus = 0.0",
+        ]
+    path = flwr_home / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start(command: Sequence[str], log_file: Path, env: Mapping[str, str]) -> subprocess.Popen:
+    """Start a Flower executable in its own session, logging to ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as sink:
+        sink.write(f"$ {shlex.join(command)}\n".encode())
+        return subprocess.Popen(
+            list(command), stdout=sink, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True
+        )
+
+
+def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a process we started, and the children it started in its session (SIGTERM, then SIGKILL)."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace)
+
+
+@contextlib.contextmanager
+def running(processes: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
+    """Stop every process in ``processes`` on exit, newest first, whatever happened."""
+    try:
+        yield processes
+    finally:
+        for process in reversed(processes):
+            stop(process)
+
+
+def wait_for_http(port: int, process: subprocess.Popen, log_file: Path, timeout: float = 60.0) -> None:
+    """Wait until a SuperLink answers on its HTTP ``/health`` endpoint."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}; see {log_file}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{process.args[0]} did not become ready within {timeout:.0f}s; see {log_file}")
+
+
+def run_config_arg(values: Mapping[str, Any]) -> str:
+    """Format a ``--run-config`` value (TOML-style ``key=value`` pairs)."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            rendered = str(value).lower()
+        elif isinstance(value, int | float):
+            rendered = repr(value)
+        else:
+            rendered = "'" + str(value).replace("'", "") + "'"
+        parts.append(f"{key}={rendered}")
+    return " ".join(parts)
+
+
+def flwr_run(connection: str, run_config: Mapping[str, Any], env: Mapping[str, str]) -> int:
+    """Submit the app with ``flwr run APP CONNECTION --stream`` and stream its logs to this terminal."""
+    command = ["flwr", "run", str(app_dir()), connection, "--stream", "--run-config", run_config_arg(run_config)]
+    return subprocess.run(command, env=dict(env), check=False).returncode

@@ -1,0 +1,438 @@
+"""A Flower strategy base for heterogeneous clients: each node gets its own payload and its own schema.
+
+Flower's ``FedAvg`` needs identical keys in every reply. Clients here hold different depths, families and
+tasks, so this base subclasses :class:`flwr.serverapp.strategy.Strategy` directly and adds what every
+algorithm of the package needs: a client registry keyed by the LOGICAL client id (learned through a ``query``
+message; Flower's node ids are random), per-client payloads, reply validation that rejects and logs a bad
+update while the round goes on, seeded sampling with a bounded wait for nodes, byte accounting, checkpointable
+state and round hooks. An algorithm subclass implements four verbs: :meth:`payload`, :meth:`expected_update`,
+:meth:`aggregate` and, where it keeps one, :meth:`global_adapters`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from ..adapters.naming import names_for_layers
+from ..records import (
+    ADAPTERS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    UpdateRejected,
+    array_bytes,
+    content_bytes,
+    from_array_record,
+    json_config,
+    to_array_record,
+    validate_update,
+)
+from .aggregation import random_layer_subset, sample_clients, weighted_mean
+
+PROFILE_KEY = "profile"
+
+
+@dataclass
+class ClientInfo:
+    """What the server knows about one logical client, as reported in its ``query`` reply."""
+
+    client_id: str
+    model: str
+    task: str
+    group: str
+    model_type: str
+    num_layers: int
+    budget: int
+    fixed_layers: list[int] | None
+    layer_schema: dict[str, list[int]]
+    head_schema: dict[str, list[int]]
+    num_train_examples: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    node_id: int = 0
+
+    @classmethod
+    def from_json(cls, text: str, node_id: int) -> ClientInfo:
+        return cls(**json.loads(text), node_id=node_id)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("node_id")
+        return json.dumps(data)
+
+    def schema(self, layers: Iterable[int]) -> dict[str, tuple[int, ...]]:
+        """Canonical names and shapes of this client's adapters on ``layers`` plus its head."""
+        names = names_for_layers(self.layer_schema, layers)
+        names.update({name: tuple(shape) for name, shape in self.head_schema.items()})
+        return names
+
+
+@dataclass
+class ClientUpdate:
+    """A validated training reply."""
+
+    client: ClientInfo
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    metrics: dict[str, float]
+
+
+class RoundCallback:
+    """No-op round hooks (Lightning-``Callback`` style) for metrics sinks, checkpoints and reports."""
+
+    def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
+        """Called after training, client evaluation and server evaluation of a round."""
+
+    def on_run_end(self, strategy: HeterogeneousStrategy, rounds_completed: int) -> None:
+        """Called once after the last round."""
+
+
+class HeterogeneousStrategy(Strategy):
+    """Base of every fedbrick-flower strategy.
+
+    Parameters
+    ----------
+    seed : int (default: 0)
+        Seeds node sampling and the algorithm's own draws, so a run can be repeated.
+    fraction_train : float (default: 1.0)
+        Fraction of registered, connected clients sampled for training each round.
+    min_clients : int (default: 1)
+        Minimum number of connected nodes before a round starts.
+    node_wait_timeout : float (default: 120.0)
+        Seconds to wait for ``min_clients`` nodes before failing the run with a clear error (never hang).
+    round_timeout : float (default: 3600.0)
+        Seconds to wait for the replies of one round; late replies are dropped and logged.
+    wire_dtype : str (default: "float32")
+        dtype of the adapter tensors on the wire (``float32`` or ``float16``).
+    max_update_bytes : int (default: 64 MiB)
+        Size cap for one client update; a bigger update is rejected.
+    resample_layers : bool (default: False)
+        Draw each client's layers anew every round within its depth budget (FedRA allocation). Otherwise a
+        client holds the layers its profile fixes, or the first ``budget`` layers.
+    callbacks : Sequence[RoundCallback] (default: ())
+        Round hooks: metrics files, checkpoints, server-side evaluation.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        fraction_train: float = 1.0,
+        min_clients: int = 1,
+        node_wait_timeout: float = 120.0,
+        round_timeout: float = 3600.0,
+        wire_dtype: str = "float32",
+        max_update_bytes: int = 64 * 2**20,
+        resample_layers: bool = False,
+        callbacks: Sequence[RoundCallback] = (),
+    ) -> None:
+        self.seed = seed
+        self.fraction_train = fraction_train
+        self.min_clients = min_clients
+        self.node_wait_timeout = node_wait_timeout
+        self.round_timeout = round_timeout
+        self.wire_dtype = wire_dtype
+        self.max_update_bytes = max_update_bytes
+        self.resample_layers = resample_layers
+        self.callbacks = list(callbacks)
+        self.clients: dict[str, ClientInfo] = {}
+        self.round_layers: dict[str, list[int]] = {}
+        self.start_round = 1
+        self._log_rows: list[dict] = []
+        self._bytes_down: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ algorithm verbs
+    @abstractmethod
+    def payload(self, client: ClientInfo, server_round: int, phase: str) -> tuple[dict[str, np.ndarray], dict]:
+        """Tensors and per-round instructions for one client (``phase`` is ``train`` or ``evaluate``)."""
+
+    @abstractmethod
+    def expected_update(self, client: ClientInfo, server_round: int) -> dict[str, tuple[int, ...]]:
+        """Exactly the tensor names and shapes the client must return from this round's training."""
+
+    @abstractmethod
+    def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> None:
+        """Fold the round's validated updates into the server state."""
+
+    def global_adapters(self) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+        """Full-depth global adapters per ``(model, task)``, for server evaluation; empty where none exists."""
+        return {}
+
+    def personalized_adapters(self, client: ClientInfo) -> dict[str, np.ndarray]:
+        """The adapters this client runs with (saved as its personalized peft adapter at the end)."""
+        arrays, _ = self.payload(client, server_round=0, phase="evaluate")
+        return arrays
+
+    def algorithm_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Algorithm-specific arrays and JSON-able metadata for checkpoints."""
+        return {}, {}
+
+    def load_algorithm_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`algorithm_state` returned."""
+
+    def describe(self) -> dict[str, Any]:
+        """Algorithm settings shown by :meth:`summary`."""
+        return {}
+
+    def summary_fields(self) -> dict[str, Any]:
+        """Algorithm-specific entries for the run's ``summary.json``."""
+        return {}
+
+    def layers_for(self, client: ClientInfo, server_round: int, phase: str) -> list[int]:
+        """The global layers ``client`` holds this round; evaluation reuses the round's training allocation."""
+        if phase == "evaluate" and client.client_id in self.round_layers:
+            return self.round_layers[client.client_id]
+        if client.fixed_layers is not None:
+            layers = list(client.fixed_layers)
+        elif self.resample_layers:
+            rng = random.Random(f"{self.seed}/layers/{client.client_id}/{server_round}")
+            layers = list(random_layer_subset(client.num_layers, client.budget, rng))
+        else:
+            layers = list(range(client.budget))
+        self.round_layers[client.client_id] = layers
+        return layers
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything needed to resume: registry, layer allocations and the algorithm's state."""
+        arrays, meta = self.algorithm_state()
+        meta = {
+            "algorithm": meta,
+            "clients": {cid: info.to_json() for cid, info in self.clients.items()},
+            "round_layers": self.round_layers,
+            "bytes_down": self._bytes_down,
+        }
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], completed_round: int) -> None:
+        """Restore :meth:`state_dict` output and continue after ``completed_round``."""
+        self.clients = {cid: ClientInfo.from_json(text, node_id=0) for cid, text in meta["clients"].items()}
+        self.round_layers = {cid: list(layers) for cid, layers in meta["round_layers"].items()}
+        self._bytes_down = dict(meta.get("bytes_down", {}))
+        self.load_algorithm_state(arrays, meta["algorithm"])
+        self.start_round = completed_round + 1
+
+    # ------------------------------------------------------------------ Flower Strategy interface
+    def summary(self) -> None:
+        log(INFO, "\t├── %s", type(self).__name__)
+        settings = {
+            "seed": self.seed,
+            "fraction_train": self.fraction_train,
+            "min_clients": self.min_clients,
+            "wire_dtype": self.wire_dtype,
+            "max_update_bytes": self.max_update_bytes,
+            **self.describe(),
+        }
+        for key, value in settings.items():
+            log(INFO, "\t│\t├── %s: %s", key, value)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        rng = random.Random(f"{self.seed}/sample/{server_round}")
+        online = self._online_clients(grid)
+        sampled = sample_clients(online, self.fraction_train, self.min_clients, rng)
+        return [self._message(self.clients[cid], server_round, "train", config) for cid in sampled]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates: list[ClientUpdate] = []
+        for reply, client in self._attributed(replies):
+            update = self._accept(reply, client, server_round)
+            if update is not None:
+                updates.append(update)
+        if updates:
+            self.aggregate(server_round, updates)
+        losses = [u.metrics.get("train-loss", 0.0) for u in updates]
+        mean_loss = weighted_mean(losses, [u.num_examples for u in updates])
+        metrics = {"num-updates": len(updates)}
+        if mean_loss is not None:
+            metrics["train-loss"] = mean_loss
+        return None, MetricRecord(metrics)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        online = self._online_clients(grid)
+        return [self._message(self.clients[cid], server_round, "evaluate", config) for cid in sorted(online)]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        accuracies, weights = [], []
+        for reply, client in self._attributed(replies):
+            if reply.has_error():
+                self._reject(server_round, client, "evaluate", f"node error: {reply.error.reason}")
+                continue
+            metrics = dict(reply.content[METRICS_KEY])
+            self._log_rows.append({"round": server_round, "phase": "evaluate", "client": client.client_id, **metrics})
+            accuracies.append(float(metrics["accuracy"]))
+            weights.append(float(metrics["num-examples"]))
+        accuracy = weighted_mean(accuracies, weights)
+        return MetricRecord({"accuracy": accuracy}) if accuracy is not None else None
+
+    # ------------------------------------------------------------------ the run
+    def start(  # type: ignore[override]
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int = 3,
+        timeout: float | None = None,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Any = None,
+    ) -> int:
+        """Run rounds ``start_round..num_rounds`` and return the number of the last completed round.
+
+        Unlike ``Strategy.start`` the loop learns client profiles before each round, attributes every reply to
+        its logical client (also error replies, through ``reply_to_message_id``), and calls round hooks.
+        """
+        log(INFO, "Starting %s for rounds %d..%d", type(self).__name__, self.start_round, num_rounds)
+        self.summary()
+        completed = self.start_round - 1
+        for server_round in range(self.start_round, num_rounds + 1):
+            started = time.monotonic()
+            log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+            self._register_new_nodes(grid)
+            self._exchange(grid, self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
+            _, train_metrics = self.aggregate_train(server_round, self._last_replies)
+            log(INFO, "\t└──> train: %s", train_metrics)
+            self._exchange(grid, self.configure_evaluate(server_round, ArrayRecord(), ConfigRecord(), grid))
+            eval_metrics = self.aggregate_evaluate(server_round, self._last_replies)
+            log(INFO, "\t└──> evaluate: %s", eval_metrics)
+            self._log_rows.append({"round": server_round, "phase": "round", "wall_seconds": time.monotonic() - started})
+            rows, self._log_rows = self._log_rows, []
+            for callback in self.callbacks:
+                callback.on_round_end(self, server_round, rows)
+            completed = server_round
+        for callback in self.callbacks:
+            callback.on_run_end(self, completed)
+        return completed
+
+    # ------------------------------------------------------------------ helpers
+    def _message(self, client: ClientInfo, server_round: int, phase: str, config: ConfigRecord) -> Message:
+        tensors, instructions = self.payload(client, server_round, phase)
+        content = RecordDict(
+            {
+                ADAPTERS_KEY: to_array_record(tensors, self.wire_dtype),
+                CONFIG_KEY: json_config(
+                    **dict(config), **instructions, **{"server-round": server_round, "wire-dtype": self.wire_dtype}
+                ),
+            }
+        )
+        if phase == "train":
+            self._bytes_down[client.client_id] = content_bytes(content)
+        message_type = MessageType.TRAIN if phase == "train" else MessageType.EVALUATE
+        return Message(content=content, dst_node_id=client.node_id, message_type=message_type)
+
+    def _exchange(self, grid: Grid, messages: Iterable[Message]) -> None:
+        """Push messages, remember which logical client each went to, and pull the replies."""
+        messages = list(messages)
+        node_to_client = {info.node_id: cid for cid, info in self.clients.items()}
+        message_ids = list(grid.push_messages(messages))
+        self._sent = {
+            mid: node_to_client[msg.metadata.dst_node_id] for mid, msg in zip(message_ids, messages, strict=False)
+        }
+        self._last_replies = self._pull(grid, message_ids, self.round_timeout)
+        for mid in set(self._sent) - {r.metadata.reply_to_message_id for r in self._last_replies}:
+            log(WARNING, "client %s did not reply within %.0fs", self._sent[mid], self.round_timeout)
+
+    @staticmethod
+    def _pull(grid: Grid, message_ids: list[str], timeout: float) -> list[Message]:
+        pending, replies = set(message_ids), []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for reply in grid.pull_messages(list(pending)):
+                replies.append(reply)
+                pending.discard(reply.metadata.reply_to_message_id)
+            if pending:
+                time.sleep(0.2)
+        return replies
+
+    def _attributed(self, replies: Iterable[Message]) -> Iterable[tuple[Message, ClientInfo]]:
+        # An error reply for a lost node comes from the SuperLink, not the node: map it back by message id.
+        sent = getattr(self, "_sent", {})
+        for reply in replies:
+            cid = sent.get(reply.metadata.reply_to_message_id)
+            if cid is not None:
+                yield reply, self.clients[cid]
+
+    def _accept(self, reply: Message, client: ClientInfo, server_round: int) -> ClientUpdate | None:
+        if reply.has_error():
+            self._reject(server_round, client, "train", f"node error: {reply.error.reason}")
+            return None
+        try:
+            arrays = from_array_record(reply.content[ADAPTERS_KEY])
+            validate_update(arrays, self.expected_update(client, server_round), self.max_update_bytes)
+            metrics = {key: float(value) for key, value in reply.content[METRICS_KEY].items()}
+        except (UpdateRejected, KeyError, TypeError, ValueError) as error:
+            self._reject(server_round, client, "train", str(error))
+            return None
+        self._log_rows.append(
+            {
+                "round": server_round,
+                "phase": "train",
+                "client": client.client_id,
+                "layers": self.round_layers.get(client.client_id),
+                "bytes_up": content_bytes(reply.content),
+                "bytes_down": self._bytes_down.get(client.client_id),
+                "adapter_bytes": array_bytes(arrays),
+                **metrics,
+            }
+        )
+        return ClientUpdate(client, arrays, int(metrics.get("num-examples", 0)), metrics)
+
+    def _reject(self, server_round: int, client: ClientInfo, phase: str, reason: str) -> None:
+        log(WARNING, "round %d: rejected %s reply of client %s: %s", server_round, phase, client.client_id, reason)
+        self._log_rows.append(
+            {"round": server_round, "phase": "rejected", "client": client.client_id, "stage": phase, "reason": reason}
+        )
+
+    def _online_clients(self, grid: Grid) -> list[str]:
+        """Registered clients whose node is connected; waits (bounded) for ``min_clients`` of them."""
+        deadline = time.monotonic() + self.node_wait_timeout
+        while True:
+            nodes = set(grid.get_node_ids())
+            online = [cid for cid, info in self.clients.items() if info.node_id in nodes]
+            if len(online) >= self.min_clients:
+                return online
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"only {len(online)} of the required {self.min_clients} clients connected within "
+                    f"{self.node_wait_timeout:.0f}s (server.node_wait_timeout); stopping the run"
+                )
+            time.sleep(1.0)
+            self._register_new_nodes(grid)
+
+    def _register_new_nodes(self, grid: Grid) -> None:
+        """Ask every connected node we do not know yet for its profile (a node that rejoins has a new id)."""
+        known = {info.node_id for info in self.clients.values()}
+        new_nodes = [node for node in grid.get_node_ids() if node not in known]
+        if not new_nodes:
+            return
+        messages = [
+            Message(content=RecordDict({CONFIG_KEY: ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY)
+            for node in new_nodes
+        ]
+        for reply in grid.send_and_receive(messages, timeout=self.round_timeout):
+            if reply.has_error():
+                log(WARNING, "node %s did not report a profile: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            info = ClientInfo.from_json(str(reply.content[CONFIG_KEY][PROFILE_KEY]), reply.metadata.src_node_id)
+            self.clients[info.client_id] = info
+            log(INFO, "client %s registered on node %s (%s)", info.client_id, info.node_id, _profile_line(info))
+
+
+def _profile_line(info: ClientInfo) -> str:
+    layers = info.fixed_layers if info.fixed_layers is not None else f"{info.budget} of {info.num_layers}"
+    return f"model={info.model} task={info.task} layers={layers}"
