@@ -42,6 +42,9 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         help="override a scenario key, e.g. --set rounds=5 --set train.lr=0.001 (repeatable)",
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument(
+        "--audit-wire", action="store_true", help="describe every message in RUN_DIR/wire-audit.jsonl (no values)"
+    )
     parser.set_defaults(handler=run_simulation)
 
 
@@ -77,6 +80,8 @@ def run_simulation(args: argparse.Namespace) -> int:
     run_config = {"scenario": str(resolved), "out-dir": str(run_dir)}
     if args.resume:
         run_config["resume-from"] = str(run_dir)
+    if args.audit_wire:
+        run_config["audit-wire"] = True
     with runtime.running([runtime.start(command, log_file, env)]) as processes:
         runtime.wait_for_http(http_port, processes[0], log_file)
         code = runtime.flwr_run("fedbrick-sim", run_config, env)

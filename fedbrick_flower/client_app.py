@@ -9,18 +9,18 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .clients.base import ClientAlgorithm
-from .clients.profile import ClientSession, client_session, resolve_profile
+from .clients.profile import ClientSession, session_for
+from .mods import fault_injection_mod, wire_audit_mod
 from .records import ADAPTERS_KEY, CONFIG_KEY, METRICS_KEY, decode_config, from_array_record, to_array_record
 from .registry import client_class
-from .runconfig import scenario_from_run_config
 from .strategies.base import PROFILE_KEY
 
-app = ClientApp()
+# The audit sits outermost so that it records the reply as it leaves, after any injected fault.
+app = ClientApp(mods=[wire_audit_mod, fault_injection_mod])
 
 
 def _session(context: Context) -> ClientSession:
-    scenario = scenario_from_run_config(context.run_config)
-    return client_session(scenario, resolve_profile(scenario, dict(context.node_config)))
+    return session_for(context.run_config, context.node_config)
 
 
 @functools.lru_cache(maxsize=32)

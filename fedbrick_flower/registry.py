@@ -27,6 +27,11 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         client="fedbrick_flower.clients.fedavg:FedAvgClient",
         description="layer-wise FedAvg over layer holders (FedIT); FedRA with resample_layers",
     ),
+    "fedbrick": AlgorithmEntry(
+        server="fedbrick_flower.strategies.fedbrick:FedBRICK",
+        client="fedbrick_flower.clients.fedbrick:FedBrickClient",
+        description="FedRA allocation + per-group BRICK surrogates for missing layers, distilled on the server",
+    ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",
         client="fedbrick_flower.clients.local:LocalClient",

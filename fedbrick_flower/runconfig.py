@@ -14,7 +14,8 @@ from .scenario import Scenario, load_scenario
 SCENARIO_KEY = "scenario"
 OUT_DIR_KEY = "out-dir"
 RESUME_KEY = "resume-from"
-_RUN_KEYS = {SCENARIO_KEY, OUT_DIR_KEY, RESUME_KEY}
+AUDIT_KEY = "audit-wire"
+_RUN_KEYS = {SCENARIO_KEY, OUT_DIR_KEY, RESUME_KEY, AUDIT_KEY}
 _UNSET: tuple[Any, ...] = ("", -1, -1.0)
 _SHORT_KEYS = {
     "algorithm": "algorithm",

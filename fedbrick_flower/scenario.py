@@ -84,6 +84,13 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class FaultSettings:
+    """Fault injection for resilience tests: the listed clients corrupt their training replies."""
+
+    nan_update: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ClientProfile:
     """A device profile: what one client holds and where it runs.
 
@@ -123,6 +130,7 @@ class Scenario:
     train: TrainSettings = field(default_factory=TrainSettings)
     lora: LoraDefaults = field(default_factory=LoraDefaults)
     server: ServerSettings = field(default_factory=ServerSettings)
+    faults: FaultSettings = field(default_factory=FaultSettings)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
@@ -216,6 +224,7 @@ def parse_scenario(raw: dict[str, Any]) -> Scenario:
         train=_build(TrainSettings, raw.get("train", {}), "train"),
         lora=lora,
         server=_build(ServerSettings, raw.get("server", {}), "server"),
+        faults=_build(FaultSettings, raw.get("faults", {}), "faults"),
         raw=raw,
     )
     _check_semantics(scenario)
@@ -261,6 +270,9 @@ def _check_semantics(scenario: Scenario) -> None:
         raise ScenarioError(f"server.min_clients: must be in 1..{len(scenario.clients)}, got {server.min_clients}")
     for index, profile in enumerate(scenario.clients):
         _check_profile(profile, f"clients[{index}]")
+    for client_id in scenario.faults.nan_update:
+        if client_id not in ids:
+            raise ScenarioError(f"faults.nan_update: {client_id!r} is not a client id of this scenario")
 
 
 def _check_profile(profile: ClientProfile, where: str) -> None:
@@ -356,7 +368,8 @@ def _convert(value: Any, option: Any) -> Any:
     if option is str:
         return value if isinstance(value, str) else _MISMATCH
     if typing.get_origin(option) is tuple:
-        if isinstance(value, list | tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        item = typing.get_args(option)[0]
+        if isinstance(value, list | tuple) and all(_convert(v, item) is not _MISMATCH for v in value):
             return tuple(value)
         return _MISMATCH
     return value

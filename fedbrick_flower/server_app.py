@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 def build_strategy(scenario: Scenario, callbacks: list[RoundCallback]) -> HeterogeneousStrategy:
     """The scenario's strategy, configured from its server settings and algorithm parameters."""
     server = scenario.server
-    return server_class(scenario.algorithm)(
+    return server_class(scenario.algorithm).from_scenario(
+        scenario,
         seed=scenario.seed,
         fraction_train=server.fraction_train,
         min_clients=server.min_clients or len(scenario.clients),

@@ -23,13 +23,18 @@ section 1 (FedBRICK) of the project's algorithm specification, ALGORITHMS.md.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 BRICK_PARAM_NAMES: tuple[str, ...] = ("A1", "B1", "A2", "B2")
+BRICK_PREFIX = "bricks."
+_BRICK_NAME = re.compile(r"^bricks\.(\d+)\.(A1|B1|A2|B2)$")
 
 
 @dataclass
@@ -148,6 +153,64 @@ def brick_num_parameters(hidden_size: int, rank: int) -> int:
     _check_positive_int("hidden_size", hidden_size)
     _check_positive_int("rank", rank)
     return 4 * rank * hidden_size
+
+
+def brick_tensor_name(global_index: int, param: str) -> str:
+    """Canonical name of one BRICK tensor, ``bricks.{g}.{param}``, keyed by the GLOBAL layer it stands in for.
+
+    Like the LoRA names of ``adapters.naming``, the name alone says where a tensor belongs; the server scopes
+    it per model and group (``"{model}/{group}/bricks.{g}.A1"``).
+    """
+    return f"{BRICK_PREFIX}{global_index}.{param}"
+
+
+def parse_brick_tensor_name(name: str) -> tuple[int, str] | None:
+    """Split ``bricks.{g}.{param}`` into ``(g, param)``; None for any other name."""
+    match = _BRICK_NAME.match(name)
+    return None if match is None else (int(match.group(1)), match.group(2))
+
+
+def is_brick(name: str) -> bool:
+    return name.startswith(BRICK_PREFIX)
+
+
+def brick_schema(layers: Iterable[int], hidden_size: int, rank: int) -> dict[str, tuple[int, ...]]:
+    """Canonical names and shapes of the BRICKs of ``layers``."""
+    shapes = {
+        "A1": (rank, hidden_size),
+        "B1": (hidden_size, rank),
+        "A2": (rank, hidden_size),
+        "B2": (hidden_size, rank),
+    }
+    return {brick_tensor_name(g, param): shapes[param] for g in layers for param in BRICK_PARAM_NAMES}
+
+
+def seeded_brick(hidden_size: int, rank: int, seed: int) -> Brick:
+    """A BRICK whose initial ``A1``, ``A2`` come from ``seed``, identical in every process."""
+    brick = Brick(hidden_size, rank)
+    brick.reset_parameters(torch.Generator().manual_seed(seed))
+    return brick
+
+
+def brick_tensors(bricks: Mapping[int, Brick]) -> dict[str, torch.Tensor]:
+    """The parameters of BRICKs keyed by global layer, under canonical names (views, not copies)."""
+    return {
+        brick_tensor_name(g, param): getattr(brick, param) for g, brick in bricks.items() for param in BRICK_PARAM_NAMES
+    }
+
+
+def load_brick_tensors(bricks: Mapping[int, Brick], values: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+    """Copy canonical-named BRICK values into ``bricks``; an unknown name or shape raises ``KeyError``."""
+    targets = brick_tensors(bricks)
+    with torch.no_grad():
+        for name, value in values.items():
+            if name not in targets:
+                raise KeyError(f"BRICK tensor {name!r} does not exist on this client")
+            tensor = torch.as_tensor(np.asarray(value))
+            target = targets[name]
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise KeyError(f"BRICK tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+            target.copy_(tensor.to(dtype=target.dtype, device=target.device))
 
 
 def blend_alpha(step: int, total_steps: int) -> float:

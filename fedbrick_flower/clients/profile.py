@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from ..models import (
     resolve_dtype,
     stable_seed,
 )
+from ..runconfig import scenario_from_run_config
 from ..scenario import ClientProfile, Scenario, ScenarioError, parse_profile
 
 LayerFillerFactory = Callable[[int], nn.Module]
@@ -196,3 +197,9 @@ class ClientSession:
 def client_session(scenario: Scenario, profile: ClientProfile) -> ClientSession:
     """One session per (scenario, profile) and process."""
     return ClientSession(scenario, profile)
+
+
+def session_for(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> ClientSession:
+    """This node's session: the scenario from Flower's ``run_config``, the profile from its ``node_config``."""
+    scenario = scenario_from_run_config(run_config)
+    return client_session(scenario, resolve_profile(scenario, dict(node_config)))

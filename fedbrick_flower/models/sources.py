@@ -19,11 +19,18 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
+
+fcntl: ModuleType | None
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +123,9 @@ def materialize_once(target: Path, build: Callable[[Path], Path]) -> Path:
     ``build`` fills an empty staging folder next to ``target`` and returns the folder
     (itself or a subfolder) that holds the model. The staging folder is marked complete,
     then renamed to ``target`` in one step, so no process ever sees a half-written
-    ``target``. When several processes build at once, the first rename wins and the others
-    use the winner's folder.
+    ``target``. Concurrent processes wait for the one that builds (where ``fcntl`` locks
+    exist); without locks they all build, the first rename wins and the others use the
+    winner's folder.
 
     Parameters
     ----------
@@ -135,7 +143,37 @@ def materialize_once(target: Path, build: Callable[[Path], Path]) -> Path:
     if done is not None:
         return done
     target.parent.mkdir(parents=True, exist_ok=True)
-    _prune_stale_staging(target)
+    with _build_lock(target):
+        # The process this one waited for has probably built it.
+        done = _completed(target)
+        if done is not None:
+            return done
+        _prune_stale_staging(target)
+        return _build_and_publish(target, build)
+
+
+@contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """Let one process build ``target`` while the others wait, instead of all building it.
+
+    Only saves work: without ``fcntl`` (Windows) processes build concurrently, and the
+    atomic rename keeps that correct.
+    """
+    if fcntl is None:
+        yield
+        return
+    # The lock file is never deleted: a process could be waiting on the deleted inode.
+    with open(target.parent / f".{target.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("Waiting for another process to materialize %s", target)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock, also when the process dies
+
+
+def _build_and_publish(target: Path, build: Callable[[Path], Path]) -> Path:
+    """Build into a staging folder, mark it complete, and rename it to ``target``."""
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), dir=target.parent))
     try:
         # mkdtemp makes the folder private; the cache is read like any other file.

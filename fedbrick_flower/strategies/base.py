@@ -18,7 +18,7 @@ from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -40,6 +40,9 @@ from ..records import (
     validate_update,
 )
 from .aggregation import random_layer_subset, sample_clients, weighted_mean
+
+if TYPE_CHECKING:
+    from ..scenario import Scenario
 
 PROFILE_KEY = "profile"
 
@@ -151,6 +154,12 @@ class HeterogeneousStrategy(Strategy):
         self.start_round = 1
         self._log_rows: list[dict] = []
         self._bytes_down: dict[str, int] = {}
+
+    @classmethod
+    def from_scenario(cls, scenario: Scenario, **kwargs: Any) -> HeterogeneousStrategy:
+        """Build the strategy for a run; an algorithm that needs the scenario itself (models, proxy data)
+        overrides this to pass it on."""
+        return cls(**kwargs)
 
     # ------------------------------------------------------------------ algorithm verbs
     @abstractmethod

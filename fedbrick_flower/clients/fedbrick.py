@@ -1,0 +1,227 @@
+"""FedBRICK client half: a full-depth network of kept layers and BRICKs, trained in two stages.
+
+The client runs its kept layers where it holds them and the BRICK of its group in place of every other layer,
+so its forward and backward passes follow the full model's layer chain. Stage I trains the kept layers' LoRA,
+the head and the missing layers' BRICKs with proximal terms towards the received values; Stage II runs each
+kept layer and its BRICK in parallel, hands the stream over from the layer to the BRICK, and fits the kept
+layers' BRICKs to their layers on local data.
+
+Reference: "FedBRICK: Federated Bias Recovery via Inserted Calibrative Kernels", AAAI-26 (spec section 1.6 of
+``ALGORITHMS.md``: eq. 21 for Stage I, eqs. 22-24 for Stage II).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..adapters.brick import (
+    Brick,
+    blend_alpha,
+    brick_num_parameters,
+    brick_tensors,
+    is_brick,
+    load_brick_tensors,
+    masked_mse,
+    stage_two_steps,
+)
+from ..adapters.lora import adapter_tensors, lora_tensors
+from ..models import SequenceClassifier, hidden_size, layer_stack, model_family
+from .base import ClientAlgorithm
+from .trainer import Batch, TrainResult, classification_loss, make_optimizer, train_steps
+
+BRICKS_ATTRIBUTE = "fedbrick_bricks"
+
+
+class BlendedLayer(nn.Module):
+    """A kept layer and its BRICK on the same input, blended ``alpha f(x) + (1 - alpha) E(x)`` (Stage II).
+
+    The pair ``(E(x), f(x))`` of the last forward pass is kept for the Stage-II distillation term; the layer's
+    output is detached there, since the layer is the teacher.
+    """
+
+    def __init__(self, layer: nn.Module, brick: Brick, returns_tuple: bool) -> None:
+        super().__init__()
+        self.layer = layer
+        self.brick = brick
+        self.returns_tuple = returns_tuple
+        self.alpha = 1.0
+        self.last_pair: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, hidden_states, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        output = self.layer(hidden_states, *args, **kwargs)
+        real = output[0] if self.returns_tuple else output
+        surrogate = self.brick(hidden_states)
+        self.last_pair = (surrogate, real.detach())
+        blended = self.alpha * real + (1.0 - self.alpha) * surrogate
+        return (blended, *output[1:]) if self.returns_tuple else blended
+
+
+class FedBrickClient(ClientAlgorithm):
+    """Stage I (structural compensation) then Stage II (parallel soft distillation) on the client's network.
+
+    Objective weights and the Stage-II length come from the server's instructions (``lambda-w``,
+    ``lambda-theta``, ``lambda-d``, ``stage-two-fraction``, ``stage-two-min-steps``, ``brick-rank``,
+    ``upload-bricks``), so the strategy's constructor is their one source.
+    """
+
+    def build_model(self, layers: list[int], config: dict[str, Any]) -> SequenceClassifier:
+        """Full depth: the kept layers, and a BRICK (in a ``LayerShim``) in place of every missing layer.
+
+        All L BRICKs of the group live in the model's ``fedbrick_bricks`` dict (not a submodule: the kept
+        layers' BRICKs are not part of the network until Stage II).
+        """
+        rank = int(config["brick-rank"])
+        bricks: dict[int, Brick] = {}
+
+        def filler(g: int) -> Brick:
+            bricks[g] = Brick(self._width, rank)
+            return bricks[g]
+
+        model = self.session.build(layers, filler)
+        held = set(layers)
+        bricks.update({g: Brick(self._width, rank) for g in range(self.session.full_depth) if g in held})
+        for brick in bricks.values():
+            brick.to(device=self.session.device, dtype=torch.float32)
+        setattr(model, BRICKS_ATTRIBUTE, dict(sorted(bricks.items())))
+        return model
+
+    def receive(self, model: SequenceClassifier, arrays: dict[str, np.ndarray]) -> None:
+        super().receive(model, {name: value for name, value in arrays.items() if not is_brick(name)})
+        load_brick_tensors(model_bricks(model), {name: value for name, value in arrays.items() if is_brick(name)})
+
+    def local_training(self, model: SequenceClassifier, config: dict[str, Any]) -> TrainResult:
+        """Stage I for ``local-steps`` steps, then Stage II for E2 steps; the result reports both together."""
+        steps = int(config.get("local-steps", self.session.scenario.train.local_steps))
+        first = self.stage_one(model, config, steps)
+        second = self.stage_two(
+            model,
+            config,
+            stage_two_steps(steps, float(config["stage-two-fraction"]), int(config["stage-two-min-steps"])),
+        )
+        return dataclasses.replace(
+            first,
+            steps=first.steps + second.steps,
+            loss_last=second.loss_last,
+            seconds=first.seconds + second.seconds,
+        )
+
+    def stage_one(self, model: SequenceClassifier, config: dict[str, Any], steps: int) -> TrainResult:
+        """Eq. 21: CE + lambda_w sum ||w - w_recv||^2 (kept LoRA) + lambda_theta sum ||theta - theta_recv||^2
+        (missing BRICKs). Trainable: kept-layer LoRA, head, missing-layer BRICKs."""
+        family = model_family(model.backbone)
+        kept = set(config["layers"])
+        missing_bricks = {g: b for g, b in model_bricks(model).items() if g not in kept}
+        lora = lora_tensors(model.backbone, family)
+        anchors_w = _snapshot(lora)
+        anchors_theta = _snapshot(brick_tensors(missing_bricks))
+        set_trainable(model, [*adapter_tensors(model, family).values(), *brick_tensors(missing_bricks).values()])
+        lambda_w, lambda_theta = float(config["lambda-w"]), float(config["lambda-theta"])
+
+        def loss_fn(net: nn.Module, batch: Batch, step: int) -> torch.Tensor:
+            loss = classification_loss(net, batch, step)
+            loss = loss + lambda_w * _proximal(lora, anchors_w)
+            return loss + lambda_theta * _proximal(brick_tensors(missing_bricks), anchors_theta)
+
+        return self._run(model, config, steps, loss_fn, "stage I")
+
+    def stage_two(self, model: SequenceClassifier, config: dict[str, Any], steps: int) -> TrainResult:
+        """Eqs. 22-24: kept layers blended with their BRICKs, alpha(e) = 1 - e/E2; loss CE + (lambda_d/|S|)
+        sum_l masked MSE(E_l(x_l), f_l(x_l)). Only the kept layers' BRICKs are trained."""
+        lambda_d = float(config["lambda-d"])
+        with blended_layers(model, config["layers"]) as shims:
+            set_trainable(model, [p for shim in shims for p in shim.brick.parameters()])
+
+            def loss_fn(net: nn.Module, batch: Batch, step: int) -> torch.Tensor:
+                for shim in shims:
+                    shim.alpha = blend_alpha(step, steps)
+                loss = classification_loss(net, batch, step)
+                mask = batch["attention_mask"]
+                distill = sum(masked_mse(*shim.last_pair, mask) for shim in shims)
+                return loss + lambda_d / max(1, len(shims)) * distill
+
+            return self._run(model, config, steps, loss_fn, "stage II")
+
+    def update(self, model: SequenceClassifier, config: dict[str, Any]) -> dict[str, Any]:
+        """Kept-layer LoRA and head, plus (``upload-bricks``) all L BRICKs."""
+        tensors = super().update(model, config)
+        if config["upload-bricks"]:
+            tensors.update(brick_tensors(model_bricks(model)))
+        return tensors
+
+    def train(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        update, metrics = super().train(arrays, config)
+        missing = self.session.full_depth - len(config["layers"])
+        metrics["brick-parameters"] = float(missing * brick_num_parameters(self._width, int(config["brick-rank"])))
+        return update, metrics
+
+    @functools.cached_property
+    def _width(self) -> int:
+        """The model width d (built once per process: the session caches no config of its own)."""
+        return hidden_size(self.session.build([0]).backbone)
+
+    def _run(self, model: SequenceClassifier, config: dict[str, Any], steps: int, loss_fn, label: str) -> TrainResult:  # noqa: ANN001
+        settings = self.session.scenario.train
+        return train_steps(
+            model,
+            self.session.examples("train"),
+            steps=steps,
+            batch_size=self.session.batch_size,
+            optimizer=make_optimizer(model, settings.lr, settings.head_lr, settings.weight_decay),
+            device=self.session.device,
+            seed=int(config.get("server-round", 0)),
+            loss_fn=loss_fn,
+            label=f"{self.session.profile.id} {label}",
+        )
+
+
+def model_bricks(model: SequenceClassifier) -> dict[int, Brick]:
+    """All L BRICKs of a client network, by global layer."""
+    return getattr(model, BRICKS_ATTRIBUTE)
+
+
+def set_trainable(model: SequenceClassifier, parameters: list[torch.Tensor]) -> None:
+    """Freeze everything in the network and its BRICKs except ``parameters``."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for brick in model_bricks(model).values():
+        brick.requires_grad_(False)
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+
+
+@contextlib.contextmanager
+def blended_layers(model: SequenceClassifier, kept: list[int]) -> Iterator[list[BlendedLayer]]:
+    """Wrap every kept layer with its BRICK in a :class:`BlendedLayer` for Stage II, and unwrap on exit.
+
+    The stack has full depth (position = global layer). Unwrapping restores it, so LoRA keeps its canonical
+    module paths for the update.
+    """
+    family = model_family(model.backbone)
+    stack = layer_stack(model.backbone, family)
+    bricks = model_bricks(model)
+    originals = {g: stack[g] for g in sorted(kept)}
+    shims = [BlendedLayer(layer, bricks[g], family.layer_returns_tuple) for g, layer in originals.items()]
+    for g, shim in zip(originals, shims, strict=True):
+        stack[g] = shim
+    try:
+        yield shims
+    finally:
+        for g, layer in originals.items():
+            stack[g] = layer
+
+
+def _snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in tensors.items()}
+
+
+def _proximal(tensors: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Squared L2 distance ``sum ||t - t_recv||^2`` to the received values."""
+    return sum(((tensors[name] - anchor) ** 2).sum() for name, anchor in anchors.items())

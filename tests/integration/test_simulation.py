@@ -1,0 +1,119 @@
+"""Flower Simulation Engine runs of the built-in scenarios, through the real ``fedbrick-flower run``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedbrick_flower import cli
+from fedbrick_flower.scenario import scenario_path
+
+pytestmark = pytest.mark.integration
+
+ADAPTER_NAME = re.compile(r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)|bricks\.\d+\.\w+)$")
+DECLARED_METRICS = {
+    "num-examples", "train-loss", "train-loss-first", "train-loss-last", "train-seconds", "peak-memory-mb",
+    "model-parameters", "accuracy", "loss",
+}
+
+
+def _scenario_with(tmp_path: Path, name: str, **changes) -> Path:
+    raw = yaml.safe_load(scenario_path(name).read_text())
+    raw.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two rounds of ``smoke`` in which one client sends a NaN update, with the wire audit on."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    scenario = _scenario_with(tmp_path, "smoke", faults={"nan_update": ["bert-edge"]})
+    out = tmp_path / "run"
+    assert cli.main(["run", str(scenario), "--out", str(out), "--audit-wire"]) == 0
+    return out
+
+
+def test_smoke_run_completes_with_only_adapter_bytes_on_the_wire(smoke_run: Path) -> None:
+    # Execute
+    summary = json.loads((smoke_run / "summary.json").read_text())
+
+    # Assert
+    assert summary["rounds_completed"] == 2
+    assert summary["bytes_up_per_client_round"] / summary["adapter_bytes"] <= 1.05
+    assert summary["full_model_bytes"] > 10 * summary["bytes_up_per_client_round"]
+    assert 0.0 <= summary["final_accuracy"] <= 1.0
+    assert summary["global_accuracy"] is not None
+    assert (smoke_run / "checkpoint" / "arrays.safetensors").exists()
+
+
+def test_nan_update_is_rejected_and_the_rounds_go_on(smoke_run: Path) -> None:
+    # Prepare
+    rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+
+    # Execute
+    rejected = [r for r in rows if r["phase"] == "rejected"]
+    accepted = {(r["round"], r["client"]) for r in rows if r["phase"] == "train"}
+
+    # Assert
+    assert [(r["round"], r["client"]) for r in rejected] == [(1, "bert-edge"), (2, "bert-edge")]
+    assert all("non-finite" in r["reason"] for r in rejected)
+    assert accepted == {(rnd, cid) for rnd in (1, 2) for cid in ("bert-full", "llama-edge")}
+
+
+def test_messages_carry_only_adapter_tensors_and_declared_metrics(smoke_run: Path) -> None:
+    # Prepare
+    rows = [json.loads(line) for line in (smoke_run / "wire-audit.jsonl").read_text().splitlines()]
+
+    # Execute
+    arrays = [(n, a) for row in rows for rec in row["records"].values() for n, a in rec.get("arrays", {}).items()]
+    metrics = {m for row in rows for rec in row["records"].values() for m in rec.get("metrics", [])}
+    longest_string = max(rec.get("longest_string", 0) for row in rows for rec in row["records"].values())
+
+    # Assert
+    assert {row["direction"] for row in rows} == {"up", "down"}
+    assert arrays, "the audit saw no tensors"
+    assert all(ADAPTER_NAME.match(name) for name, _ in arrays), [n for n, _ in arrays if not ADAPTER_NAME.match(n)]
+    assert max(a["shape"][0] * (a["shape"][1] if len(a["shape"]) > 1 else 1) for _, a in arrays) < 30522 * 8
+    assert metrics <= DECLARED_METRICS
+    assert longest_string < 4096  # profiles and layer lists travel; no text does
+
+
+def test_saved_client_adapter_loads_with_peft(smoke_run: Path) -> None:
+    # Prepare
+    from peft import LoraConfig
+
+    folder = smoke_run / "adapters" / "clients" / "bert-edge"
+
+    # Execute
+    config = LoraConfig.from_pretrained(str(folder))
+
+    # Assert
+    assert (folder / "adapter_model.safetensors").exists()
+    assert sorted(config.layers_to_transform) == [1, 3]
+
+
+def test_minilm_mixed_depth_run_learns(tmp_path: Path) -> None:
+    # Prepare
+    scenario = _scenario_with(
+        tmp_path, "hetero-depth", rounds=2, tasks={"bbc": {"dataset": "bbc-news", "max_examples": 800}},
+        train={"local_steps": 12, "batch_size": 16, "lr": 0.0005, "head_lr": 0.005},
+    )
+
+    # Execute
+    assert cli.main(["run", str(scenario), "--out", str(tmp_path / "run")]) == 0
+
+    # Assert
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = [r for r in rows if r["phase"] == "train" and r["round"] == 1]
+    last = [r for r in rows if r["phase"] == "train" and r["round"] == 2]
+    assert summary["final_accuracy"] > 0.4  # 5 classes: chance is 0.2
+    assert sum(r["train-loss"] for r in last) < sum(r["train-loss"] for r in first)
+    assert summary["bytes_up_per_client_round"] / summary["adapter_bytes"] <= 1.05
+    assert summary["full_model_bytes"] / summary["bytes_up_per_client_round"] >= 50

@@ -1,0 +1,56 @@
+"""Device and dtype placement from a profile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedbrick_flower.models import resolve_device, resolve_dtype
+
+
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    cpu = resolve_device("auto")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    mps = resolve_device("auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    # Execute
+    cuda = resolve_device("auto")
+
+    # Assert
+    assert (cpu.type, mps.type, str(cuda)) == ("cpu", "mps", "cuda:0")
+
+
+def test_explicit_cuda_index_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    # Execute
+    device = resolve_device("cuda:1")
+
+    # Assert
+    assert str(device) == "cuda:1"
+    with pytest.raises(ValueError, match="cuda:2"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "tpu"])
+def test_unknown_device_is_named_in_the_error(spec: str) -> None:
+    with pytest.raises(ValueError, match="device="):
+        resolve_device(spec)
+
+
+def test_dtype_auto_is_fp32_on_cpu_and_half_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+
+    # Execute / Assert
+    assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
+    assert resolve_dtype("auto", torch.device("cuda:0")) is torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="dtype='fp8'"):
+        resolve_dtype("fp8", torch.device("cpu"))

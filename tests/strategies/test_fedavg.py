@@ -1,0 +1,192 @@
+"""Layer-wise FedAvg: payloads per client, aggregation over holders only, rejection of bad replies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from fedbrick_flower.records import ADAPTERS_KEY, METRICS_KEY, to_array_record
+from fedbrick_flower.strategies.aggregation import layerwise_average, random_layer_subset, sample_clients
+from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
+from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
+
+LAYER_SCHEMA = {"q.lora_A": [2, 4], "q.lora_B": [4, 2]}
+HEAD_SCHEMA = {"head.weight": [3, 4], "head.bias": [3]}
+
+
+def _client(client_id: str, budget: int, fixed: list[int] | None = None, node_id: int = 1) -> ClientInfo:
+    return ClientInfo(
+        client_id=client_id, model="m", task="t", group="t", model_type="bert", num_layers=4, budget=budget,
+        fixed_layers=fixed, layer_schema=LAYER_SCHEMA, head_schema=HEAD_SCHEMA, num_train_examples=10,
+        node_id=node_id,
+    )
+
+
+def _prepare_strategy(**kwargs) -> LayerwiseFedAvg:
+    strategy = LayerwiseFedAvg(seed=0, **kwargs)
+    strategy.clients = {"deep": _client("deep", 4, node_id=1), "edge": _client("edge", 2, fixed=[1, 3], node_id=2)}
+    return strategy
+
+
+def _filled(client: ClientInfo, layers: list[int], value: float) -> dict[str, np.ndarray]:
+    return {name: np.full(shape, value, np.float32) for name, shape in client.schema(layers).items()}
+
+
+def test_layerwise_average_weights_holders_only() -> None:
+    # Prepare
+    a = {"layers.0.x": np.array([1.0]), "layers.1.x": np.array([1.0])}
+    b = {"layers.1.x": np.array([4.0])}
+
+    # Execute
+    result = layerwise_average([(a, 1.0), (b, 3.0)])
+
+    # Assert
+    np.testing.assert_almost_equal(result["layers.0.x"], [1.0])
+    np.testing.assert_almost_equal(result["layers.1.x"], [(1.0 + 12.0) / 4.0])
+    assert "layers.2.x" not in result
+
+
+def test_payload_holds_exactly_the_clients_layers_and_head() -> None:
+    # Prepare
+    strategy = _prepare_strategy()
+    strategy.state = {f"m/layers.{g}.{k}": np.zeros(s, np.float32) for g in range(4) for k, s in LAYER_SCHEMA.items()}
+    strategy.state.update({f"m/t/{k}": np.zeros(s, np.float32) for k, s in HEAD_SCHEMA.items()})
+
+    # Execute
+    arrays, config = strategy.payload(strategy.clients["edge"], server_round=1, phase="train")
+
+    # Assert
+    assert config["layers"] == [1, 3]
+    assert set(arrays) == {f"layers.{g}.{k}" for g in (1, 3) for k in LAYER_SCHEMA} | set(HEAD_SCHEMA)
+
+
+def test_aggregate_ignores_non_holders_and_keeps_unheld_layers() -> None:
+    # Prepare
+    strategy = _prepare_strategy()
+    deep, edge = strategy.clients["deep"], strategy.clients["edge"]
+    strategy.state = {"m/layers.0.q.lora_A": np.full((2, 4), 9.0, np.float32)}
+    for client in (deep, edge):
+        strategy.payload(client, 1, "train")
+    updates = [
+        ClientUpdate(deep, _filled(deep, [1, 2, 3], 1.0), num_examples=1, metrics={}),
+        ClientUpdate(edge, _filled(edge, [1, 3], 3.0), num_examples=3, metrics={}),
+    ]
+
+    # Execute
+    strategy.aggregate(1, updates)
+
+    # Assert
+    np.testing.assert_almost_equal(strategy.state["m/layers.0.q.lora_A"], np.full((2, 4), 9.0))
+    np.testing.assert_almost_equal(strategy.state["m/layers.2.q.lora_A"], np.full((2, 4), 1.0))
+    np.testing.assert_almost_equal(strategy.state["m/layers.3.q.lora_B"], np.full((4, 2), 2.5))
+    np.testing.assert_almost_equal(strategy.state["m/t/head.bias"], np.full(3, 2.5))
+
+
+@dataclass
+class _Metadata:
+    reply_to_message_id: str
+
+
+@dataclass
+class _Reply:
+    """A stand-in for a Flower reply Message (building real ones needs a running SuperLink)."""
+
+    content: dict
+    metadata: _Metadata
+    error: object = field(default=None)
+
+    def has_error(self) -> bool:
+        return self.error is not None
+
+
+def _reply(message_id: str, arrays: dict[str, np.ndarray]) -> _Reply:
+    from flwr.app import MetricRecord
+
+    content = {ADAPTERS_KEY: to_array_record(arrays), METRICS_KEY: MetricRecord({"num-examples": 5.0})}
+    return _Reply(content, _Metadata(message_id))
+
+
+def test_nan_reply_is_rejected_logged_and_the_others_aggregate() -> None:
+    # Prepare
+    strategy = _prepare_strategy()
+    deep, edge = strategy.clients["deep"], strategy.clients["edge"]
+    for client in (deep, edge):
+        strategy.payload(client, 1, "train")
+    poisoned = _filled(edge, [1, 3], 1.0)
+    poisoned["layers.1.q.lora_A"][0, 0] = np.nan
+    strategy._sent = {"m-deep": "deep", "m-edge": "edge"}
+    replies = [_reply("m-deep", _filled(deep, [0, 1, 2, 3], 2.0)), _reply("m-edge", poisoned)]
+
+    # Execute
+    _, metrics = strategy.aggregate_train(1, replies)
+
+    # Assert
+    assert metrics["num-updates"] == 1
+    np.testing.assert_almost_equal(strategy.state["m/layers.1.q.lora_A"], np.full((2, 4), 2.0))
+    rejected = [row for row in strategy._log_rows if row["phase"] == "rejected"]
+    assert [(r["client"], "non-finite" in r["reason"]) for r in rejected] == [("edge", True)]
+
+
+def test_rejected_update_leaves_state_unchanged() -> None:
+    # Prepare
+    strategy = _prepare_strategy()
+    edge = strategy.clients["edge"]
+    strategy.payload(edge, 1, "train")
+    strategy.state = {"m/layers.1.q.lora_A": np.zeros((2, 4), np.float32)}
+    wrong_shape = _filled(edge, [1, 3], 1.0)
+    wrong_shape["head.weight"] = np.ones((5, 4), np.float32)
+    strategy._sent = {"m-edge": "edge"}
+
+    # Execute
+    strategy.aggregate_train(1, [_reply("m-edge", wrong_shape)])
+
+    # Assert
+    assert list(strategy.state) == ["m/layers.1.q.lora_A"]
+    np.testing.assert_almost_equal(strategy.state["m/layers.1.q.lora_A"], np.zeros((2, 4)))
+
+
+def test_fedra_allocation_is_seeded_and_within_budget() -> None:
+    # Prepare
+    first, second = _prepare_strategy(resample_layers=True), _prepare_strategy(resample_layers=True)
+    deep = _client("deep", 2)
+
+    # Execute
+    draws = [first.layers_for(deep, r, "train") for r in range(1, 6)]
+    again = [second.layers_for(deep, r, "train") for r in range(1, 6)]
+
+    # Assert
+    assert draws == again
+    assert all(len(layers) == 2 and layers == sorted(layers) for layers in draws)
+    assert len({tuple(layers) for layers in draws}) > 1
+
+
+def test_state_dict_round_trip_restores_registry_and_state() -> None:
+    # Prepare
+    strategy = _prepare_strategy()
+    strategy.state = {"m/layers.0.q.lora_A": np.ones((2, 4), np.float32)}
+    strategy.payload(strategy.clients["edge"], 3, "train")
+    arrays, meta = strategy.state_dict()
+    restored = LayerwiseFedAvg(seed=0)
+
+    # Execute
+    restored.load_state_dict(arrays, meta, completed_round=3)
+
+    # Assert
+    assert restored.start_round == 4
+    assert set(restored.clients) == {"deep", "edge"}
+    assert restored.round_layers == {"edge": [1, 3]}
+    np.testing.assert_almost_equal(restored.state["m/layers.0.q.lora_A"], np.ones((2, 4)))
+
+
+def test_sampling_and_random_subsets_are_bounded() -> None:
+    import random
+
+    # Execute / Assert
+    assert sample_clients(["a", "b", "c", "d"], 0.5, 1, random.Random(0)) == sorted(
+        sample_clients(["d", "c", "b", "a"], 0.5, 1, random.Random(0))
+    )
+    assert len(sample_clients(["a", "b", "c"], 0.1, 2, random.Random(0))) == 2
+    with pytest.raises(ValueError, match="budget"):
+        random_layer_subset(4, 5, random.Random(0))
