@@ -192,7 +192,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     """Set dotted-path keys (``train.lr``, ``clients.0.layers``) in a copy of the raw scenario."""
     result = copy.deepcopy(raw)
     for dotted, value in overrides.items():
-        parts = dotted.replace("-", "_").split(".")
+        parts = dotted.split(".")
         node: Any = result
         for depth, part in enumerate(parts[:-1]):
             node = _child(node, part, ".".join(parts[: depth + 1]))

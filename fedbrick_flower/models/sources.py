@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -39,8 +40,8 @@ CACHE_ENV = "FEDBRICK_CACHE"
 # Written last into a materialized folder; a folder without it is never used.
 COMPLETE_MARKER = ".fedbrick-complete"
 
-# A staging folder this old was left by a process that died mid-build: every conversion
-# here takes well under a minute.
+# Without locks, a staging folder this old was left by a process that died mid-build: every
+# conversion here takes well under a minute.
 STALE_STAGING_SECONDS = 3600.0
 
 _COPY_BLOCK = 16 * 1024 * 1024
@@ -143,24 +144,25 @@ def materialize_once(target: Path, build: Callable[[Path], Path]) -> Path:
     if done is not None:
         return done
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target):
+    with _build_lock(target) as exclusive:
         # The process this one waited for has probably built it.
         done = _completed(target)
         if done is not None:
             return done
-        _prune_stale_staging(target)
+        # Under the lock no other process is building, so every staging folder is a leftover.
+        _prune_staging(target, max_age=None if exclusive else STALE_STAGING_SECONDS)
         return _build_and_publish(target, build)
 
 
 @contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
+def _build_lock(target: Path) -> Iterator[bool]:
     """Let one process build ``target`` while the others wait, instead of all building it.
 
-    Only saves work: without ``fcntl`` (Windows) processes build concurrently, and the
-    atomic rename keeps that correct.
+    Yields whether the lock is held. Without ``fcntl`` (Windows) it is not: processes may
+    build concurrently, which the atomic rename keeps correct.
     """
     if fcntl is None:
-        yield
+        yield False
         return
     # The lock file is never deleted: a process could be waiting on the deleted inode.
     with open(target.parent / f".{target.name}.lock", "a") as handle:
@@ -169,7 +171,7 @@ def _build_lock(target: Path) -> Iterator[None]:
         except BlockingIOError:
             logger.info("Waiting for another process to materialize %s", target)
             fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock, also when the process dies
+        yield True  # closing the file releases the lock, also when the process dies
 
 
 def _build_and_publish(target: Path, build: Callable[[Path], Path]) -> Path:
@@ -211,9 +213,12 @@ def _staging_prefix(target: Path) -> str:
     return f".{target.name}.staging-"
 
 
-def _prune_stale_staging(target: Path) -> None:
-    """Delete staging folders left by processes that died while building ``target``."""
-    cutoff = time.time() - STALE_STAGING_SECONDS
+def _prune_staging(target: Path, max_age: float | None) -> None:
+    """Delete staging folders left by processes that died while building ``target``.
+
+    All of them if ``max_age`` is None, else those untouched for ``max_age`` seconds.
+    """
+    cutoff = math.inf if max_age is None else time.time() - max_age
     for leftover in target.parent.glob(_staging_prefix(target) + "*"):
         try:
             stale = leftover.stat().st_mtime < cutoff

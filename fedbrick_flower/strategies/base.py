@@ -154,6 +154,8 @@ class HeterogeneousStrategy(Strategy):
         self.start_round = 1
         self._log_rows: list[dict] = []
         self._bytes_down: dict[str, int] = {}
+        self._sent: dict[str, str] = {}  # message id -> logical client id, for the current exchange
+        self._last_replies: list[Message] = []
 
     @classmethod
     def from_scenario(cls, scenario: Scenario, **kwargs: Any) -> HeterogeneousStrategy:
@@ -370,9 +372,8 @@ class HeterogeneousStrategy(Strategy):
 
     def _attributed(self, replies: Iterable[Message]) -> Iterable[tuple[Message, ClientInfo]]:
         # An error reply for a lost node comes from the SuperLink, not the node: map it back by message id.
-        sent = getattr(self, "_sent", {})
         for reply in replies:
-            cid = sent.get(reply.metadata.reply_to_message_id)
+            cid = self._sent.get(reply.metadata.reply_to_message_id)
             if cid is not None:
                 yield reply, self.clients[cid]
 
