@@ -155,6 +155,15 @@ class ClientSession:
     def full_depth(self) -> int:
         return num_layers(_cached_backbone(self.spec, self.scenario.seed))
 
+    @property
+    def budget(self) -> int:
+        """How many layers this device holds (its whole depth when the profile gives none)."""
+        layers, depth = self.profile.layers, self.full_depth
+        held = len(layers) if isinstance(layers, tuple) else (layers or depth)
+        if held > depth or (isinstance(layers, tuple) and max(layers) >= depth):
+            raise ScenarioError(f"profile {self.profile.id}.layers: {layers} exceeds the {depth} layers of its model")
+        return held
+
     def examples(self, part: str) -> EncodedExamples:
         """This client's ``train`` or ``test`` examples."""
         return task_examples(self.scenario, self.profile.task, part, self.profile.id, self.spec.tokenizer_source)
@@ -185,7 +194,7 @@ class ClientSession:
             "group": self.profile.domain,
             "model_type": family.name,
             "num_layers": depth,
-            "budget": len(layers) if isinstance(layers, tuple) else min(layers or depth, depth),
+            "budget": self.budget,
             "fixed_layers": list(layers) if isinstance(layers, tuple) else None,
             "layer_schema": layer_schema,
             "head_schema": head_schema,
