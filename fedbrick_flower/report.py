@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     rounds = round_table(rows)
     print(f"run directory: {args.run_dir}\n")
     print("per round (means over clients; bytes per client):")
-    print(format_table(rounds, ROUND_COLUMNS))
+    print(format_table(*_with_global_columns(rounds)))
     last_round = max(r["round"] for r in rows)
     print(f"\nper client, round {last_round}:")
     print(format_table(client_table(rows, last_round), CLIENT_COLUMNS))
@@ -175,13 +175,27 @@ def format_table(entries: Sequence[dict[str, Any]], columns: Sequence[str]) -> s
     return "\n".join(lines)
 
 
+def _with_global_columns(rounds: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Round entries with one ``global <model/task>`` column per server-evaluated pair, before the mean."""
+    keys = sorted({key for entry in rounds for key in entry["global"]})
+    columns = list(ROUND_COLUMNS)
+    position = columns.index("global_acc")
+    columns[position:position] = [f"global {key}" for key in keys]
+    entries = [{**entry, **{f"global {k}": v for k, v in entry["global"].items()}} for entry in rounds]
+    return entries, columns
+
+
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
     if "bytes" in column:
         return f"{value / 1024:.1f}"
     if isinstance(value, float):
-        return f"{value:.4f}" if column.endswith(("acc", "accuracy", "loss")) else f"{value:.2f}"
+        return (
+            f"{value:.4f}"
+            if column.startswith("global") or column.endswith(("acc", "accuracy", "loss"))
+            else f"{value:.2f}"
+        )
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -214,9 +228,9 @@ def _draw_accuracy(axes: Any, rows: Sequence[dict]) -> None:
         points = sorted((r["round"], r["accuracy"]) for r in client_rows)
         axes.plot(*zip(*points, strict=True), marker="o", label=client)
     server = [r for r in rows if r["phase"] == "server-eval"]
-    for key, key_rows in sorted(_group(server, "model", "task").items()):
+    for (key, key_rows), marker in zip(sorted(_group(server, "model", "task").items()), "sD^vP*X", strict=False):
         points = sorted((r["round"], r["accuracy"]) for r in key_rows)
-        axes.plot(*zip(*points, strict=True), "k--", marker="s", linewidth=2, label=f"global {'/'.join(key)}")
+        axes.plot(*zip(*points, strict=True), "k--", marker=marker, linewidth=2, label=f"global {'/'.join(key)}")
     axes.set_ylabel("accuracy")
     axes.set_ylim(0, 1)
     axes.set_title("Accuracy per client (own test split) and global (server test split)")

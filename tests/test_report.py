@@ -1,0 +1,155 @@
+"""Tests for ``fedbrick-flower report``: tables from hand-made metric rows, plots, missing-directory errors."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from fedbrick_flower.report import ReportError, client_table, format_table, load_rows, main, round_table
+
+
+def _train(server_round: int, client: str, loss: float, up: int, down: int | None) -> dict:
+    return {
+        "round": server_round,
+        "phase": "train",
+        "client": client,
+        "layers": [0, 1],
+        "bytes_up": up,
+        "bytes_down": down,
+        "adapter_bytes": up - 100,
+        "train-loss": loss,
+        "train-seconds": 1.5,
+        "peak-memory-mb": 700.0,
+        "model-parameters": 1000.0,
+        "num-examples": 10.0,
+    }
+
+
+def _evaluate(server_round: int, client: str, accuracy: float) -> dict:
+    return {"round": server_round, "phase": "evaluate", "client": client, "accuracy": accuracy, "loss": 1.0}
+
+
+def _server(server_round: int, model: str, accuracy: float) -> dict:
+    return {"round": server_round, "phase": "server-eval", "model": model, "task": "bbc", "accuracy": accuracy}
+
+
+ROWS = [
+    _train(1, "alice", 2.0, 1100, None),
+    _train(1, "bob", 1.0, 2100, 50),
+    _evaluate(1, "alice", 0.2),
+    _evaluate(1, "bob", 0.4),
+    _server(1, "bert", 0.3),
+    _server(1, "llama", 0.5),
+    {"round": 1, "phase": "round", "wall_seconds": 10.0},
+    _train(2, "alice", 1.0, 1100, 1000),
+    {"round": 2, "phase": "rejected", "client": "bob", "stage": "train", "reason": "bad shape"},
+    _evaluate(2, "alice", 0.6),
+    _evaluate(2, "bob", 0.8),
+    {"round": 2, "phase": "distill", "model": "bert"},
+    {"round": 2, "phase": "round", "wall_seconds": 4.0},
+]
+
+
+def _write_run(folder: Path, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def test_round_table_means_over_clients() -> None:
+    # Prepare
+    rows = ROWS
+
+    # Execute
+    table = round_table(rows)
+
+    # Assert
+    assert [entry["round"] for entry in table] == [1, 2]
+    first, second = table
+    assert first["wall_s"] == 10.0
+    assert first["train_loss"] == pytest.approx(1.5)
+    assert first["client_acc"] == pytest.approx(0.3)
+    assert first["global"] == {"bert/bbc": 0.3, "llama/bbc": 0.5}
+    assert first["global_acc"] == pytest.approx(0.4)
+    assert first["bytes_up"] == pytest.approx(1600)
+    assert first["bytes_down"] == pytest.approx(50)  # a missing (None) download is left out of the mean
+    assert first["adapter_bytes"] == pytest.approx(1500)
+    assert first["rejected"] == 0
+    assert second["train_loss"] == pytest.approx(1.0)
+    assert second["client_acc"] == pytest.approx(0.7)
+    assert second["global"] == {}
+    assert second["global_acc"] is None
+    assert second["rejected"] == 1
+
+
+def test_client_table_shows_rejected_client_without_training_numbers() -> None:
+    # Prepare
+    rows = ROWS
+
+    # Execute
+    table = client_table(rows, server_round=2)
+
+    # Assert
+    assert [entry["client"] for entry in table] == ["alice", "bob"]
+    alice, bob = table
+    assert alice["train_loss"] == 1.0
+    assert alice["accuracy"] == 0.6
+    assert alice["bytes_down"] == 1000
+    assert alice["train_s"] == 1.5
+    assert bob["train_loss"] is None
+    assert bob["accuracy"] == 0.8
+
+
+def test_format_table_aligns_columns_and_shows_bytes_in_kib() -> None:
+    # Prepare
+    entries = [{"client": "alice", "bytes_up": 2048, "accuracy": 0.5}, {"client": "b", "accuracy": None}]
+
+    # Execute
+    text = format_table(entries, ["client", "bytes_up", "accuracy"])
+
+    # Assert
+    header, first, second = text.splitlines()
+    assert header.split() == ["client", "bytes_up", "(KiB)", "accuracy"]
+    assert first.split() == ["alice", "2.0", "0.5000"]
+    assert second.split() == ["b", "-", "-"]
+    assert len({len(header), len(first), len(second)}) == 1
+
+
+def test_main_prints_tables_and_writes_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    run_dir = _write_run(tmp_path / "run", ROWS)
+
+    # Execute
+    code = main(argparse.Namespace(run_dir=run_dir))
+
+    # Assert
+    assert code == 0
+    output = capsys.readouterr().out
+    assert "global bert/bbc" in output
+    assert "per client, round 2" in output
+    for name in ("accuracy.png", "bytes.png"):
+        path = run_dir / "plots" / name
+        assert path.read_bytes().startswith(b"\x89PNG")
+        assert path.stat().st_size > 5000
+
+
+def test_main_missing_directory_exits_2_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    missing = tmp_path / "no-such-run"
+
+    # Execute
+    code = main(argparse.Namespace(run_dir=missing))
+
+    # Assert
+    assert code == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_load_rows_empty_run_directory_is_an_error(tmp_path: Path) -> None:
+    # Prepare
+    run_dir = _write_run(tmp_path / "run", [])
+
+    # Execute / Assert
+    with pytest.raises(ReportError, match="no metrics in .*metrics.jsonl"):
+        load_rows(run_dir)
