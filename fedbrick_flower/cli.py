@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from . import runtime
+from .deployment import commands as deployment
 from .run_dir import SUMMARY_FILE
 from .scenario import ScenarioError, builtin_scenarios, load_scenario
 
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(commands)
     _add_report(commands)
     _add_scenarios(commands)
+    deployment.add_certs(commands)
+    deployment.add_server(commands)
+    deployment.add_client(commands)
+    deployment.add_launch(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .adapters.lora import LoraSettings, load_adapter_tensors
-from .clients.profile import build_classifier, task_examples
+from .clients.profile import build_global_model, task_examples
 from .clients.trainer import evaluate
-from .models import model_family, resolve_device
+from .models import resolve_device
 from .scenario import Scenario
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
@@ -51,17 +50,7 @@ class GlobalModelEvaluator(RoundCallback):
 
     def evaluate(self, model_key: str, task: str, tensors: dict[str, Any]) -> tuple[float, float]:
         """Accuracy and loss of the full-depth model with ``tensors`` loaded, on the task's server test split."""
-        defaults = self.scenario.lora
-        lora = LoraSettings(rank=_rank(tensors, defaults.rank), alpha=defaults.alpha, dropout=defaults.dropout)
-        model = build_classifier(self.scenario, model_key, task, None, lora).to(self.device)
-        load_adapter_tensors(model, model_family(model.backbone), tensors)
+        model = build_global_model(self.scenario, model_key, task, tensors, self.device)
         spec = self.scenario.models[model_key]
         examples = task_examples(self.scenario, task, "server_test", None, spec.tokenizer_source)
         return evaluate(model, examples, self.scenario.train.eval_batch_size, self.device)
-
-
-def _rank(tensors: dict[str, Any], default: int) -> int:
-    for name, value in tensors.items():
-        if name.endswith("lora_A"):
-            return int(value.shape[0])
-    return default

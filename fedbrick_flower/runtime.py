@@ -12,6 +12,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -129,16 +130,20 @@ def running(processes: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen
             stop(process)
 
 
-def wait_for_http(port: int, process: subprocess.Popen, log_file: Path, timeout: float = 60.0) -> None:
-    """Wait until a SuperLink answers on its HTTP ``/health`` endpoint."""
+def wait_for_http(
+    port: int, process: subprocess.Popen, log_file: Path, timeout: float = 60.0, ca_file: Path | None = None
+) -> None:
+    """Wait until a SuperLink answers on its ``/health`` endpoint (HTTPS verified by ``ca_file`` when given)."""
     import httpx
 
+    url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}/health"
+    verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}; see {log_file}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success:
+            if httpx.get(url, timeout=1.0, verify=verify).is_success:
                 return
         time.sleep(0.5)
     raise RuntimeError(f"{process.args[0]} did not become ready within {timeout:.0f}s; see {log_file}")

@@ -61,6 +61,11 @@ class LoraSettings:
         )
 
 
+def rank_of(tensors: Mapping[str, TensorLike], default: int) -> int:
+    """The LoRA rank of a set of canonical tensors (the rows of any ``lora_A``), or ``default`` if none."""
+    return next((int(v.shape[0]) for name, v in tensors.items() if name.endswith("lora_A")), default)
+
+
 def attach_lora(backbone: nn.Module, family: FamilySpec, settings: LoraSettings, seed: int) -> nn.Module:
     """Inject LoRA into every real layer of ``backbone`` in place and freeze everything else.
 

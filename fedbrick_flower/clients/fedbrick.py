@@ -98,7 +98,11 @@ class FedBrickClient(ClientAlgorithm):
         load_brick_tensors(model_bricks(model), {name: value for name, value in arrays.items() if is_brick(name)})
 
     def local_training(self, model: SequenceClassifier, config: dict[str, Any]) -> TrainResult:
-        """Stage I for ``local-steps`` steps, then Stage II for E2 steps; the result reports both together."""
+        """Stage I for ``local-steps`` steps, then Stage II for E2 steps.
+
+        The result counts the steps and seconds of both stages and reports Stage I's losses (the task objective;
+        Stage II mostly fits the kept layers' BRICKs).
+        """
         steps = int(config.get("local-steps", self.session.scenario.train.local_steps))
         first = self.stage_one(model, config, steps)
         second = self.stage_two(
@@ -106,12 +110,7 @@ class FedBrickClient(ClientAlgorithm):
             config,
             stage_two_steps(steps, float(config["stage-two-fraction"]), int(config["stage-two-min-steps"])),
         )
-        return dataclasses.replace(
-            first,
-            steps=first.steps + second.steps,
-            loss_last=second.loss_last,
-            seconds=first.seconds + second.seconds,
-        )
+        return dataclasses.replace(first, steps=first.steps + second.steps, seconds=first.seconds + second.seconds)
 
     def stage_one(self, model: SequenceClassifier, config: dict[str, Any], steps: int) -> TrainResult:
         """Eq. 21: CE + lambda_w sum ||w - w_recv||^2 (kept LoRA) + lambda_theta sum ||theta - theta_recv||^2

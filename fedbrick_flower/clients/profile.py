@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from ..adapters.lora import LoraSettings, adapter_tensors, attach_lora
+from ..adapters.lora import LoraSettings, adapter_tensors, attach_lora, load_adapter_tensors, rank_of
 from ..data import EncodedExamples, encode_examples, load_task, select, split_federated
 from ..models import (
     ModelSpec,
@@ -120,6 +120,20 @@ def build_classifier(
     attach_lora(backbone, family, lora, stable_seed(scenario.seed, model_key, "lora"))
     model = SequenceClassifier(backbone, num_labels(scenario, task))
     model.reset_head(stable_seed(scenario.seed, model_key, task, "head"))
+    return model
+
+
+def build_global_model(
+    scenario: Scenario, model_key: str, task: str, tensors: Mapping[str, Any], device: Any
+) -> SequenceClassifier:
+    """The full-depth model of ``model_key`` with global adapters loaded, for server-side evaluation and teachers.
+
+    Layers the federation never trained are absent from ``tensors`` and keep their seeded initial LoRA (B = 0).
+    """
+    defaults = scenario.lora
+    lora = LoraSettings(rank=rank_of(tensors, defaults.rank), alpha=defaults.alpha, dropout=defaults.dropout)
+    model = build_classifier(scenario, model_key, task, None, lora).to(device)
+    load_adapter_tensors(model, model_family(model.backbone), tensors)
     return model
 
 

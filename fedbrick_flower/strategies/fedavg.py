@@ -54,22 +54,20 @@ class LayerwiseFedAvg(HeterogeneousStrategy):
         ]
         self.state.update(layerwise_average(contributions))
 
+    def layer_adapters(self, model: str) -> dict[str, np.ndarray]:
+        """The global LoRA tensors of one model (every layer anyone has trained), under canonical names."""
+        prefix = f"{model}/"
+        return {
+            key[len(prefix) :]: v for key, v in self.state.items() if key.startswith(prefix) and key.count("/") == 1
+        }
+
     def global_adapters(self) -> dict[tuple[str, str], dict[str, np.ndarray]]:
-        models_tasks = {(info.model, info.task) for info in self.clients.values()}
         adapters = {}
-        for model, task in sorted(models_tasks):
-            layer_prefix, head_prefix = f"{model}/", f"{model}/{task}/"
-            tensors = {key[len(head_prefix) :]: v for key, v in self.state.items() if key.startswith(head_prefix)}
-            if not tensors:
-                continue
-            tensors.update(
-                {
-                    key[len(layer_prefix) :]: v
-                    for key, v in self.state.items()
-                    if key.startswith(layer_prefix) and key.count("/") == 1
-                }
-            )
-            adapters[(model, task)] = tensors
+        for model, task in sorted({(info.model, info.task) for info in self.clients.values()}):
+            head_prefix = f"{model}/{task}/"
+            head = {key[len(head_prefix) :]: v for key, v in self.state.items() if key.startswith(head_prefix)}
+            if head:
+                adapters[(model, task)] = {**self.layer_adapters(model), **head}
         return adapters
 
     def algorithm_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -31,8 +31,7 @@ from ..adapters.brick import (
     load_brick_tensors,
     seeded_brick,
 )
-from ..adapters.lora import LoraSettings, load_adapter_tensors
-from ..clients.profile import build_classifier, task_examples
+from ..clients.profile import build_global_model, task_examples
 from ..data import EncodedExamples
 from ..models import layer_stack, model_family, resolve_device, stable_seed
 from ..scenario import Scenario
@@ -68,7 +67,7 @@ class FedBRICK(LayerwiseFedAvg):
         BRICKs, no distillation" ablation.
     distill_epochs, distill_lr, distill_batch_size : int, float, int (default: 10, 1e-4, 128)
         Adam budget of the server distillation per BRICK and round (paper defaults, spec 1.5).
-    distill_device : str (default: "cpu")
+    distill_device : str (default: "auto")
         Where the server runs the teacher and the distillation.
     brick_rank : int (default: 8)
         Rank r of every BRICK (4 r d parameters each).
@@ -91,7 +90,7 @@ class FedBRICK(LayerwiseFedAvg):
         distill_epochs: int = 10,
         distill_lr: float = 1e-4,
         distill_batch_size: int = 128,
-        distill_device: str = "cpu",
+        distill_device: str = "auto",
         brick_rank: int = 8,
         lambda_w: float = 0.01,
         lambda_theta: float = 0.005,
@@ -219,6 +218,8 @@ class FedBRICK(LayerwiseFedAvg):
     def _distill_all(self, server_round: int) -> None:
         """Spec 1.5 step 3: distil every BRICK of every (model, group) on its proxy data against the teacher."""
         caches: dict[tuple[str, str], tuple[LayerCache, torch.Tensor]] = {}
+        for info in self.clients.values():  # a group none of whose clients was sampled yet has no BRICKs
+            self._ensure_bricks(info)
         for (model_key, group), tasks in sorted(self._groups().items()):
             parts = []
             for task in tasks:
@@ -238,16 +239,8 @@ class FedBRICK(LayerwiseFedAvg):
     def _teacher_activations(self, model_key: str, task: str) -> tuple[LayerCache, torch.Tensor]:
         """Run the task's proxy split through the full-depth global model; cache every layer's input/output."""
         assert self.scenario is not None
-        lora_tensors = {
-            key[len(model_key) + 1 :]: value
-            for key, value in self.state.items()
-            if key.startswith(f"{model_key}/") and key.count("/") == 1
-        }
-        defaults = self.scenario.lora
-        rank = next((int(v.shape[0]) for k, v in lora_tensors.items() if k.endswith("lora_A")), defaults.rank)
-        lora = LoraSettings(rank=rank, alpha=defaults.alpha, dropout=defaults.dropout)
-        teacher = build_classifier(self.scenario, model_key, task, None, lora).to(resolve_device(self.distill_device))
-        load_adapter_tensors(teacher, model_family(teacher.backbone), lora_tensors)
+        device = resolve_device(self.distill_device)
+        teacher = build_global_model(self.scenario, model_key, task, self.layer_adapters(model_key), device)
         spec = self.scenario.models[model_key]
         examples = task_examples(self.scenario, task, "proxy", None, spec.tokenizer_source)
         return layer_activations(teacher, examples, self.scenario.train.eval_batch_size), examples.attention_mask

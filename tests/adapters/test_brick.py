@@ -13,8 +13,15 @@ from fedbrick_flower.adapters.brick import (
     BrickConfig,
     blend_alpha,
     brick_num_parameters,
+    brick_schema,
+    brick_tensor_name,
+    brick_tensors,
     distill_brick,
+    is_brick,
+    load_brick_tensors,
     masked_mse,
+    parse_brick_tensor_name,
+    seeded_brick,
     stage_two_steps,
 )
 
@@ -211,3 +218,37 @@ def test_brick_config_validates_rank() -> None:
         BrickConfig(rank=0)
     with pytest.raises(ValueError, match="rank"):
         Brick(32, rank=-1)
+
+
+def test_brick_names_round_trip_and_schema() -> None:
+    # Execute
+    name = brick_tensor_name(5, "B2")
+    schema = brick_schema([0, 5], hidden_size=384, rank=8)
+
+    # Assert
+    assert name == "bricks.5.B2" and parse_brick_tensor_name(name) == (5, "B2") and is_brick(name)
+    assert parse_brick_tensor_name("layers.5.attention.self.query.lora_A") is None
+    assert not is_brick("head.weight")
+    assert len(schema) == 8 and schema["bricks.5.A1"] == (8, 384) and schema["bricks.0.B1"] == (384, 8)
+    assert sum(int(torch.tensor(s).prod()) for s in schema.values()) == 2 * brick_num_parameters(384, 8)
+
+
+def test_brick_tensors_load_and_seeding() -> None:
+    # Prepare
+    source, target = seeded_brick(16, 2, seed=7), seeded_brick(16, 2, seed=8)
+    with torch.no_grad():
+        source.B1.fill_(0.5)
+
+    # Execute
+    load_brick_tensors({3: target}, {k: v.detach().numpy() for k, v in brick_tensors({3: source}).items()})
+
+    # Assert
+    assert torch.equal(seeded_brick(16, 2, seed=7).A1, seeded_brick(16, 2, seed=7).A1)
+    assert not torch.equal(seeded_brick(16, 2, seed=7).A1, seeded_brick(16, 2, seed=8).A1)
+    assert set(brick_tensors({3: target})) == set(brick_schema([3], 16, 2))
+    for name in BRICK_PARAM_NAMES:
+        assert torch.equal(getattr(target, name), getattr(source, name))
+    with pytest.raises(KeyError, match="bricks.4.A1"):
+        load_brick_tensors({3: target}, {"bricks.4.A1": torch.zeros(2, 16)})
+    with pytest.raises(KeyError, match="shape"):
+        load_brick_tensors({3: target}, {"bricks.3.A1": torch.zeros(16, 2)})

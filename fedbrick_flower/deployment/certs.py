@@ -1,0 +1,135 @@
+"""TLS certificates (openssl) and SuperNode authentication keys (ssh-keygen) for a deployment.
+
+Layout of a certificate folder::
+
+    DIR/ca.crt  DIR/ca.key             the certificate authority (keep ca.key off the devices)
+    DIR/server.pem  DIR/server.key     the SuperLink's certificate, subjectAltName DNS:localhost, IP:127.0.0.1, ...
+    DIR/nodes/node{i}.key(.pub)        one ECDSA P-384 key pair per SuperNode (the .pub is registered)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+SERVER_CERT = "server.pem"
+SERVER_KEY = "server.key"
+NODE_DIR = "nodes"
+_DAYS = "365"
+
+
+@dataclass(frozen=True)
+class CertificateSet:
+    """Paths of one certificate folder."""
+
+    folder: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.folder / CA_CERT
+
+    @property
+    def server_cert(self) -> Path:
+        return self.folder / SERVER_CERT
+
+    @property
+    def server_key(self) -> Path:
+        return self.folder / SERVER_KEY
+
+    @property
+    def node_dir(self) -> Path:
+        return self.folder / NODE_DIR
+
+    def node_key(self, name: str) -> Path:
+        return self.node_dir / f"{name}.key"
+
+    def node_public_keys(self) -> list[Path]:
+        """Every ``*.key.pub`` in the node folder, sorted by name."""
+        return sorted(self.node_dir.glob("*.key.pub"))
+
+    def check_server(self) -> None:
+        """Fail with a clear message when a file the SuperLink needs is missing."""
+        for path in (self.ca_cert, self.server_cert, self.server_key):
+            if not path.is_file():
+                raise RuntimeError(f"{path} is missing: create it with `fedbrick-flower certs --out {self.folder}`")
+
+
+def san_entry(name: str) -> str:
+    """One subjectAltName entry: ``IP:`` for addresses, ``DNS:`` for host names (a typed prefix is kept)."""
+    if name.startswith(("DNS:", "IP:")):
+        return name
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return f"DNS:{name}"
+    return f"IP:{name}"
+
+
+def subject_alt_names(extra: Sequence[str] = ()) -> str:
+    """``DNS:localhost,IP:127.0.0.1`` plus ``extra`` names, without duplicates."""
+    entries = ["DNS:localhost", "IP:127.0.0.1"]
+    for name in extra:
+        entry = san_entry(name)
+        if entry not in entries:
+            entries.append(entry)
+    return ",".join(entries)
+
+
+def node_names(count: int) -> list[str]:
+    """Default SuperNode key names: ``node0 .. node{count-1}``."""
+    return [f"node{index}" for index in range(count)]
+
+
+def make_certificates(
+    folder: Path, nodes: Sequence[str] = ("node0", "node1"), sans: Sequence[str] = ()
+) -> CertificateSet:
+    """Create a CA, a server certificate signed by it and one SuperNode key pair per name in ``nodes``.
+
+    Existing node keys are kept (they may already be registered); the CA and server certificate are
+    created only when missing, so a second call adds nodes without invalidating the devices' CA copy
+    (delete ``server.pem`` to re-issue it with other ``sans``).
+    """
+    certs = CertificateSet(folder.resolve())
+    certs.node_dir.mkdir(parents=True, exist_ok=True)
+    if not certs.ca_cert.is_file():
+        subject = "/CN=fedbrick-flower CA"
+        _openssl("req", "-x509", "-newkey", "rsa:3072", "-nodes", "-days", _DAYS, "-subj", subject,
+                 "-keyout", str(certs.folder / CA_KEY), "-out", str(certs.ca_cert))  # fmt: skip
+    if not certs.server_cert.is_file():
+        _server_certificate(certs, subject_alt_names(sans))
+    for name in nodes:
+        key = certs.node_key(name)
+        if not key.is_file():
+            _run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", key.stem, "-f", str(key)])
+    for private in [*certs.node_dir.glob("*.key"), certs.server_key, certs.folder / CA_KEY]:
+        private.chmod(0o600)
+    return certs
+
+
+def _server_certificate(certs: CertificateSet, sans: str) -> None:
+    request = certs.folder / "server.csr"
+    extensions = certs.folder / "server.ext"
+    extensions.write_text(f"subjectAltName={sans}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    subject = "/CN=fedbrick-flower superlink"
+    _openssl("req", "-newkey", "rsa:3072", "-nodes", "-subj", subject,
+             "-keyout", str(certs.server_key), "-out", str(request))  # fmt: skip
+    authority = ["-CA", str(certs.ca_cert), "-CAkey", str(certs.folder / CA_KEY), "-CAcreateserial"]
+    _openssl("x509", "-req", "-in", str(request), *authority, "-days", _DAYS, "-sha256",
+             "-extfile", str(extensions), "-out", str(certs.server_cert))  # fmt: skip
+    request.unlink()
+    extensions.unlink()
+
+
+def _openssl(*args: str) -> None:
+    _run(["openssl", *args])
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({result.returncode}): {result.stderr.strip()}")

@@ -1,0 +1,284 @@
+"""``fedbrick-flower certs / server / client / launch``: the Deployment Engine from the command line.
+
+- ``certs``  CA, server certificate and SuperNode keys.
+- ``server`` one SuperLink (TLS and SuperNode authentication unless ``--insecure``), node keys registered,
+  the run submitted with ``flwr run``, progress streamed, the summary printed.
+- ``client`` one SuperNode carrying a device profile as its node config, in the foreground.
+- ``launch`` a whole scenario on this machine: a SuperLink and one SuperNode per scenario client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import runtime
+from ..scenario import Scenario, ScenarioError, load_scenario, parse_profile
+from .certs import CA_CERT, CertificateSet, make_certificates, node_names
+from .processes import (
+    IN_MEMORY,
+    SuperLinkSettings,
+    register_node_keys,
+    run_config,
+    start_superlink,
+    submit,
+    supernode_command,
+)
+
+DEPLOYMENT_FILE = "deployment.json"
+
+
+# ------------------------------------------------------------------------------------------------ certs
+def add_certs(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("certs", help="create a CA, a SuperLink certificate and SuperNode key pairs")
+    parser.add_argument("--out", type=Path, required=True, help="certificate folder (e.g. deploy/certs)")
+    parser.add_argument("--nodes", type=int, default=2, help="number of SuperNode key pairs (node0, node1, ...)")
+    parser.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra subjectAltName of the server certificate: a host name or an IP (repeatable)",
+    )
+    parser.set_defaults(handler=certs)
+
+
+def certs(args: argparse.Namespace) -> int:
+    result = make_certificates(args.out, node_names(args.nodes), args.san)
+    print(f"CA certificate:     {result.ca_cert}  (copy to every device)")
+    print(f"server certificate: {result.server_cert}, key {result.server_key}")
+    for key in result.node_public_keys():
+        print(f"SuperNode key:      {key.with_suffix('')}  (public key {key.name} is registered by the server)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ server
+def add_server(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("server", help="start a SuperLink and run a scenario on the SuperNodes that join")
+    parser.add_argument("--scenario", help="built-in name or YAML path (default with --resume: the run's own)")
+    parser.add_argument("--certs", type=Path, help="certificate folder from `fedbrick-flower certs`")
+    parser.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication")
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/<scenario>-<time>)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its checkpoint")
+    parser.add_argument("--fleet-address", default="127.0.0.1:9092", help="Fleet API (use 0.0.0.0:9092 for LAN)")
+    parser.add_argument("--control-port", type=int, default=8000, help="HTTP(S) port of the Control/Runtime API")
+    parser.add_argument("--node-keys", type=Path, help="folder of SuperNode *.key.pub files (default: CERTS/nodes)")
+    parser.add_argument("--database", default=IN_MEMORY, help="SuperLink state database file (default: in memory)")
+    parser.add_argument("--keep", action="store_true", help="leave the SuperLink running after the run")
+    _add_run_options(parser)
+    parser.set_defaults(handler=server)
+
+
+def server(args: argparse.Namespace) -> int:
+    """SuperLink -> node keys -> ``flwr run`` -> summary -> SuperLink stopped (unless ``--keep``)."""
+    run_dir = (args.resume or args.out or _default_run_dir(args.scenario)).resolve()
+    scenario = _server_scenario(args, run_dir)
+    certs = None if args.insecure else _certificate_folder(args.certs)
+    settings = SuperLinkSettings(args.fleet_address, args.control_port, certs=certs, database=args.database)
+    env = runtime.flower_env(run_dir / ".flwr-home")
+    _stop_on_sigterm()
+    superlink = start_superlink(settings, run_dir, env)
+    try:
+        if certs is not None:
+            keys = sorted((args.node_keys or certs.node_dir).glob("*.key.pub"))
+            if not keys:
+                raise RuntimeError(f"no SuperNode public keys (*.key.pub) in {args.node_keys or certs.node_dir}")
+            register_node_keys(keys, env)
+        _write_deployment(run_dir, settings, superlink.pid, {})
+        print(f"SuperLink pid {superlink.pid}: Fleet API {settings.fleet_address}, waiting for SuperNodes", flush=True)
+        submit(
+            run_dir, run_config(run_dir, scenario, resume=bool(args.resume), audit_wire=args.audit_wire), superlink, env
+        )
+    finally:
+        if not args.keep:
+            runtime.stop(superlink)
+    if args.keep:
+        print(f"SuperLink still running (pid {superlink.pid}); stop it with: kill {superlink.pid}")
+    _print_summary(run_dir)
+    return 0
+
+
+def _server_scenario(args: argparse.Namespace, run_dir: Path) -> Scenario:
+    overrides = _overrides(args.set)
+    if args.scenario:
+        return load_scenario(args.scenario, overrides)
+    saved = run_dir / "scenario.input.yaml"
+    if args.resume and saved.is_file():
+        return load_scenario(str(saved), overrides)
+    raise ScenarioError("--scenario is required (or --resume RUN_DIR of a run that saved its scenario)")
+
+
+def _certificate_folder(folder: Path | None) -> CertificateSet:
+    if folder is None:
+        raise RuntimeError("--certs DIR is required for TLS (or pass --insecure for a plain-text test setup)")
+    certs = CertificateSet(folder.resolve())
+    certs.check_server()
+    return certs
+
+
+# ------------------------------------------------------------------------------------------------ client
+def add_client(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("client", help="start a SuperNode that carries a device profile")
+    parser.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's Fleet API")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--profile", type=Path, help="device profile YAML (see deploy/profiles/)")
+    who.add_argument("--client-id", help="a client id of the server's scenario (its profile comes from there)")
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument("--certs", type=Path, help=f"certificate folder holding {CA_CERT}")
+    trust.add_argument("--root-certificates", type=Path, help="the CA certificate that signed the server's")
+    parser.add_argument("--key", type=Path, help="this node's private key (its .pub is registered on the server)")
+    parser.add_argument("--insecure", action="store_true", help="no TLS (only against an --insecure server)")
+    parser.add_argument("--host", default="127.0.0.1", help="host of this node's local ClientApp API")
+    parser.add_argument("--port", type=int, default=9094, help="port of this node's local ClientApp API")
+    parser.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (10..1800; Flower's is 30)")
+    parser.add_argument("--home", type=Path, help="Flower's working folder for this node (default: ~/.fedbrick-flower)")
+    parser.set_defaults(handler=client)
+
+
+def client(args: argparse.Namespace) -> int:
+    """Replace this process with ``flower-supernode``: signals and the exit code are the SuperNode's own."""
+    command = supernode_command(
+        args.superlink,
+        _node_config(args),
+        port=args.port,
+        host=args.host,
+        root_certificates=None if args.insecure else _root_certificate(args),
+        private_key=args.key,
+        heartbeat=args.heartbeat,
+    )
+    home = args.home or Path.home() / ".fedbrick-flower" / f"supernode-{args.port}"
+    home.mkdir(parents=True, exist_ok=True)
+    env = runtime.flower_env(home.resolve())
+    sys.stdout.flush()
+    os.execvpe(command[0], command, env)
+    return 0  # not reached
+
+
+def _node_config(args: argparse.Namespace) -> dict[str, str]:
+    if args.client_id:
+        return {"client-id": args.client_id}
+    path = args.profile.resolve()
+    if not path.is_file():
+        raise ScenarioError(f"--profile: file {str(path)!r} does not exist")
+    parse_profile(yaml.safe_load(path.read_text()), where=f"profile {path}")  # fail here, not in every ClientApp
+    # An absolute path: the ClientApp process that reads it does not share this shell's working directory.
+    return {"profile": str(path)}
+
+
+def _root_certificate(args: argparse.Namespace) -> Path:
+    path = args.root_certificates or (args.certs / CA_CERT if args.certs else None)
+    if path is None:
+        raise RuntimeError("give --certs DIR or --root-certificates CA.crt (or --insecure against an insecure server)")
+    if not path.is_file():
+        raise RuntimeError(f"CA certificate {path} does not exist")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ launch
+def add_launch(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("launch", help="run a scenario as a local multi-process deployment (loopback)")
+    parser.add_argument("scenario", help="built-in name or YAML path")
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/<scenario>-<time>)")
+    parser.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication")
+    parser.add_argument("--heartbeat", type=float, help="SuperNode heartbeat in seconds (10..1800; Flower's is 30)")
+    _add_run_options(parser)
+    parser.set_defaults(handler=launch)
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Certificates -> SuperLink -> keys -> one SuperNode per client -> ``flwr run`` -> teardown -> summary."""
+    scenario = load_scenario(args.scenario, _overrides(args.set))
+    run_dir = (args.out or _default_run_dir(scenario.name)).resolve()
+    client_ids = [profile.id for profile in scenario.clients]
+    certs = None if args.insecure else make_certificates(run_dir / "certs", client_ids)
+    settings = SuperLinkSettings(f"127.0.0.1:{runtime.free_port()}", runtime.free_port(), certs=certs)
+    env = runtime.flower_env(run_dir / ".flwr-home")
+    _stop_on_sigterm()
+    with runtime.running([start_superlink(settings, run_dir, env)]) as processes:
+        if certs is not None:
+            register_node_keys([certs.node_key(cid).with_suffix(".key.pub") for cid in client_ids], env, client_ids)
+        nodes = {cid: _start_supernode(cid, settings, certs, run_dir, args.heartbeat) for cid in client_ids}
+        processes.extend(nodes.values())
+        _write_deployment(run_dir, settings, processes[0].pid, {cid: node.pid for cid, node in nodes.items()})
+        submit(run_dir, run_config(run_dir, scenario, audit_wire=args.audit_wire), processes[0], env)
+    _print_summary(run_dir)
+    return 0
+
+
+def _start_supernode(
+    client_id: str,
+    settings: SuperLinkSettings,
+    certs: CertificateSet | None,
+    run_dir: Path,
+    heartbeat: float | None,
+) -> subprocess.Popen:
+    command = supernode_command(
+        settings.fleet_address,
+        {"client-id": client_id},
+        port=runtime.free_port(),
+        root_certificates=certs.ca_cert if certs else None,
+        private_key=certs.node_key(client_id) if certs else None,
+        heartbeat=heartbeat,
+    )
+    # Each node gets its own FLWR_HOME, as on separate machines.
+    node_env = runtime.flower_env(run_dir / "nodes" / client_id / ".flwr-home")
+    return runtime.start(command, run_dir / "logs" / f"supernode-{client_id}.log", node_env)
+
+
+# ------------------------------------------------------------------------------------------------ shared
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario key, e.g. --set rounds=5 --set server.min_clients=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--audit-wire",
+        action="store_true",
+        help="clients describe every message they receive and send in RUN_DIR/wire-audit.jsonl (names, no values)",
+    )
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    from ..cli import _parse_assignment  # the `run` command's --set syntax
+
+    return dict(_parse_assignment(item) for item in items)
+
+
+def _default_run_dir(name: str | None) -> Path:
+    stem = Path(name).stem if name else "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _stop_on_sigterm() -> None:
+    # SIGTERM ends this command like Ctrl-C: the `finally` blocks stop the processes it started, by PID.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def _write_deployment(run_dir: Path, settings: SuperLinkSettings, superlink_pid: int, nodes: dict[str, int]) -> None:
+    """Record addresses and PIDs in ``RUN_DIR/deployment.json``, so an operator stops exactly these processes."""
+    record = {
+        "fleet_address": settings.fleet_address,
+        "control_address": settings.connection_address,
+        "tls": settings.certs is not None,
+        "superlink_pid": superlink_pid,
+        "supernode_pids": nodes,
+    }
+    (run_dir / DEPLOYMENT_FILE).write_text(json.dumps(record, indent=2))
+
+
+def _print_summary(run_dir: Path) -> None:
+    from ..cli import print_summary
+
+    print_summary(run_dir)
