@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +32,7 @@ from ..adapters.brick import (
     stage_two_steps,
 )
 from ..adapters.lora import adapter_tensors, lora_tensors
-from ..models import SequenceClassifier, hidden_size, layer_stack, model_family
+from ..models import SequenceClassifier, layer_stack, model_family
 from .base import ClientAlgorithm
 from .trainer import Batch, TrainResult, classification_loss, make_optimizer, train_steps
 
@@ -82,12 +81,12 @@ class FedBrickClient(ClientAlgorithm):
         bricks: dict[int, Brick] = {}
 
         def filler(g: int) -> Brick:
-            bricks[g] = Brick(self._width, rank)
+            bricks[g] = Brick(self.session.width, rank)
             return bricks[g]
 
         model = self.session.build(layers, filler)
         held = set(layers)
-        bricks.update({g: Brick(self._width, rank) for g in range(self.session.full_depth) if g in held})
+        bricks.update({g: Brick(self.session.width, rank) for g in range(self.session.full_depth) if g in held})
         for brick in bricks.values():
             brick.to(device=self.session.device, dtype=torch.float32)
         setattr(model, BRICKS_ATTRIBUTE, dict(sorted(bricks.items())))
@@ -158,13 +157,10 @@ class FedBrickClient(ClientAlgorithm):
     def train(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
         update, metrics = super().train(arrays, config)
         missing = self.session.full_depth - len(config["layers"])
-        metrics["brick-parameters"] = float(missing * brick_num_parameters(self._width, int(config["brick-rank"])))
+        metrics["brick-parameters"] = float(
+            missing * brick_num_parameters(self.session.width, int(config["brick-rank"]))
+        )
         return update, metrics
-
-    @functools.cached_property
-    def _width(self) -> int:
-        """The model width d (built once per process: the session caches no config of its own)."""
-        return hidden_size(self.session.build([0]).backbone)
 
     def _run(self, model: SequenceClassifier, config: dict[str, Any], steps: int, loss_fn, label: str) -> TrainResult:  # noqa: ANN001
         settings = self.session.scenario.train

@@ -21,6 +21,7 @@ from ..data import EncodedExamples, encode_examples, load_task, select, split_fe
 from ..models import (
     ModelSpec,
     SequenceClassifier,
+    hidden_size,
     keep_layers,
     load_backbone,
     load_tokenizer,
@@ -168,6 +169,11 @@ class ClientSession:
     @property
     def full_depth(self) -> int:
         return num_layers(_cached_backbone(self.spec, self.scenario.seed))
+
+    @property
+    def width(self) -> int:
+        """The model's hidden size d."""
+        return hidden_size(_cached_backbone(self.spec, self.scenario.seed))
 
     @property
     def budget(self) -> int:
