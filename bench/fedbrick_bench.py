@@ -125,20 +125,22 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument("--out-root", type=Path, default=Path("runs/fedbrick-bench"))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file the results go to")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra scenario override")
     args = parser.parse_args()
-    common = [f"rounds={args.rounds}", f"train.local_steps={args.local_steps}", f"seed={args.seed}"]
+    common = [f"rounds={args.rounds}", f"train.local_steps={args.local_steps}", f"seed={args.seed}", *args.set]
     results: dict[str, dict[str, Any]] = {}
-    config = {k: v for k, v in vars(args).items() if k != "out_root"}
+    config = {k: v for k, v in vars(args).items() if k not in {"out_root", "results"}}
     for algorithm, setting in jobs(args.algorithms, args.settings):
         budgets = [6] * 6 if setting == "full" else SETTINGS[setting]
         name = f"{algorithm}/{setting}"
         overrides = [*common, *ALGORITHMS[algorithm], clients_override(budgets, args.model, args.task)]
         results[name] = run_one(args.out_root / name.replace("/", "-"), args.scenario, overrides)
         # Written after every run, so an interrupted benchmark keeps what it measured.
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"config": config, "runs": results}, indent=2, default=str))
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps({"config": config, "runs": results}, indent=2, default=str))
     print_table(results)
-    print(f"\nwritten: {RESULTS}")
+    print(f"\nwritten: {args.results}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,202 @@
+"""Deployment plumbing without a network: certificates, commands of Flower's executables, profiles, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedbrick_flower import cli
+from fedbrick_flower.deployment import heartbeat
+from fedbrick_flower.deployment.certs import CertificateSet, make_certificates, subject_alt_names
+from fedbrick_flower.deployment.processes import SuperLinkSettings, superlink_command, supernode_command
+from fedbrick_flower.scenario import ScenarioError, load_scenario, parse_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = sorted((ROOT / "deploy" / "profiles").glob("*.yaml"))
+DEVICES_SCENARIO = ROOT / "deploy" / "scenarios" / "devices.yaml"
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
+    return make_certificates(tmp_path_factory.mktemp("certs"), ["node0", "edge"], ["superlink", "10.77.0.1"])
+
+
+def test_subject_alt_names_types_and_deduplicates_entries() -> None:
+    # Execute
+    sans = subject_alt_names(["superlink", "10.0.0.1", "localhost", "IP:::1"])
+
+    # Assert
+    assert sans == "DNS:localhost,IP:127.0.0.1,DNS:superlink,IP:10.0.0.1,IP:::1"
+
+
+def test_server_certificate_is_signed_by_the_ca_for_loopback_and_extra_names(certificates: CertificateSet) -> None:
+    # Execute
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(certificates.ca_cert), str(certificates.server_cert)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(certificates.server_cert), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    # Assert
+    assert verify.returncode == 0, verify.stderr
+    for entry in ("DNS:localhost", "IP Address:127.0.0.1", "DNS:superlink", "IP Address:10.77.0.1"):
+        assert entry in text
+
+
+def test_node_keys_are_ecdsa_384_and_private_keys_are_owner_only(certificates: CertificateSet) -> None:
+    # Execute
+    public_keys = certificates.node_public_keys()
+
+    # Assert
+    assert [key.name for key in public_keys] == ["edge.key.pub", "node0.key.pub"]
+    assert all(key.read_text().startswith("ecdsa-sha2-nistp384 ") for key in public_keys)
+    assert (certificates.node_key("edge").stat().st_mode & 0o777) == 0o600
+    assert (certificates.server_key.stat().st_mode & 0o777) == 0o600
+
+
+def test_second_call_adds_nodes_and_keeps_the_ca(certificates: CertificateSet) -> None:
+    # Prepare
+    ca_before = certificates.ca_cert.read_bytes()
+    key_before = certificates.node_key("node0").read_bytes()
+
+    # Execute
+    make_certificates(certificates.folder, ["node0", "late"])
+
+    # Assert
+    assert certificates.ca_cert.read_bytes() == ca_before
+    assert certificates.node_key("node0").read_bytes() == key_before
+    assert certificates.node_key("late").is_file()
+
+
+def test_superlink_command_turns_on_tls_and_node_authentication(certificates: CertificateSet) -> None:
+    # Execute
+    command = superlink_command(SuperLinkSettings("127.0.0.1:9092", 8000, certs=certificates))
+
+    # Assert
+    assert command[0] == "flower-superlink"
+    assert "--enable-supernode-auth" in command and "--insecure" not in command
+    assert command[command.index("--ssl-certfile") + 1] == str(certificates.server_cert)
+    assert command[command.index("--fleet-api-address") + 1] == "127.0.0.1:9092"
+    assert "--disable-runtime-dependency-installation" in command
+
+
+def test_insecure_superlink_has_no_authentication() -> None:
+    # Execute
+    command = superlink_command(SuperLinkSettings("127.0.0.1:9092", 8000))
+
+    # Assert
+    assert "--insecure" in command and "--enable-supernode-auth" not in command
+
+
+def test_superlink_command_reports_missing_certificates(tmp_path: Path) -> None:
+    # Execute / Assert
+    with pytest.raises(RuntimeError, match="fedbrick-flower certs"):
+        superlink_command(SuperLinkSettings("127.0.0.1:9092", 8000, certs=CertificateSet(tmp_path)))
+
+
+def test_supernode_command_carries_the_profile_and_credentials(certificates: CertificateSet) -> None:
+    # Execute
+    command = supernode_command(
+        "10.0.0.1:9092",
+        {"profile": "/abs/edge.yaml"},
+        port=9095,
+        root_certificates=certificates.ca_cert,
+        private_key=certificates.node_key("edge"),
+    )
+
+    # Assert
+    assert command[:3] == ["flower-supernode", "--grpc-rere", "--superlink"]
+    assert command[command.index("--node-config") + 1] == "profile='/abs/edge.yaml'"
+    assert command[command.index("--auth-supernode-private-key") + 1] == str(certificates.node_key("edge"))
+    assert command[command.index("--port") + 1] == "9095"
+    assert "--insecure" not in command
+
+
+def test_supernode_with_heartbeat_runs_through_the_wrapper() -> None:
+    # Execute
+    command = supernode_command("127.0.0.1:9092", {"client-id": "a"}, port=9094, heartbeat=10)
+
+    # Assert
+    assert command[1:4] == ["-m", "fedbrick_flower.deployment.heartbeat", "10.0"]
+    assert command[-1] == "--insecure"
+
+
+def test_heartbeat_interval_outside_the_superlink_range_is_refused() -> None:
+    # Execute / Assert
+    with pytest.raises(ValueError, match="10..1800"):
+        heartbeat.set_interval(5)
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_example_profiles_fit_the_example_scenario(path: Path) -> None:
+    # Prepare
+    scenario = load_scenario(str(DEVICES_SCENARIO))
+
+    # Execute
+    profile = parse_profile(yaml.safe_load(path.read_text()), where=str(path))
+
+    # Assert: same model and task as the scenario, and an id that names a data share in it
+    assert profile.model in scenario.models and profile.task in scenario.tasks
+    assert scenario.client(profile.id).model == profile.model
+
+
+def test_example_profiles_cover_gpu_edge_and_another_family() -> None:
+    # Execute
+    profiles = {path.stem: parse_profile(yaml.safe_load(path.read_text())) for path in PROFILES}
+
+    # Assert
+    assert (profiles["gpu-server-full"].device, profiles["gpu-server-full"].dtype) == ("cuda:0", "bfloat16")
+    assert (profiles["edge-2layer"].layers, profiles["edge-2layer"].device) == (2, "cpu")
+    assert profiles["other-family"].model != profiles["edge-2layer"].model
+
+
+def test_client_rejects_a_missing_profile_before_starting_flower(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    # Execute
+    code = cli.main(["client", "--superlink", "127.0.0.1:9092", "--profile", str(tmp_path / "no.yaml"), "--insecure"])
+
+    # Assert
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_client_needs_a_ca_certificate_unless_insecure(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    # Execute
+    code = cli.main(["client", "--superlink", "127.0.0.1:9092", "--client-id", "a"])
+
+    # Assert
+    assert code == 2
+    assert "--root-certificates" in capsys.readouterr().err
+
+
+def test_server_needs_certificates_unless_insecure(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    # Execute
+    code = cli.main(["server", "--scenario", "smoke", "--out", str(tmp_path)])
+
+    # Assert
+    assert code == 2
+    assert "--certs" in capsys.readouterr().err
+
+
+def test_certs_command_writes_a_certificate_folder(tmp_path: Path) -> None:
+    # Execute
+    code = cli.main(["certs", "--out", str(tmp_path), "--nodes", "3", "--san", "superlink"])
+
+    # Assert
+    assert code == 0
+    assert len(CertificateSet(tmp_path).node_public_keys()) == 3
+
+
+def test_profile_errors_name_the_field() -> None:
+    # Execute / Assert
+    with pytest.raises(ScenarioError, match="layers"):
+        parse_profile({"id": "x", "model": "m", "task": "t", "layers": "many"})
