@@ -12,12 +12,28 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 TINY_CONFIGS: dict[str, dict] = {
     "bert": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64},
     "mpnet": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64},
-    "llama": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1,
-              "intermediate_size": 64},
-    "qwen2": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1,
-              "intermediate_size": 64},
-    "gemma3_text": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1,
-                    "intermediate_size": 64, "head_dim": 16},
+    "llama": {
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+    },
+    "qwen2": {
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+    },
+    "gemma3_text": {
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+        "head_dim": 16,
+    },
     "gpt2": {"n_embd": 32, "n_layer": 4, "n_head": 2},
 }
 

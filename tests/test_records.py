@@ -35,7 +35,9 @@ def test_round_trip_preserves_names_shapes_and_values(dtype: str, tolerance: flo
     # Assert
     assert list(restored) == list(tensors)
     assert restored["layers.3.q.lora_A"].dtype == np.float32
-    np.testing.assert_allclose(restored["layers.3.q.lora_A"], tensors["layers.3.q.lora_A"], atol=tolerance, rtol=tolerance)
+    np.testing.assert_allclose(
+        restored["layers.3.q.lora_A"], tensors["layers.3.q.lora_A"], atol=tolerance, rtol=tolerance
+    )
 
 
 def test_fp16_wire_halves_the_bytes() -> None:

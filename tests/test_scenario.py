@@ -65,8 +65,16 @@ def test_models_need_exactly_one_of_source_or_family() -> None:
 
 def test_run_config_short_keys_and_sentinels_become_overrides() -> None:
     # Prepare
-    run_config = {"scenario": "smoke", "out-dir": "", "algorithm": "local", "rounds": 0, "seed": -1,
-                  "local-steps": 3, "wire-dtype": "", "fraction-train": -1.0}
+    run_config = {
+        "scenario": "smoke",
+        "out-dir": "",
+        "algorithm": "local",
+        "rounds": 0,
+        "seed": -1,
+        "local-steps": 3,
+        "wire-dtype": "",
+        "fraction-train": -1.0,
+    }
 
     # Execute
     overrides = scenario_overrides(run_config)

@@ -47,8 +47,15 @@ def test_lora_tensors_are_named_by_global_layer_index() -> None:
     layers = {layer_of(name) for name in lora_tensors(model, family)}
     assert layers == {1, 3}
     assert set(lora_tensors(model, family)) == set(
-        names_for_layers({"self_attn.q_proj.lora_A": [4, 32], "self_attn.q_proj.lora_B": [32, 4],
-                          "self_attn.v_proj.lora_A": [4, 32], "self_attn.v_proj.lora_B": [16, 4]}, [1, 3])
+        names_for_layers(
+            {
+                "self_attn.q_proj.lora_A": [4, 32],
+                "self_attn.q_proj.lora_B": [32, 4],
+                "self_attn.v_proj.lora_A": [4, 32],
+                "self_attn.v_proj.lora_B": [16, 4],
+            },
+            [1, 3],
+        )
     )
 
 
@@ -90,8 +97,10 @@ def test_saved_adapter_loads_with_peft_on_the_full_depth_model(tmp_path) -> None
     from peft import PeftModel
 
     backbone, family = _lora_model("bert", [1, 3])
-    tensors = {n: np.random.default_rng(0).normal(size=tuple(t.shape)).astype(np.float32)
-               for n, t in lora_tensors(backbone, family).items()}
+    tensors = {
+        n: np.random.default_rng(0).normal(size=tuple(t.shape)).astype(np.float32)
+        for n, t in lora_tensors(backbone, family).items()
+    }
 
     # Execute
     save_peft_adapter(tmp_path, tensors, family, LoraSettings(rank=4), base_model="tiny")

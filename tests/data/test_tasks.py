@@ -157,9 +157,7 @@ def test_missing_package_names_the_pip_package(monkeypatch: pytest.MonkeyPatch) 
     [(("a", "b"), (0,)), (("a", "b"), (0, 2))],
     ids=["length-mismatch", "label-out-of-range"],
 )
-def test_text_dataset_rejects_inconsistent_fields(
-    texts: tuple[str, ...], labels: tuple[int, ...]
-) -> None:
+def test_text_dataset_rejects_inconsistent_fields(texts: tuple[str, ...], labels: tuple[int, ...]) -> None:
     # Execute / Assert
     with pytest.raises(ValueError):
         TextDataset(name="toy", texts=texts, labels=labels, label_names=("x", "y"))

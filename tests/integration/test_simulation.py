@@ -16,8 +16,15 @@ pytestmark = pytest.mark.integration
 
 ADAPTER_NAME = re.compile(r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)|bricks\.\d+\.\w+)$")
 DECLARED_METRICS = {
-    "num-examples", "train-loss", "train-loss-first", "train-loss-last", "train-seconds", "peak-memory-mb",
-    "model-parameters", "accuracy", "loss",
+    "num-examples",
+    "train-loss",
+    "train-loss-first",
+    "train-loss-last",
+    "train-seconds",
+    "peak-memory-mb",
+    "model-parameters",
+    "accuracy",
+    "loss",
 }
 
 
@@ -101,7 +108,10 @@ def test_saved_client_adapter_loads_with_peft(smoke_run: Path) -> None:
 def test_minilm_mixed_depth_run_learns(tmp_path: Path) -> None:
     # Prepare
     scenario = _scenario_with(
-        tmp_path, "hetero-depth", rounds=2, tasks={"bbc": {"dataset": "bbc-news", "max_examples": 800}},
+        tmp_path,
+        "hetero-depth",
+        rounds=2,
+        tasks={"bbc": {"dataset": "bbc-news", "max_examples": 800}},
         train={"local_steps": 12, "batch_size": 16, "lr": 0.0005, "head_lr": 0.005},
     )
 
