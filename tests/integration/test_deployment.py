@@ -24,6 +24,7 @@ from fedbrick_flower.deployment.certs import make_certificates
 from fedbrick_flower.deployment.processes import CONNECTION, SuperLinkSettings, start_superlink, supernode_command
 from fedbrick_flower.run_dir import read_metrics
 from fedbrick_flower.scenario import scenario_path
+from tests.wire import ADAPTER_NAME, DECLARED_METRICS, array_names, audit_rows, metric_names
 
 pytestmark = pytest.mark.integration
 
@@ -31,20 +32,7 @@ SMOKE_CLIENTS = ["bert-full", "bert-edge", "llama-edge"]
 RESUME_CLIENTS = ["bert-edge", "llama-edge"]
 # One short round: these tests exercise the links, not learning.
 FAST = ["--set", "rounds=1", "--set", "train.local_steps=2", "--set", "server.evaluate_global=false"]
-# The metric names the ClientApp declares in its replies (clients/trainer.py and the evaluation handler).
-DECLARED_METRICS = {
-    "num-examples",
-    "train-loss",
-    "train-loss-first",
-    "train-loss-last",
-    "train-seconds",
-    "peak-memory-mb",
-    "model-parameters",
-    "accuracy",
-    "loss",
-}
 READY = "waiting for SuperNodes"  # printed by `server` once its SuperLink is up and the keys are registered
-ADAPTER_NAME = re.compile(r"^(layers\.\d+\.|head\.|bricks\.)")
 
 
 def fedbrick(args: list[str], log_file: Path, home: Path) -> subprocess.Popen:
@@ -128,11 +116,10 @@ def test_only_adapter_tensors_and_declared_metrics_cross_the_link(launched: tupl
     """Read what each ClientApp received and sent (``wire_audit_mod``, ``--audit-wire``) in the deployment."""
     # Prepare
     run_dir, _, _ = launched
-    rows = [json.loads(line) for line in (run_dir / "wire-audit.jsonl").read_text().splitlines()]
+    rows = audit_rows(run_dir)
 
     # Execute
-    arrays = {name for row in rows for record in row["records"].values() for name in record.get("arrays", {})}
-    metrics = {name for row in rows for record in row["records"].values() for name in record.get("metrics", [])}
+    arrays, metrics = array_names(rows), metric_names(rows)
     query_replies = [row for row in rows if row["type"] == "query" and row["direction"] == "up"]
 
     # Assert: every client sent and received its messages, and nothing but adapters and declared metrics

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -11,21 +10,9 @@ import yaml
 
 from fedbrick_flower import cli
 from fedbrick_flower.scenario import scenario_path
+from tests.wire import ADAPTER_NAME, DECLARED_METRICS, audit_rows, metric_names
 
 pytestmark = pytest.mark.integration
-
-ADAPTER_NAME = re.compile(r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)|bricks\.\d+\.\w+)$")
-DECLARED_METRICS = {
-    "num-examples",
-    "train-loss",
-    "train-loss-first",
-    "train-loss-last",
-    "train-seconds",
-    "peak-memory-mb",
-    "model-parameters",
-    "accuracy",
-    "loss",
-}
 
 
 def _scenario_with(tmp_path: Path, name: str, **changes) -> Path:
@@ -75,11 +62,11 @@ def test_nan_update_is_rejected_and_the_rounds_go_on(smoke_run: Path) -> None:
 
 def test_messages_carry_only_adapter_tensors_and_declared_metrics(smoke_run: Path) -> None:
     # Prepare
-    rows = [json.loads(line) for line in (smoke_run / "wire-audit.jsonl").read_text().splitlines()]
+    rows = audit_rows(smoke_run)
 
     # Execute
     arrays = [(n, a) for row in rows for rec in row["records"].values() for n, a in rec.get("arrays", {}).items()]
-    metrics = {m for row in rows for rec in row["records"].values() for m in rec.get("metrics", [])}
+    metrics = metric_names(rows)
     longest_string = max(rec.get("longest_string", 0) for row in rows for rec in row["records"].values())
 
     # Assert

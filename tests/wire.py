@@ -1,0 +1,37 @@
+"""What may cross the link, for the tests that read a run's ``wire-audit.jsonl``: the one statement of it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+# Canonical adapter names: LoRA factors by global layer, the task head, FedBRICK's BRICKs.
+ADAPTER_NAME = re.compile(r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)|bricks\.\d+\.(A1|B1|A2|B2))$")
+# The metric names the ClientApp declares in its replies (clients/base.py, clients/fedbrick.py).
+DECLARED_METRICS = {
+    "num-examples",
+    "train-loss",
+    "train-loss-first",
+    "train-loss-last",
+    "train-seconds",
+    "peak-memory-mb",
+    "model-parameters",
+    "brick-parameters",
+    "accuracy",
+    "loss",
+}
+
+
+def audit_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Every row of a run's wire audit."""
+    return [json.loads(line) for line in (run_dir / "wire-audit.jsonl").read_text().splitlines()]
+
+
+def array_names(rows: list[dict[str, Any]]) -> set[str]:
+    return {name for row in rows for record in row["records"].values() for name in record.get("arrays", {})}
+
+
+def metric_names(rows: list[dict[str, Any]]) -> set[str]:
+    return {name for row in rows for record in row["records"].values() for name in record.get("metrics", [])}
