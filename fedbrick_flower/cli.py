@@ -13,7 +13,7 @@ import yaml
 from . import runtime
 from .deployment import commands as deployment
 from .run_dir import SUMMARY_FILE
-from .scenario import ScenarioError, builtin_scenarios, load_scenario
+from .scenario import ScenarioError, builtin_scenarios, load_scenario, parse_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
 
 def run_simulation(args: argparse.Namespace) -> int:
     """Start a local simulation SuperLink, submit the app with ``flwr run``, print the summary."""
-    overrides = dict(_parse_assignment(item) for item in args.set)
+    overrides = parse_overrides(args.set)
     scenario = load_scenario(args.scenario, overrides)  # fail fast, before any process starts
     run_dir = (args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -90,27 +90,11 @@ def run_simulation(args: argparse.Namespace) -> int:
     with runtime.running([runtime.start(command, log_file, env)]) as processes:
         runtime.wait_for_http(http_port, processes[0], log_file)
         code = runtime.flwr_run("fedbrick-sim", run_config, env)
-        _wait_for_summary(run_dir, processes[0], log_file)
+        runtime.wait_for_file(run_dir / SUMMARY_FILE, processes[0], log_file)
     if code != 0:
         raise RuntimeError(f"flwr run exited with code {code}; see {log_file}")
     print_summary(run_dir)
     return 0
-
-
-def _wait_for_summary(run_dir: Path, superlink, log_file: Path, timeout: float = 120.0) -> None:  # noqa: ANN001
-    # `flwr run --stream` can return as the log stream closes, a moment before the ServerApp writes its files.
-    deadline = time.monotonic() + timeout
-    while not (run_dir / SUMMARY_FILE).exists():
-        if time.monotonic() > deadline or superlink.poll() is not None:
-            raise RuntimeError(f"the run ended without writing {run_dir / SUMMARY_FILE}; see {log_file}")
-        time.sleep(0.5)
-
-
-def _parse_assignment(item: str) -> tuple[str, object]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ScenarioError(f"--set {item!r}: expected KEY=VALUE")
-    return key.strip(), yaml.safe_load(value)
 
 
 def print_summary(run_dir: Path) -> None:

@@ -149,6 +149,18 @@ def wait_for_http(
     raise RuntimeError(f"{process.args[0]} did not become ready within {timeout:.0f}s; see {log_file}")
 
 
+def wait_for_file(path: Path, process: subprocess.Popen, log_file: Path, timeout: float = 120.0) -> None:
+    """Wait for a file that a run writes as it ends.
+
+    ``flwr run --stream`` can return as the log stream closes, a moment before the ServerApp writes its files.
+    """
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"the run ended without writing {path}; see {log_file}")
+        time.sleep(0.5)
+
+
 def run_config_arg(values: Mapping[str, Any]) -> str:
     """Format a ``--run-config`` value (TOML-style ``key=value`` pairs)."""
     parts = []

@@ -204,6 +204,17 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return result
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line overrides (values read as YAML: ``rounds=5``, ``layers=[0, 2]``)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ScenarioError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def parse_scenario(raw: dict[str, Any]) -> Scenario:
     """Validate a raw scenario mapping; every error names the offending field and value."""
     _reject_unknown(raw, {f.name for f in dataclasses.fields(Scenario)} - {"raw"}, "")

@@ -13,6 +13,7 @@ from fedbrick_flower.scenario import (
     apply_overrides,
     builtin_scenarios,
     load_scenario,
+    parse_overrides,
     parse_scenario,
     scenario_path,
 )
@@ -94,3 +95,13 @@ def test_scenarios_compare_by_content() -> None:
     assert load_scenario("smoke") == load_scenario("smoke")
     assert hash(load_scenario("smoke")) == hash(load_scenario("smoke"))
     assert load_scenario("smoke") != load_scenario("smoke", {"rounds": 3})
+
+
+def test_command_line_overrides_are_read_as_yaml() -> None:
+    # Execute
+    overrides = parse_overrides(["rounds=5", "clients.0.layers=[0, 2]", "algorithm=local"])
+
+    # Assert
+    assert overrides == {"rounds": 5, "clients.0.layers": [0, 2], "algorithm": "local"}
+    with pytest.raises(ScenarioError, match="expected KEY=VALUE"):
+        parse_overrides(["rounds"])

@@ -17,12 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from .. import runtime
-from ..scenario import Scenario, ScenarioError, load_scenario, parse_profile
+from ..scenario import Scenario, ScenarioError, load_scenario, parse_overrides, parse_profile
 from .certs import CA_CERT, CertificateSet, make_certificates, node_names
 from .processes import (
     IN_MEMORY,
@@ -108,7 +107,7 @@ def server(args: argparse.Namespace) -> int:
 
 
 def _server_scenario(args: argparse.Namespace, run_dir: Path) -> Scenario:
-    overrides = _overrides(args.set)
+    overrides = parse_overrides(args.set)
     if args.scenario:
         return load_scenario(args.scenario, overrides)
     saved = run_dir / "scenario.input.yaml"
@@ -196,7 +195,7 @@ def add_launch(commands: argparse._SubParsersAction) -> None:
 
 def launch(args: argparse.Namespace) -> int:
     """Certificates -> SuperLink -> keys -> one SuperNode per client -> ``flwr run`` -> teardown -> summary."""
-    scenario = load_scenario(args.scenario, _overrides(args.set))
+    scenario = load_scenario(args.scenario, parse_overrides(args.set))
     run_dir = (args.out or _default_run_dir(scenario.name)).resolve()
     client_ids = [profile.id for profile in scenario.clients]
     certs = None if args.insecure else make_certificates(run_dir / "certs", client_ids)
@@ -248,12 +247,6 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="clients describe every message they receive and send in RUN_DIR/wire-audit.jsonl (names, no values)",
     )
-
-
-def _overrides(items: list[str]) -> dict[str, Any]:
-    from ..cli import _parse_assignment  # the `run` command's --set syntax
-
-    return dict(_parse_assignment(item) for item in items)
 
 
 def _default_run_dir(name: str | None) -> Path:

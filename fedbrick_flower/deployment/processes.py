@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .. import runtime
+from ..run_dir import SUMMARY_FILE
 from ..scenario import Scenario
 from .certs import CertificateSet
 
@@ -158,9 +159,7 @@ def run_config(run_dir: Path, scenario: Scenario, *, resume: bool = False, audit
 
 def submit(run_dir: Path, values: Mapping[str, Any], superlink: subprocess.Popen, env: Mapping[str, str]) -> None:
     """``flwr run`` the app with streamed logs, then wait for the ServerApp's summary."""
-    from ..cli import _wait_for_summary  # the same wait as the simulation `run` command
-
     code = runtime.flwr_run(CONNECTION, values, env)
     if code != 0:
         raise RuntimeError(f"flwr run exited with code {code}; see {run_dir / 'logs' / 'superlink.log'}")
-    _wait_for_summary(run_dir, superlink, run_dir / "logs" / "superlink.log")
+    runtime.wait_for_file(run_dir / SUMMARY_FILE, superlink, run_dir / "logs" / "superlink.log")
