@@ -107,17 +107,28 @@ def start(command: Sequence[str], log_file: Path, env: Mapping[str, str]) -> sub
 
 
 def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop a process we started, and the children it started in its session (SIGTERM, then SIGKILL)."""
+    """Stop a process we started and every process it started (SIGTERM, then SIGKILL after ``grace`` s).
+
+    Descendants are collected before signalling: the SuperLink starts its ServerApp in a session of the
+    ServerApp's own, so a process-group signal alone leaves it running once the SuperLink is gone.
+    """
+    import psutil
+
     if process.poll() is not None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=grace)
+            os.killpg(process.pid, signal.SIGTERM)
+        for member in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.terminate()
+        _, alive = psutil.wait_procs(family, timeout=grace)
+        for member in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+        psutil.wait_procs(alive, timeout=grace)
+    process.poll()
 
 
 @contextlib.contextmanager
