@@ -1,19 +1,33 @@
-"""Thin Flower ClientApp: find this node's profile, then hand each message to the algorithm's client half."""
+"""Thin Flower ClientApp: find this node's profile, then hand each message to the algorithm's client half.
+
+The client half is built per message with a state handle on ``context.state`` (and the node's ``state-dir``
+when it has one), so nothing an algorithm keeps depends on the process living on between messages.
+"""
 
 from __future__ import annotations
 
-import functools
 import json
+from pathlib import Path
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .clients.base import ClientAlgorithm
 from .clients.profile import ClientSession, session_for
+from .clients.state import STATE_DIR_KEY, ClientState
 from .mods import fault_injection_mod, wire_audit_mod
-from .records import ADAPTERS_KEY, CONFIG_KEY, METRICS_KEY, decode_config, from_array_record, to_array_record
+from .records import (
+    ADAPTERS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    PROFILE_KEY,
+    STATE_SCOPE_KEY,
+    decode_config,
+    from_array_record,
+    to_array_record,
+)
 from .registry import client_class
-from .strategies.base import PROFILE_KEY
 
 # The audit sits outermost so that it records the reply as it leaves, after any injected fault.
 app = ClientApp(mods=[wire_audit_mod, fault_injection_mod])
@@ -23,9 +37,16 @@ def _session(context: Context) -> ClientSession:
     return session_for(context.run_config, context.node_config)
 
 
-@functools.lru_cache(maxsize=32)
-def _algorithm(session: ClientSession) -> ClientAlgorithm:
-    return client_class(session.scenario.algorithm)(session)
+def _algorithm(session: ClientSession, context: Context, config: dict[str, Any]) -> ClientAlgorithm:
+    """The algorithm's client half for this message, holding this node's state handle."""
+    folder = context.node_config.get(STATE_DIR_KEY)
+    state = ClientState(
+        context.state,
+        Path(str(folder)) if folder else None,
+        client_id=session.profile.id,
+        scope=str(config.get(STATE_SCOPE_KEY, "")),
+    )
+    return client_class(session.scenario.algorithm)(session, state)
 
 
 @app.query()
@@ -37,9 +58,11 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local training of the assigned adapters; the reply holds adapter tensors and metrics only."""
+    """Local training of the assigned adapters, then evaluation; the reply holds adapter tensors and metrics."""
     config = decode_config(msg.content[CONFIG_KEY])
-    update, metrics = _algorithm(_session(context)).train(from_array_record(msg.content[ADAPTERS_KEY]), config)
+    algorithm = _algorithm(_session(context), context, config)
+    update, metrics = algorithm.train(from_array_record(msg.content[ADAPTERS_KEY]), config)
+    algorithm.state.save()
     content = RecordDict(
         {ADAPTERS_KEY: to_array_record(update, str(config["wire-dtype"])), METRICS_KEY: MetricRecord(metrics)}
     )
@@ -48,7 +71,9 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the network this device runs on its own test split."""
+    """Evaluate the network this device runs on its own test split (evaluation-only rounds)."""
     config = decode_config(msg.content[CONFIG_KEY])
-    metrics = _algorithm(_session(context)).evaluate(from_array_record(msg.content[ADAPTERS_KEY]), config)
+    metrics = _algorithm(_session(context), context, config).evaluate(
+        from_array_record(msg.content[ADAPTERS_KEY]), config
+    )
     return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .clients.profile import build_global_model, task_examples
-from .clients.trainer import evaluate
+from .assembly import build_global_model, task_examples
 from .models import resolve_device
 from .scenario import Scenario
+from .scoring import evaluate
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
 logger = logging.getLogger(__name__)

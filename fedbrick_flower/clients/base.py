@@ -1,4 +1,8 @@
-"""The client half's interface: what every algorithm's client module implements."""
+"""The client half's interface: what every algorithm's client module implements.
+
+A client half is built anew for every message (in deployment each message is a fresh process), so it keeps
+nothing on ``self`` between messages: what must last lives in the :class:`ClientState` handle it is given.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,34 @@ from typing import Any
 import numpy as np
 
 from ..adapters.lora import adapter_tensors, load_adapter_tensors
-from ..models import SequenceClassifier, model_family
+from ..models import SequenceClassifier, model_family, stable_seed
+from ..scoring import evaluate
 from .profile import ClientSession
-from .trainer import TrainResult, evaluate, make_optimizer, peak_memory_mb, train_steps
+from .state import ClientState
+from .trainer import TrainResult, make_optimizer, peak_memory_mb, seed_torch, train_steps
+
+# Metrics of the evaluation that runs inside the train message (one ClientApp start per client and round).
+EVAL_PREFIX = "eval-"
 
 
 class ClientAlgorithm:
     """Turns a server payload into a trained update, and evaluates the network the device actually runs.
 
     The default is plain local LoRA training of the layers the server assigned; algorithms override
-    :meth:`build_model`, :meth:`local_training` or :meth:`update` to add their own objective and state.
+    :meth:`build_model`, :meth:`receive`, :meth:`local_training` or :meth:`update` to add their own objective,
+    and read or write the state handle for what lasts across rounds.
+
+    Parameters
+    ----------
+    session : ClientSession
+        Scenario, profile, placement and data of this client (derived, read-only).
+    state : ClientState
+        This client's state handle for the current message.
     """
 
-    def __init__(self, session: ClientSession) -> None:
+    def __init__(self, session: ClientSession, state: ClientState) -> None:
         self.session = session
+        self.state = state
 
     def build_model(self, layers: list[int], config: dict[str, Any]) -> SequenceClassifier:
         """This round's network: the held layers only (missing layers are skipped)."""
@@ -29,6 +47,11 @@ class ClientAlgorithm:
     def receive(self, model: SequenceClassifier, arrays: dict[str, np.ndarray]) -> None:
         """Load the payload into the model's adapters."""
         load_adapter_tensors(model, model_family(model.backbone), arrays)
+
+    def round_seed(self, config: dict[str, Any], purpose: str) -> int:
+        """A seed for this client, round and purpose: clients and seeds draw different batch orders."""
+        scenario = self.session.scenario
+        return stable_seed(scenario.seed, self.session.profile.id, int(config.get("server-round", 0)), purpose)
 
     def local_training(self, model: SequenceClassifier, config: dict[str, Any]) -> TrainResult:
         """The local objective; by default the task loss for ``train.local_steps`` steps."""
@@ -42,7 +65,7 @@ class ClientAlgorithm:
             batch_size=self.session.batch_size,
             optimizer=optimizer,
             device=self.session.device,
-            seed=int(config.get("server-round", 0)),
+            seed=self.round_seed(config, "batches"),
             label=f"{self.session.profile.id} train",
         )
 
@@ -51,26 +74,38 @@ class ClientAlgorithm:
         return adapter_tensors(model, model_family(model.backbone))
 
     def train(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-        """One training message: build, load, train, extract."""
+        """One training message: build, load, train, extract, then evaluate the trained network.
+
+        The evaluation of the client's own test split runs here, on the network just trained, so a round costs
+        one ClientApp start per client (in deployment each message is a fresh process). Its metrics travel with
+        the update under ``eval-*`` names.
+        """
+        seed_torch(self.round_seed(config, "torch"))  # dropout and any other torch draw of this round
         model = self.build_model(list(config["layers"]), config)
         self.receive(model, arrays)
         result = self.local_training(model, config)
         update = self.update(model, config)
         metrics = {
-            "num-examples": float(result.examples),
+            "num-examples": float(len(self.session.examples("train"))),
+            "examples-seen": float(result.examples),
             "train-loss": result.loss_mean,
             "train-loss-first": result.loss_first,
             "train-loss-last": result.loss_last,
             "train-seconds": result.seconds,
-            "peak-memory-mb": peak_memory_mb(self.session.device),
             "model-parameters": float(sum(p.numel() for p in model.parameters())),
         }
+        metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
+        metrics["peak-memory-mb"] = peak_memory_mb(self.session.device)
         return update, metrics
 
     def evaluate(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, float]:
-        """Accuracy of the network this device runs, on its own test split."""
+        """An evaluation-only message: the network this device runs, with the payload loaded."""
         model = self.build_model(list(config["layers"]), config)
         self.receive(model, arrays)
+        return self.score(model)
+
+    def score(self, model: SequenceClassifier) -> dict[str, float]:
+        """Accuracy and loss of ``model`` on this client's own test split."""
         examples = self.session.examples("test")
         accuracy, loss = evaluate(model, examples, self.session.scenario.train.eval_batch_size, self.session.device)
         return {"accuracy": accuracy, "loss": loss, "num-examples": float(len(examples))}

@@ -171,7 +171,7 @@ class FedBrickClient(ClientAlgorithm):
             batch_size=self.session.batch_size,
             optimizer=make_optimizer(model, settings.lr, settings.head_lr, settings.weight_decay),
             device=self.session.device,
-            seed=int(config.get("server-round", 0)),
+            seed=self.round_seed(config, label),
             loss_fn=loss_fn,
             label=f"{self.session.profile.id} {label}",
         )

@@ -1,40 +1,26 @@
-"""Device profile -> this client's model, data and placement.
+"""Device profile -> this client's session: its scenario, profile, placement, model and data.
 
-In deployment every Flower message starts a fresh ClientApp process, and in simulation Ray reuses actor
-processes across partitions, so everything loaded here is cached per process and keyed by the client.
+A session is derived from ``run_config`` and ``node_config`` alone, so every message (a fresh process in
+deployment) rebuilds the same one. It holds no state that a message changes: what must last between messages
+lives in the state handle (:mod:`fedbrick_flower.clients.state`).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from torch import nn
 
-from ..adapters.lora import LoraSettings, adapter_tensors, attach_lora, load_adapter_tensors, rank_of
-from ..data import EncodedExamples, encode_examples, load_task, select, split_federated
-from ..models import (
-    ModelSpec,
-    SequenceClassifier,
-    hidden_size,
-    keep_layers,
-    load_backbone,
-    load_tokenizer,
-    model_family,
-    num_layers,
-    resolve_device,
-    resolve_dtype,
-    stable_seed,
-)
+from ..adapters.lora import LoraSettings, adapter_tensors
+from ..assembly import LayerFillerFactory, build_classifier, cached_backbone, task_examples
+from ..data import EncodedExamples
+from ..models import ModelSpec, SequenceClassifier, hidden_size, model_family, num_layers, resolve_device, resolve_dtype
 from ..runconfig import scenario_from_run_config
 from ..scenario import ClientProfile, Scenario, ScenarioError, parse_profile
-
-LayerFillerFactory = Callable[[int], nn.Module]
 
 
 def resolve_profile(scenario: Scenario, node_config: dict[str, Any]) -> ClientProfile:
@@ -59,83 +45,6 @@ def resolve_profile(scenario: Scenario, node_config: dict[str, Any]) -> ClientPr
             raise ScenarioError(f"node_config.partition-id: {index} is outside 0..{len(scenario.clients) - 1}")
         return scenario.clients[index]
     raise ScenarioError("node_config: give one of 'profile', 'client-id' or 'partition-id'")
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_backbone(spec: ModelSpec, seed: int) -> nn.Module:
-    return load_backbone(spec, seed)
-
-
-@functools.lru_cache(maxsize=16)
-def task_examples(
-    scenario: Scenario, task: str, part: str, client_id: str | None, tokenizer_source: str
-) -> EncodedExamples:
-    """Encoded examples of one split of a task: ``proxy`` / ``server_test`` or a client's ``train`` / ``test``.
-
-    Every process computes the same deterministic split from the scenario, so no data ever travels.
-    """
-    spec = scenario.tasks[task]
-    dataset = load_task(spec.dataset)
-    settings = scenario.data
-    split = split_federated(
-        dataset,
-        scenario.clients_of_task(task) or ["server-only"],
-        seed=scenario.seed,
-        proxy_fraction=settings.proxy_fraction,
-        server_test_fraction=settings.server_test_fraction,
-        client_test_fraction=settings.client_test_fraction,
-        partition=settings.partition,
-        dirichlet_alpha=settings.dirichlet_alpha,
-        max_examples=spec.max_examples,
-    )
-    indices = getattr(split.clients[client_id], part) if client_id is not None else getattr(split, part)
-    texts, labels = select(dataset, indices)
-    return encode_examples(load_tokenizer(tokenizer_source), texts, labels, settings.max_length)
-
-
-def num_labels(scenario: Scenario, task: str) -> int:
-    return load_task(scenario.tasks[task].dataset).num_labels
-
-
-def build_classifier(
-    scenario: Scenario,
-    model_key: str,
-    task: str,
-    layers: list[int] | None,
-    lora: LoraSettings,
-    filler: LayerFillerFactory | None = None,
-) -> SequenceClassifier:
-    """A fresh classifier: the cached base, truncated to ``layers`` (None: full depth), LoRA and a seeded head.
-
-    LoRA factors and head are initialised from seeds shared by every process, so clients that never received
-    a tensor still agree on its starting value.
-    """
-    spec = scenario.models[model_key]
-    backbone = copy.deepcopy(_cached_backbone(spec, scenario.seed))
-    family = model_family(backbone)
-    depth = num_layers(backbone)
-    if layers is not None:
-        if max(layers) >= depth:
-            raise ScenarioError(f"layers: {layers} exceed the {depth} layers of model {model_key!r}")
-        keep_layers(backbone, family, layers, filler)
-    attach_lora(backbone, family, lora, stable_seed(scenario.seed, model_key, "lora"))
-    model = SequenceClassifier(backbone, num_labels(scenario, task))
-    model.reset_head(stable_seed(scenario.seed, model_key, task, "head"))
-    return model
-
-
-def build_global_model(
-    scenario: Scenario, model_key: str, task: str, tensors: Mapping[str, Any], device: Any
-) -> SequenceClassifier:
-    """The full-depth model of ``model_key`` with global adapters loaded, for server-side evaluation and teachers.
-
-    Layers the federation never trained are absent from ``tensors`` and keep their seeded initial LoRA (B = 0).
-    """
-    defaults = scenario.lora
-    lora = LoraSettings(rank=rank_of(tensors, defaults.rank), alpha=defaults.alpha, dropout=defaults.dropout)
-    model = build_classifier(scenario, model_key, task, None, lora).to(device)
-    load_adapter_tensors(model, model_family(model.backbone), tensors)
-    return model
 
 
 @dataclass(frozen=True)
@@ -168,12 +77,12 @@ class ClientSession:
 
     @property
     def full_depth(self) -> int:
-        return num_layers(_cached_backbone(self.spec, self.scenario.seed))
+        return num_layers(cached_backbone(self.spec, self.scenario.seed))
 
     @property
     def width(self) -> int:
         """The model's hidden size d."""
-        return hidden_size(_cached_backbone(self.spec, self.scenario.seed))
+        return hidden_size(cached_backbone(self.spec, self.scenario.seed))
 
     @property
     def budget(self) -> int:

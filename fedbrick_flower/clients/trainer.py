@@ -95,18 +95,9 @@ def train_steps(
     )
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, examples: EncodedExamples, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy over all ``examples``."""
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    for batch in iterate_batches(examples, batch_size, shuffle=False):
-        batch = {key: value.to(device) for key, value in batch.items()}
-        logits = model(batch["input_ids"], batch["attention_mask"]).float()
-        loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-        correct += int((logits.argmax(dim=-1) == batch["labels"]).sum())
-    total = max(1, len(examples))
-    return correct / total, loss_sum / total
+def seed_torch(seed: int) -> None:
+    """Seed torch's global generators (CPU and accelerators), e.g. for dropout masks."""
+    torch.manual_seed(seed)
 
 
 def peak_memory_mb(device: torch.device) -> float:

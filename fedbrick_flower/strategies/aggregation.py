@@ -8,7 +8,13 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 
-def layerwise_average(contributions: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+class ShapeMismatch(ValueError):
+    """Contributions disagree on a tensor's shape (e.g. two LoRA ranks); the message names both sources."""
+
+
+def layerwise_average(
+    contributions: Iterable[tuple[str, Mapping[str, np.ndarray], float]],
+) -> dict[str, np.ndarray]:
     """Weighted mean of every tensor over the contributions that hold it.
 
     A 2-layer client contributes only to its two layers, so each name is averaged over its own holders with
@@ -17,16 +23,32 @@ def layerwise_average(contributions: Iterable[tuple[Mapping[str, np.ndarray], fl
 
     Parameters
     ----------
-    contributions : Iterable[tuple[Mapping[str, np.ndarray], float]]
-        ``(tensors, weight)`` pairs, e.g. weight = number of training examples.
+    contributions : Iterable[tuple[str, Mapping[str, np.ndarray], float]]
+        ``(source, tensors, weight)`` triples: the source names the contribution in errors (a client id), the
+        weight is e.g. the client's number of training examples n_k.
+
+    Raises
+    ------
+    ShapeMismatch
+        If two contributions hold the same name with different shapes. NumPy would broadcast a rank-1 factor
+        against a rank-8 one and silently corrupt the mean, so this names both sources and shapes instead.
     """
     sums: dict[str, np.ndarray] = {}
     totals: dict[str, float] = {}
-    for tensors, weight in contributions:
+    first_source: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for source, tensors, weight in contributions:
         if weight <= 0:
             continue
         for name, value in tensors.items():
-            contribution = np.asarray(value, dtype=np.float64) * weight
+            array = np.asarray(value, dtype=np.float64)
+            if name in first_source and first_source[name][1] != array.shape:
+                other, shape = first_source[name]
+                raise ShapeMismatch(
+                    f"{name}: {other} sent shape {shape} but {source} sent {array.shape}; "
+                    "these clients cannot be averaged together (different ranks or widths)"
+                )
+            first_source.setdefault(name, (source, array.shape))
+            contribution = array * weight
             sums[name] = sums[name] + contribution if name in sums else contribution
             totals[name] = totals.get(name, 0.0) + weight
     return {name: (total / totals[name]).astype(np.float32) for name, total in sums.items()}

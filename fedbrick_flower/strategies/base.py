@@ -31,6 +31,7 @@ from ..records import (
     ADAPTERS_KEY,
     CONFIG_KEY,
     METRICS_KEY,
+    PROFILE_KEY,
     UpdateRejected,
     array_bytes,
     content_bytes,
@@ -43,8 +44,6 @@ from .aggregation import random_layer_subset, sample_clients, weighted_mean
 
 if TYPE_CHECKING:
     from ..scenario import Scenario
-
-PROFILE_KEY = "profile"
 
 
 @dataclass

@@ -49,7 +49,11 @@ class LayerwiseFedAvg(HeterogeneousStrategy):
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> None:
         contributions = [
-            ({scoped_name(u.client, name): value for name, value in u.arrays.items()}, float(u.num_examples))
+            (
+                u.client.client_id,
+                {scoped_name(u.client, name): value for name, value in u.arrays.items()},
+                float(u.num_examples),
+            )
             for u in updates
         ]
         self.state.update(layerwise_average(contributions))

@@ -31,7 +31,7 @@ from ..adapters.brick import (
     load_brick_tensors,
     seeded_brick,
 )
-from ..clients.profile import build_global_model, task_examples
+from ..assembly import build_global_model, task_examples
 from ..data import EncodedExamples
 from ..models import layer_stack, model_family, resolve_device, stable_seed
 from ..scenario import Scenario
@@ -151,7 +151,8 @@ class FedBRICK(LayerwiseFedAvg):
         if self.upload_bricks:
             # Spec 1.5 step 2: a plain per-group, per-layer mean of the uploaded BRICKs.
             contributions = [
-                ({brick_key(u.client, n): v for n, v in u.arrays.items() if is_brick(n)}, 1.0) for u in updates
+                (u.client.client_id, {brick_key(u.client, n): v for n, v in u.arrays.items() if is_brick(n)}, 1.0)
+                for u in updates
             ]
             self.bricks.update(layerwise_average(contributions))
         for update in updates:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flwr.app import RecordDict
 from torch import nn
 
 from fedbrick_flower.adapters.brick import Brick, brick_schema
 from fedbrick_flower.adapters.lora import adapter_tensors
 from fedbrick_flower.clients.fedbrick import BlendedLayer, FedBrickClient, blended_layers, model_bricks
 from fedbrick_flower.clients.profile import client_session
+from fedbrick_flower.clients.state import ClientState
 from fedbrick_flower.models import LayerShim, layer_stack, model_family
 from fedbrick_flower.scenario import load_scenario
 
@@ -19,7 +21,7 @@ KEPT = [1, 3]
 @pytest.fixture(scope="module")
 def client() -> FedBrickClient:
     scenario = load_scenario("fedbrick-tiny")
-    return FedBrickClient(client_session(scenario, scenario.clients[1]))
+    return FedBrickClient(client_session(scenario, scenario.clients[1]), ClientState(RecordDict()))
 
 
 def _config(**overrides) -> dict:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from flwr.app import RecordDict
 
 from fedbrick_flower.adapters.brick import brick_schema
 from fedbrick_flower.clients.fedbrick import FedBrickClient
 from fedbrick_flower.clients.profile import client_session
+from fedbrick_flower.clients.state import ClientState
 from fedbrick_flower.scenario import load_scenario
 from fedbrick_flower.strategies.base import ClientInfo
 from fedbrick_flower.strategies.fedbrick import FedBRICK
@@ -39,7 +41,9 @@ def test_client_round_trip_on_every_family(model_type: str) -> None:
     arrays, config = strategy.payload(info, 1, "train")
 
     # Execute
-    update, metrics = FedBrickClient(session).train(arrays, {**config, "local-steps": 2, "server-round": 1})
+    update, metrics = FedBrickClient(session, ClientState(RecordDict())).train(
+        arrays, {**config, "local-steps": 2, "server-round": 1}
+    )
     strategy.aggregate(1, [])
 
     # Assert

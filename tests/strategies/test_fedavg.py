@@ -49,7 +49,7 @@ def test_layerwise_average_weights_holders_only() -> None:
     b = {"layers.1.x": np.array([4.0])}
 
     # Execute
-    result = layerwise_average([(a, 1.0), (b, 3.0)])
+    result = layerwise_average([("a", a, 1.0), ("b", b, 3.0)])
 
     # Assert
     np.testing.assert_almost_equal(result["layers.0.x"], [1.0])
