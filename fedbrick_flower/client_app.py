@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .clients.base import ClientAlgorithm
@@ -28,6 +28,9 @@ from .records import (
     to_array_record,
 )
 from .registry import client_class
+
+# Error code of a query reply from a client that could not set itself up (Flower's own codes are below 100).
+REGISTRATION_FAILED = 400
 
 # The audit sits outermost so that it records the reply as it leaves, after any injected fault.
 app = ClientApp(mods=[wire_audit_mod, fault_injection_mod])
@@ -51,9 +54,27 @@ def _algorithm(session: ClientSession, context: Context, config: dict[str, Any])
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Report this client's profile and adapter schema; nothing but shapes and counts leaves the device."""
-    profile = json.dumps(_session(context).describe())
+    """Report this client's profile and adapter schema; nothing but shapes and counts leaves the device.
+
+    A client that cannot set itself up (a missing data file, an unknown task...) answers with one error that
+    names it and the cause, so the server reports the reason once instead of a remote traceback.
+    """
+    try:
+        profile = json.dumps(_session(context).describe())
+    except Exception as error:  # noqa: BLE001 - every cause must reach the server as a readable reason
+        who = _client_name(context)
+        return Message(Error(REGISTRATION_FAILED, f"client {who} failed to register: {error}"), reply_to=msg)
     return Message(RecordDict({CONFIG_KEY: ConfigRecord({PROFILE_KEY: profile})}), reply_to=msg)
+
+
+def _client_name(context: Context) -> str:
+    """The logical client id, or what the node config says when the profile itself is what failed."""
+    try:
+        return _session(context).profile.id
+    except Exception:  # noqa: BLE001 - fall back to the node config
+        node = context.node_config
+        key = next((k for k in ("client-id", "profile", "partition-id") if k in node), None)
+        return f"{node[key]} ({key})" if key else f"on node {context.node_id}"
 
 
 @app.train()

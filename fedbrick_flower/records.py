@@ -21,6 +21,8 @@ METRICS_KEY = "metrics"
 JSON_KEYS = "json-keys"
 PROFILE_KEY = "profile"  # the query reply's JSON profile (see ``strategies.base.ClientInfo``)
 STATE_SCOPE_KEY = "state-scope"  # the run a client's durable state belongs to
+# Metric names of the evaluation a client runs inside its train message (one ClientApp start per round).
+EVAL_PREFIX = "eval-"
 # Framing of one record entry that protobuf adds around the values (tags and length prefixes), counted flat.
 _ENTRY_OVERHEAD = 8
 

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
@@ -50,6 +49,14 @@ class RunRecorder(RoundCallback):
         (run_dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
         (run_dir / "versions.json").write_text(json.dumps(_versions(), indent=2))
         self.rows: list[dict] = read_metrics(run_dir)
+
+    def drop_rows_after(self, completed_round: int) -> None:
+        """On resume: forget rows of rounds past the checkpoint (they will run again), in memory and on disk."""
+        self.rows = [row for row in self.rows if row.get("round", 0) <= completed_round]
+        path = self.run_dir / METRICS_FILE
+        staging = path.with_suffix(".jsonl.tmp")
+        staging.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
+        os.replace(staging, path)
 
     def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
         with (self.run_dir / METRICS_FILE).open("a") as sink:
@@ -85,33 +92,42 @@ class RunRecorder(RoundCallback):
         )
 
 
+CHECKPOINT_FILE = "state.safetensors"
+
+
 def save_checkpoint(folder: Path, strategy: HeterogeneousStrategy, server_round: int) -> None:
-    """Write the strategy state atomically: a crash mid-write leaves the previous checkpoint intact."""
+    """Write the strategy state as ONE file, replaced atomically.
+
+    Arrays and metadata (round, registry, algorithm state) share a safetensors file, written beside the old one
+    and renamed over it: at every moment either the old or the new checkpoint exists, whole.
+    """
     from safetensors.numpy import save_file
 
     arrays, meta = strategy.state_dict()
-    staging = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(staging / "arrays.safetensors"))
-    (staging / "state.json").write_text(json.dumps({"round": server_round, "meta": meta}))
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-        os.replace(staging, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / (CHECKPOINT_FILE + ".tmp")
+    metadata = {"round": str(server_round), "meta": json.dumps(meta)}
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(staging), metadata=metadata)
+    with staging.open("rb") as written:
+        os.fsync(written.fileno())
+    os.replace(staging, folder / CHECKPOINT_FILE)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (folder / CHECKPOINT_FILE).is_file()
 
 
 def load_checkpoint(folder: Path, strategy: HeterogeneousStrategy) -> int:
     """Restore a strategy from :func:`save_checkpoint` output; returns the last completed round."""
+    from safetensors import safe_open
     from safetensors.numpy import load_file
 
-    state = json.loads((folder / "state.json").read_text())
-    strategy.load_state_dict(load_file(str(folder / "arrays.safetensors")), state["meta"], state["round"])
-    return int(state["round"])
+    path = str(folder / CHECKPOINT_FILE)
+    with safe_open(path, framework="numpy") as stored:
+        metadata = stored.metadata()
+    completed = int(metadata["round"])
+    strategy.load_state_dict(load_file(path), json.loads(metadata["meta"]), completed)
+    return completed
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -12,7 +13,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from .registry import server_class
-from .run_dir import CHECKPOINT_DIR, SUMMARY_FILE, RunRecorder, load_checkpoint
+from .run_dir import CHECKPOINT_DIR, SUMMARY_FILE, RunRecorder, has_checkpoint, load_checkpoint
 from .runconfig import OUT_DIR_KEY, RESUME_KEY, scenario_from_run_config
 from .scenario import Scenario
 from .strategies.base import HeterogeneousStrategy, RoundCallback
@@ -21,14 +22,20 @@ app = ServerApp()
 logger = logging.getLogger(__name__)
 
 
-def build_strategy(scenario: Scenario, callbacks: list[RoundCallback]) -> HeterogeneousStrategy:
-    """The scenario's strategy, configured from its server settings and algorithm parameters."""
+def build_strategy(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> HeterogeneousStrategy:
+    """The scenario's strategy, configured from its server settings and algorithm parameters.
+
+    The server waits for ``server.min_clients`` connected clients (all of the scenario's by default) and then
+    samples ``server.fraction_train`` of them for each round.
+    """
     server = scenario.server
     return server_class(scenario.algorithm).from_scenario(
         scenario,
         seed=scenario.seed,
         fraction_train=server.fraction_train,
         min_clients=server.min_clients or len(scenario.clients),
+        expected_clients=len(scenario.clients),
+        state_scope=state_scope,
         node_wait_timeout=server.node_wait_timeout,
         round_timeout=server.round_timeout,
         wire_dtype=server.wire_dtype,
@@ -46,6 +53,21 @@ def run_directory(run_config: dict, scenario: Scenario) -> Path:
     return Path(out) if out else Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _state_scope(run_dir: Path) -> str:
+    """Names this run for the clients' durable state; a resumed run keeps its run directory, hence its scope."""
+    return hashlib.sha256(str(run_dir).encode()).hexdigest()[:16]
+
+
+def _log_to_file(path: Path) -> None:
+    """Send Flower's and the package's log records to ``RUN_DIR/logs/server.log`` as well as the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("flwr", "fedbrick_flower"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("fedbrick_flower").setLevel(logging.INFO)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the scenario named in ``run_config`` and write its run directory."""
@@ -53,15 +75,22 @@ def main(grid: Grid, context: Context) -> None:
     scenario = scenario_from_run_config(run_config)
     random.seed(scenario.seed)  # Flower's own node sampling uses the global RNG
     run_dir = run_directory(run_config, scenario).resolve()
+    _log_to_file(run_dir / "logs" / "server.log")
     callbacks: list[RoundCallback] = []
     if scenario.server.evaluate_global:
         from .evaluation import GlobalModelEvaluator  # torch and the models load only when asked for
 
         callbacks.append(GlobalModelEvaluator(scenario))
-    callbacks.append(RunRecorder(run_dir, scenario))
-    strategy = build_strategy(scenario, callbacks)
-    if run_config.get(RESUME_KEY) and (run_dir / CHECKPOINT_DIR).exists():
+    recorder = RunRecorder(run_dir, scenario)
+    callbacks.append(recorder)
+    strategy = build_strategy(scenario, callbacks, state_scope=_state_scope(run_dir))
+    if run_config.get(RESUME_KEY) and has_checkpoint(run_dir / CHECKPOINT_DIR):
         completed = load_checkpoint(run_dir / CHECKPOINT_DIR, strategy)
+        recorder.drop_rows_after(completed)
         logger.info("resuming %s after round %d", run_dir, completed)
-    strategy.start(grid, num_rounds=scenario.rounds)
+    try:
+        strategy.start(grid, num_rounds=scenario.rounds, timeout=scenario.server.round_timeout)
+    except Exception:
+        logger.exception("the run stopped")  # the cause reaches RUN_DIR/logs/server.log, not only the terminal
+        raise
     print(json.dumps(json.loads((run_dir / SUMMARY_FILE).read_text()), indent=2))

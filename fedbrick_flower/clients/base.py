@@ -12,13 +12,11 @@ import numpy as np
 
 from ..adapters.lora import adapter_tensors, load_adapter_tensors
 from ..models import SequenceClassifier, model_family, stable_seed
+from ..records import EVAL_PREFIX
 from ..scoring import evaluate
 from .profile import ClientSession
 from .state import ClientState
 from .trainer import TrainResult, make_optimizer, peak_memory_mb, seed_torch, train_steps
-
-# Metrics of the evaluation that runs inside the train message (one ClientApp start per client and round).
-EVAL_PREFIX = "eval-"
 
 
 class ClientAlgorithm:

@@ -15,23 +15,25 @@ import json
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from logging import INFO, WARNING
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from logging import ERROR, INFO, WARNING
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
 from ..adapters.naming import names_for_layers
 from ..records import (
     ADAPTERS_KEY,
     CONFIG_KEY,
+    EVAL_PREFIX,
     METRICS_KEY,
     PROFILE_KEY,
+    STATE_SCOPE_KEY,
     UpdateRejected,
     array_bytes,
     content_bytes,
@@ -61,12 +63,25 @@ class ClientInfo:
     layer_schema: dict[str, list[int]]
     head_schema: dict[str, list[int]]
     num_train_examples: int
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    rank: int = 0
+    alpha: float = 0.0
+    roles: list[str] = field(default_factory=list)
+    adapter_kinds: list[str] = field(default_factory=list)
+    labels: list[str] | None = None
+    num_test_examples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     node_id: int = 0
 
     @classmethod
     def from_json(cls, text: str, node_id: int) -> ClientInfo:
-        return cls(**json.loads(text), node_id=node_id)
+        """Parse a ``query`` reply; unknown fields (a newer client) go to ``extra`` rather than failing."""
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)} - {"node_id"}
+        extra = {key: data.pop(key) for key in list(data) if key not in known}
+        data["extra"] = {**data.get("extra", {}), **extra}
+        return cls(**data, node_id=node_id)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -108,9 +123,15 @@ class HeterogeneousStrategy(Strategy):
     seed : int (default: 0)
         Seeds node sampling and the algorithm's own draws, so a run can be repeated.
     fraction_train : float (default: 1.0)
-        Fraction of registered, connected clients sampled for training each round.
+        Fraction of registered, connected clients sampled for training each round (at least
+        ``min_train_clients``).
+    min_train_clients : int (default: 1)
+        Minimum number of clients sampled for training in a round.
     min_clients : int (default: 1)
-        Minimum number of connected nodes before a round starts.
+        Minimum number of connected, registered clients before a round starts.
+    expected_clients : int, optional
+        How many clients the scenario declares. When so many fail to register that ``min_clients`` can no
+        longer be reached, the run stops at once with their reasons instead of waiting out the timeout.
     node_wait_timeout : float (default: 120.0)
         Seconds to wait for ``min_clients`` nodes before failing the run with a clear error (never hang).
     round_timeout : float (default: 3600.0)
@@ -122,6 +143,9 @@ class HeterogeneousStrategy(Strategy):
     resample_layers : bool (default: False)
         Draw each client's layers anew every round within its depth budget (FedRA allocation). Otherwise a
         client holds the layers its profile fixes, or the first ``budget`` layers.
+    state_scope : str (default: "")
+        Names the run for the clients' durable state: a device keeps its state file across a restart of its
+        SuperNode, or of the server resuming the same run, and ignores one written for another run.
     callbacks : Sequence[RoundCallback] (default: ())
         Round hooks: metrics files, checkpoints, server-side evaluation.
     """
@@ -131,30 +155,38 @@ class HeterogeneousStrategy(Strategy):
         *,
         seed: int = 0,
         fraction_train: float = 1.0,
+        min_train_clients: int = 1,
         min_clients: int = 1,
+        expected_clients: int | None = None,
         node_wait_timeout: float = 120.0,
         round_timeout: float = 3600.0,
         wire_dtype: str = "float32",
         max_update_bytes: int = 64 * 2**20,
         resample_layers: bool = False,
+        state_scope: str = "",
         callbacks: Sequence[RoundCallback] = (),
     ) -> None:
         self.seed = seed
         self.fraction_train = fraction_train
+        self.min_train_clients = min_train_clients
         self.min_clients = min_clients
+        self.expected_clients = expected_clients
         self.node_wait_timeout = node_wait_timeout
         self.round_timeout = round_timeout
         self.wire_dtype = wire_dtype
         self.max_update_bytes = max_update_bytes
         self.resample_layers = resample_layers
+        self.state_scope = state_scope
         self.callbacks = list(callbacks)
         self.clients: dict[str, ClientInfo] = {}
         self.round_layers: dict[str, list[int]] = {}
         self.start_round = 1
         self._log_rows: list[dict] = []
-        self._bytes_down: dict[str, int] = {}
+        self._bytes_down: dict[tuple[str, str], int] = {}  # (client id, phase) -> bytes of the last message
         self._sent: dict[str, str] = {}  # message id -> logical client id, for the current exchange
         self._last_replies: list[Message] = []
+        self._trained: set[str] = set()  # clients whose train reply (with its evaluation) came back this round
+        self._failed_nodes: dict[int, str] = {}  # node id -> why it could not register (asked once)
 
     @classmethod
     def from_scenario(cls, scenario: Scenario, **kwargs: Any) -> HeterogeneousStrategy:
@@ -221,7 +253,6 @@ class HeterogeneousStrategy(Strategy):
             "algorithm": meta,
             "clients": {cid: info.to_json() for cid, info in self.clients.items()},
             "round_layers": self.round_layers,
-            "bytes_down": self._bytes_down,
         }
         return arrays, meta
 
@@ -229,7 +260,6 @@ class HeterogeneousStrategy(Strategy):
         """Restore :meth:`state_dict` output and continue after ``completed_round``."""
         self.clients = {cid: ClientInfo.from_json(text, node_id=0) for cid, text in meta["clients"].items()}
         self.round_layers = {cid: list(layers) for cid, layers in meta["round_layers"].items()}
-        self._bytes_down = dict(meta.get("bytes_down", {}))
         self.load_algorithm_state(arrays, meta["algorithm"])
         self.start_round = completed_round + 1
 
@@ -239,6 +269,7 @@ class HeterogeneousStrategy(Strategy):
         settings = {
             "seed": self.seed,
             "fraction_train": self.fraction_train,
+            "min_train_clients": self.min_train_clients,
             "min_clients": self.min_clients,
             "wire_dtype": self.wire_dtype,
             "max_update_bytes": self.max_update_bytes,
@@ -252,7 +283,7 @@ class HeterogeneousStrategy(Strategy):
     ) -> Iterable[Message]:
         rng = random.Random(f"{self.seed}/sample/{server_round}")
         online = self._online_clients(grid)
-        sampled = sample_clients(online, self.fraction_train, self.min_clients, rng)
+        sampled = sample_clients(online, self.fraction_train, self.min_train_clients, rng)
         return [self._message(self.clients[cid], server_round, "train", config) for cid in sampled]
 
     def aggregate_train(
@@ -263,63 +294,92 @@ class HeterogeneousStrategy(Strategy):
             update = self._accept(reply, client, server_round)
             if update is not None:
                 updates.append(update)
+        self._trained = {u.client.client_id for u in updates}
         if updates:
             self.aggregate(server_round, updates)
-        losses = [u.metrics.get("train-loss", 0.0) for u in updates]
-        mean_loss = weighted_mean(losses, [u.num_examples for u in updates])
-        metrics = {"num-updates": len(updates)}
-        if mean_loss is not None:
-            metrics["train-loss"] = mean_loss
+        weights = [u.num_examples for u in updates]
+        metrics: dict[str, float] = {"num-updates": len(updates)}
+        for key in ("train-loss", EVAL_PREFIX + "accuracy"):
+            mean = weighted_mean([u.metrics[key] for u in updates if key in u.metrics], weights)
+            if mean is not None:
+                metrics[key] = mean
         return None, MetricRecord(metrics)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        online = self._online_clients(grid)
+        """Evaluation-only messages, for the connected clients that did not train this round.
+
+        A client that trained has already evaluated the network it just trained inside its train message (one
+        ClientApp start per client and round), so it gets no second message.
+        """
+        online = [cid for cid in self._online_clients(grid) if cid not in self._trained]
         return [self._message(self.clients[cid], server_round, "evaluate", config) for cid in sorted(online)]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        accuracies, weights = [], []
         for reply, client in self._attributed(replies):
             if reply.has_error():
                 self._reject(server_round, client, "evaluate", f"node error: {reply.error.reason}")
                 continue
-            metrics = dict(reply.content[METRICS_KEY])
-            self._log_rows.append({"round": server_round, "phase": "evaluate", "client": client.client_id, **metrics})
-            accuracies.append(float(metrics["accuracy"]))
-            weights.append(float(metrics["num-examples"]))
-        accuracy = weighted_mean(accuracies, weights)
+            metrics = {key: float(value) for key, value in reply.content[METRICS_KEY].items()}
+            self._log_evaluation(server_round, client, metrics, content_bytes(reply.content))
+        rows = [r for r in self._log_rows if r["phase"] == "evaluate" and r["round"] == server_round]
+        accuracy = weighted_mean([r["accuracy"] for r in rows], [r["num-examples"] for r in rows])
         return MetricRecord({"accuracy": accuracy}) if accuracy is not None else None
 
     # ------------------------------------------------------------------ the run
-    def start(  # type: ignore[override]
+    def start(
         self,
         grid: Grid,
         initial_arrays: ArrayRecord | None = None,
         num_rounds: int = 3,
-        timeout: float | None = None,
+        timeout: float = 3600,
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Any = None,
-    ) -> int:
-        """Run rounds ``start_round..num_rounds`` and return the number of the last completed round.
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run rounds ``start_round..num_rounds`` and return Flower's :class:`Result`.
 
-        Unlike ``Strategy.start`` the loop learns client profiles before each round, attributes every reply to
-        its logical client (also error replies, through ``reply_to_message_id``), and calls round hooks.
+        The signature is Flower's ``Strategy.start``. Where the behaviour differs, it is because clients here
+        are heterogeneous:
+
+        - ``initial_arrays`` is not sent as one model to everybody: each algorithm builds a payload per client
+          from its own state, starting from the seeded adapter initialisation every process shares. Arrays
+          passed here are ignored (a warning says so).
+        - ``timeout`` is each round's reply timeout (``round_timeout``, when given).
+        - ``train_config`` and ``evaluate_config`` are merged into every client's per-round instructions.
+        - ``evaluate_fn(round, arrays)`` receives the global adapters, flattened as ``model/task/name``; the
+          package's own server-side evaluation runs as a round callback (``GlobalModelEvaluator``).
+        - Before each round the loop learns the profiles of new nodes (``query``) and attributes every reply to
+          its logical client, also error replies (through ``reply_to_message_id``). Training replies carry the
+          client's own evaluation, so ``evaluate`` messages go only to clients that did not train.
         """
+        if initial_arrays is not None and len(initial_arrays) > 0:
+            log(WARNING, "%s ignores initial_arrays: payloads are built per client", type(self).__name__)
+        self.round_timeout = timeout
         log(INFO, "Starting %s for rounds %d..%d", type(self).__name__, self.start_round, num_rounds)
         self.summary()
+        result = Result()
         completed = self.start_round - 1
         for server_round in range(self.start_round, num_rounds + 1):
             started = time.monotonic()
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
             self._register_new_nodes(grid)
-            self._exchange(grid, self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
+            messages = self.configure_train(server_round, ArrayRecord(), train_config or ConfigRecord(), grid)
+            self._exchange(grid, messages)
             _, train_metrics = self.aggregate_train(server_round, self._last_replies)
             log(INFO, "\t└──> train: %s", train_metrics)
-            self._exchange(grid, self.configure_evaluate(server_round, ArrayRecord(), ConfigRecord(), grid))
+            result.train_metrics_clientapp[server_round] = train_metrics
+            messages = self.configure_evaluate(server_round, ArrayRecord(), evaluate_config or ConfigRecord(), grid)
+            self._exchange(grid, messages)
             eval_metrics = self.aggregate_evaluate(server_round, self._last_replies)
             log(INFO, "\t└──> evaluate: %s", eval_metrics)
+            if eval_metrics is not None:
+                result.evaluate_metrics_clientapp[server_round] = eval_metrics
+            if evaluate_fn is not None:
+                server_metrics = evaluate_fn(server_round, self._flat_global_adapters())
+                if server_metrics is not None:
+                    result.evaluate_metrics_serverapp[server_round] = server_metrics
             self._log_rows.append({"round": server_round, "phase": "round", "wall_seconds": time.monotonic() - started})
             rows, self._log_rows = self._log_rows, []
             for callback in self.callbacks:
@@ -327,27 +387,40 @@ class HeterogeneousStrategy(Strategy):
             completed = server_round
         for callback in self.callbacks:
             callback.on_run_end(self, completed)
-        return completed
+        result.arrays = self._flat_global_adapters()
+        return result
 
     # ------------------------------------------------------------------ helpers
+    def _flat_global_adapters(self) -> ArrayRecord:
+        tensors = {
+            f"{model}/{task}/{name}": value
+            for (model, task), adapters in self.global_adapters().items()
+            for name, value in adapters.items()
+        }
+        return to_array_record(tensors, "float32")
+
     def _message(self, client: ClientInfo, server_round: int, phase: str, config: ConfigRecord) -> Message:
         tensors, instructions = self.payload(client, server_round, phase)
         content = RecordDict(
             {
                 ADAPTERS_KEY: to_array_record(tensors, self.wire_dtype),
                 CONFIG_KEY: json_config(
-                    **dict(config), **instructions, **{"server-round": server_round, "wire-dtype": self.wire_dtype}
+                    **dict(config),
+                    **instructions,
+                    **{"server-round": server_round, "wire-dtype": self.wire_dtype, STATE_SCOPE_KEY: self.state_scope},
                 ),
             }
         )
-        if phase == "train":
-            self._bytes_down[client.client_id] = content_bytes(content)
+        self._bytes_down[(client.client_id, phase)] = content_bytes(content)
         message_type = MessageType.TRAIN if phase == "train" else MessageType.EVALUATE
         return Message(content=content, dst_node_id=client.node_id, message_type=message_type)
 
     def _exchange(self, grid: Grid, messages: Iterable[Message]) -> None:
         """Push messages, remember which logical client each went to, and pull the replies."""
         messages = list(messages)
+        if not messages:
+            self._last_replies = []
+            return
         node_to_client = {info.node_id: cid for cid, info in self.clients.items()}
         message_ids = list(grid.push_messages(messages))
         self._sent = {
@@ -384,9 +457,11 @@ class HeterogeneousStrategy(Strategy):
             arrays = from_array_record(reply.content[ADAPTERS_KEY])
             validate_update(arrays, self.expected_update(client, server_round), self.max_update_bytes)
             metrics = {key: float(value) for key, value in reply.content[METRICS_KEY].items()}
+            num_examples = _training_set_size(metrics)
         except (UpdateRejected, KeyError, TypeError, ValueError) as error:
             self._reject(server_round, client, "train", str(error))
             return None
+        train_metrics = {k: v for k, v in metrics.items() if not k.startswith(EVAL_PREFIX)}
         self._log_rows.append(
             {
                 "round": server_round,
@@ -394,12 +469,36 @@ class HeterogeneousStrategy(Strategy):
                 "client": client.client_id,
                 "layers": self.round_layers.get(client.client_id),
                 "bytes_up": content_bytes(reply.content),
-                "bytes_down": self._bytes_down.get(client.client_id),
+                "bytes_down": self._bytes_down.get((client.client_id, "train")),
                 "adapter_bytes": array_bytes(arrays),
+                **train_metrics,
+            }
+        )
+        evaluation = {k[len(EVAL_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
+        if evaluation:
+            self._log_evaluation(server_round, client, evaluation, bytes_up=0, inside_train=True)
+        return ClientUpdate(client, arrays, num_examples, metrics)
+
+    def _log_evaluation(
+        self,
+        server_round: int,
+        client: ClientInfo,
+        metrics: dict[str, float],
+        bytes_up: int,
+        inside_train: bool = False,
+    ) -> None:
+        """One ``evaluate`` row: the client's accuracy on its own test split, and what its message cost."""
+        self._log_rows.append(
+            {
+                "round": server_round,
+                "phase": "evaluate",
+                "client": client.client_id,
+                "source": "train-message" if inside_train else "evaluate-message",
+                "bytes_up": bytes_up,
+                "bytes_down": 0 if inside_train else self._bytes_down.get((client.client_id, "evaluate")),
                 **metrics,
             }
         )
-        return ClientUpdate(client, arrays, int(metrics.get("num-examples", 0)), metrics)
 
     def _reject(self, server_round: int, client: ClientInfo, phase: str, reason: str) -> None:
         log(WARNING, "round %d: rejected %s reply of client %s: %s", server_round, phase, client.client_id, reason)
@@ -415,6 +514,7 @@ class HeterogeneousStrategy(Strategy):
             online = [cid for cid, info in self.clients.items() if info.node_id in nodes]
             if len(online) >= self.min_clients:
                 return online
+            self._stop_if_unreachable()
             if time.monotonic() >= deadline:
                 raise RuntimeError(
                     f"only {len(online)} of the required {self.min_clients} clients connected within "
@@ -423,9 +523,24 @@ class HeterogeneousStrategy(Strategy):
             time.sleep(1.0)
             self._register_new_nodes(grid)
 
+    def _stop_if_unreachable(self) -> None:
+        """End the run at once when failed registrations leave too few clients to ever reach ``min_clients``."""
+        if self.expected_clients is None or not self._failed_nodes:
+            return
+        if self.expected_clients - len(self._failed_nodes) < self.min_clients:
+            reasons = "; ".join(self._failed_nodes.values())
+            raise RuntimeError(
+                f"{reasons} ({len(self._failed_nodes)} of {self.expected_clients} clients failed to register, "
+                f"{self.min_clients} are required; server.min_clients)"
+            )
+
     def _register_new_nodes(self, grid: Grid) -> None:
-        """Ask every connected node we do not know yet for its profile (a node that rejoins has a new id)."""
-        known = {info.node_id for info in self.clients.values()}
+        """Ask every connected node we do not know yet for its profile (a node that rejoins has a new id).
+
+        A node that answers with an error is asked no more: its reason is logged once and kept, and the run
+        stops at once if the remaining clients cannot reach ``min_clients``.
+        """
+        known = {info.node_id for info in self.clients.values()} | set(self._failed_nodes)
         new_nodes = [node for node in grid.get_node_ids() if node not in known]
         if not new_nodes:
             return
@@ -433,13 +548,42 @@ class HeterogeneousStrategy(Strategy):
             Message(content=RecordDict({CONFIG_KEY: ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY)
             for node in new_nodes
         ]
-        for reply in grid.send_and_receive(messages, timeout=self.round_timeout):
+        replies = grid.send_and_receive(messages, timeout=self.round_timeout)
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
             if reply.has_error():
-                log(WARNING, "node %s did not report a profile: %s", reply.metadata.src_node_id, reply.error.reason)
+                self._registration_failed(node, reply.error.reason or "no reason given")
                 continue
-            info = ClientInfo.from_json(str(reply.content[CONFIG_KEY][PROFILE_KEY]), reply.metadata.src_node_id)
+            info = ClientInfo.from_json(str(reply.content[CONFIG_KEY][PROFILE_KEY]), node)
+            reason = self.refuse(info)
+            if reason is not None:
+                self._registration_failed(node, f"client {info.client_id} refused: {reason}")
+                continue
             self.clients[info.client_id] = info
             log(INFO, "client %s registered on node %s (%s)", info.client_id, info.node_id, _profile_line(info))
+        self._stop_if_unreachable()
+
+    def refuse(self, info: ClientInfo) -> str | None:
+        """Why a registering client cannot take part (None: it can). Subclasses add their own conditions."""
+        return None
+
+    def _registration_failed(self, node: int, reason: str) -> None:
+        self._failed_nodes[node] = reason
+        log(ERROR, "node %s failed to register: %s", node, reason)
+        row = {"round": self.start_round, "phase": "registration-failed", "node": node, "reason": reason}
+        self._log_rows.append(row)
+
+
+def _training_set_size(metrics: dict[str, float]) -> int:
+    """The FedAvg weight n_k: a reply must state its client's training-set size; none is not weight zero."""
+    if "num-examples" not in metrics:
+        raise UpdateRejected("reply has no num-examples (the client's training-set size, its FedAvg weight)")
+    count = metrics["num-examples"]
+    if not count >= 1:
+        raise UpdateRejected(f"num-examples must be >= 1, got {count}")
+    return int(count)
 
 
 def _profile_line(info: ClientInfo) -> str:

@@ -242,7 +242,7 @@ def test_server_stopped_mid_run_resumes_from_its_checkpoint(tmp_path: Path) -> N
     server, fleet = _server(run_dir, certs_dir, first, "1.out")
     clients = _start_clients(certs_dir, fleet, tmp_path)
     try:
-        wait_for(lambda: (run_dir / "checkpoint" / "state.json").exists(), 600, "round 1 checkpoint", server)
+        wait_for(lambda: (run_dir / "checkpoint" / "state.safetensors").exists(), 600, "round 1 checkpoint", server)
 
         # Execute: stop the server (and its SuperLink) during round 2, then resume on a new SuperLink
         runtime.stop(server, grace=30)

@@ -43,7 +43,7 @@ def test_smoke_run_completes_with_only_adapter_bytes_on_the_wire(smoke_run: Path
     assert summary["full_model_bytes"] > 10 * summary["bytes_up_per_client_round"]
     assert 0.0 <= summary["final_accuracy"] <= 1.0
     assert summary["global_accuracy"] is not None
-    assert (smoke_run / "checkpoint" / "arrays.safetensors").exists()
+    assert (smoke_run / "checkpoint" / "state.safetensors").exists()
 
 
 def test_nan_update_is_rejected_and_the_rounds_go_on(smoke_run: Path) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
+from flwr.app import ArrayRecord, ConfigRecord
 
-from fedbrick_flower.records import ADAPTERS_KEY, METRICS_KEY, to_array_record
 from fedbrick_flower.strategies.aggregation import layerwise_average, random_layer_subset, sample_clients
 from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
+
+from .loopback import LoopbackGrid, client_info, training_node
 
 LAYER_SCHEMA = {"q.lora_A": [2, 4], "q.lora_B": [4, 2]}
 HEAD_SCHEMA = {"head.weight": [3, 4], "head.bias": [3]}
@@ -93,67 +93,43 @@ def test_aggregate_ignores_non_holders_and_keeps_unheld_layers() -> None:
     np.testing.assert_almost_equal(strategy.state["m/t/head.bias"], np.full(3, 2.5))
 
 
-@dataclass
-class _Metadata:
-    reply_to_message_id: str
-
-
-@dataclass
-class _Reply:
-    """A stand-in for a Flower reply Message (building real ones needs a running SuperLink)."""
-
-    content: dict
-    metadata: _Metadata
-    error: object = field(default=None)
-
-    def has_error(self) -> bool:
-        return self.error is not None
-
-
-def _reply(message_id: str, arrays: dict[str, np.ndarray]) -> _Reply:
-    from flwr.app import MetricRecord
-
-    content = {ADAPTERS_KEY: to_array_record(arrays), METRICS_KEY: MetricRecord({"num-examples": 5.0})}
-    return _Reply(content, _Metadata(message_id))
+def _prepare_round(nodes: dict) -> tuple[LayerwiseFedAvg, LoopbackGrid]:
+    """A strategy that has registered ``nodes`` and sent them round 1's train messages."""
+    strategy, grid = LayerwiseFedAvg(seed=0, min_clients=len(nodes)), LoopbackGrid(nodes)
+    strategy._register_new_nodes(grid)
+    strategy._exchange(grid, strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
+    return strategy, grid
 
 
 def test_nan_reply_is_rejected_logged_and_the_others_aggregate() -> None:
     # Prepare
-    strategy = _prepare_strategy()
-    deep, edge = strategy.clients["deep"], strategy.clients["edge"]
-    for client in (deep, edge):
-        strategy.payload(client, 1, "train")
-    poisoned = _filled(edge, [1, 3], 1.0)
-    poisoned["layers.1.q.lora_A"][0, 0] = np.nan
-    strategy._sent = {"m-deep": "deep", "m-edge": "edge"}
-    replies = [_reply("m-deep", _filled(deep, [0, 1, 2, 3], 2.0)), _reply("m-edge", poisoned)]
+    good, diverged = client_info("good", 1), client_info("diverged", 2)
+    strategy, _ = _prepare_round({1: training_node(good, 2.0), 2: training_node(diverged, float("nan"))})
 
     # Execute
-    _, metrics = strategy.aggregate_train(1, replies)
+    _, metrics = strategy.aggregate_train(1, strategy._last_replies)
 
     # Assert
     assert metrics["num-updates"] == 1
     np.testing.assert_almost_equal(strategy.state["m/layers.1.q.lora_A"], np.full((2, 4), 2.0))
     rejected = [row for row in strategy._log_rows if row["phase"] == "rejected"]
-    assert [(r["client"], "non-finite" in r["reason"]) for r in rejected] == [("edge", True)]
+    assert [(r["client"], "non-finite" in r["reason"]) for r in rejected] == [("diverged", True)]
 
 
 def test_rejected_update_leaves_state_unchanged() -> None:
     # Prepare
-    strategy = _prepare_strategy()
-    edge = strategy.clients["edge"]
-    strategy.payload(edge, 1, "train")
+    edge = client_info("edge", 1)
+    strategy, _ = _prepare_round({1: training_node(edge, 1.0, sends=client_info("edge", 1, rank=3))})
     strategy.state = {"m/layers.1.q.lora_A": np.zeros((2, 4), np.float32)}
-    wrong_shape = _filled(edge, [1, 3], 1.0)
-    wrong_shape["head.weight"] = np.ones((5, 4), np.float32)
-    strategy._sent = {"m-edge": "edge"}
 
     # Execute
-    strategy.aggregate_train(1, [_reply("m-edge", wrong_shape)])
+    strategy.aggregate_train(1, strategy._last_replies)
 
     # Assert
     assert list(strategy.state) == ["m/layers.1.q.lora_A"]
     np.testing.assert_almost_equal(strategy.state["m/layers.1.q.lora_A"], np.zeros((2, 4)))
+    rejected = [row for row in strategy._log_rows if row["phase"] == "rejected"]
+    assert "has shape (3, 4), expected (2, 4)" in rejected[0]["reason"]
 
 
 def test_fedra_allocation_is_seeded_and_within_budget() -> None:

@@ -1,0 +1,147 @@
+"""An in-process Flower ``Grid`` for unit tests: real ``Message`` and ``RecordDict`` objects, no sockets, no Ray.
+
+Each node is a Python callable that answers a message with a reply built by ``Message(..., reply_to=msg)``,
+the way a ClientApp does. The grid assigns message ids as the SuperLink would and keeps a log of every
+message pushed, so tests can count what was sent to whom.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedbrick_flower.records import (
+    ADAPTERS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    PROFILE_KEY,
+    decode_config,
+    from_array_record,
+    to_array_record,
+)
+from fedbrick_flower.strategies.base import ClientInfo
+
+Node = Callable[[Message], Message]
+
+
+class LoopbackGrid(Grid):
+    """A Grid whose nodes answer in-process as soon as a message is pushed."""
+
+    def __init__(self, nodes: dict[int, Node]) -> None:
+        # Messages need a task identity, which Flower sets in a real ServerApp process.
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        self.nodes = nodes
+        self.pushed: list[Message] = []
+        self._replies: dict[str, Message] = {}
+        self._ids = (f"m{i}" for i in itertools.count())
+
+    def set_run(self, run: object) -> None:  # noqa: D102 - the Grid interface
+        pass
+
+    @property
+    def run(self) -> object:  # noqa: D102
+        raise NotImplementedError
+
+    def create_message(self, *args: object, **kwargs: object) -> Message:  # noqa: D102
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return list(self.nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        ids = []
+        for message in messages:
+            message_id = next(self._ids)
+            message.metadata.__dict__["_message_id"] = message_id
+            self.pushed.append(message)
+            self._replies[message_id] = self.nodes[message.metadata.dst_node_id](message)
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return [self._replies.pop(mid) for mid in list(message_ids) if mid in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
+        return self.pull_messages(self.push_messages(messages))
+
+    def sent(self, node: int, message_type: str) -> int:
+        """How many messages of ``message_type`` went to ``node``."""
+        return sum(1 for m in self.pushed if m.metadata.dst_node_id == node and m.metadata.message_type == message_type)
+
+
+def client_info(client_id: str, node_id: int, *, budget: int = 2, rank: int = 2, examples: int = 10) -> ClientInfo:
+    """A tiny client: 2 layers of a width-4 model, LoRA rank ``rank`` on one module, a 3-class head."""
+    return ClientInfo(
+        client_id=client_id,
+        model="m",
+        task="t",
+        group="t",
+        model_type="bert",
+        num_layers=2,
+        budget=budget,
+        fixed_layers=None,
+        layer_schema={"q.lora_A": [rank, 4], "q.lora_B": [4, rank]},
+        head_schema={"head.weight": [3, 4], "head.bias": [3]},
+        num_train_examples=examples,
+        node_id=node_id,
+    )
+
+
+def training_node(
+    info: ClientInfo,
+    value: float = 1.0,
+    metrics: dict[str, float | None] | None = None,
+    sends: ClientInfo | None = None,
+) -> Node:
+    """A node that registers as ``info`` and answers every train message with tensors full of ``value``.
+
+    ``metrics`` overrides reply metrics; a None value leaves that metric out of the reply. ``sends`` makes the
+    node answer with the tensors of another schema (a misbehaving client).
+    """
+
+    def answer(message: Message) -> Message:
+        kind = message.metadata.message_type
+        if kind == MessageType.QUERY:
+            profile = ConfigRecord({PROFILE_KEY: info.to_json()})
+            return Message(RecordDict({CONFIG_KEY: profile}), reply_to=message)
+        config = decode_config(message.content[CONFIG_KEY])
+        evaluation = {"accuracy": 0.5, "loss": 1.0, "num-examples": 4.0}
+        if kind == MessageType.EVALUATE:
+            return Message(RecordDict({METRICS_KEY: MetricRecord(evaluation)}), reply_to=message)
+        from_array_record(message.content[ADAPTERS_KEY])  # a real client loads what it receives
+        arrays = {
+            name: np.full(shape, value, np.float32) for name, shape in (sends or info).schema(config["layers"]).items()
+        }
+        reply_metrics = {
+            "num-examples": float(info.num_train_examples),
+            "train-loss": 1.0,
+            **{f"eval-{k}": v for k, v in evaluation.items()},
+        }
+        for key, override in (metrics or {}).items():
+            if override is None:
+                reply_metrics.pop(key, None)
+            else:
+                reply_metrics[key] = override
+        content = RecordDict({ADAPTERS_KEY: to_array_record(arrays), METRICS_KEY: MetricRecord(reply_metrics)})
+        return Message(content, reply_to=message)
+
+    return answer
+
+
+def failing_node(reason: str) -> Node:
+    """A node whose client cannot set itself up: every message gets an error reply."""
+
+    def answer(message: Message) -> Message:
+        return Message(Error(400, reason), reply_to=message)
+
+    return answer
+
+
+def profile_of(message: Message) -> dict:
+    return json.loads(str(message.content[CONFIG_KEY][PROFILE_KEY]))

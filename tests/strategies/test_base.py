@@ -1,0 +1,162 @@
+"""The strategy base on real Flower messages through an in-process grid: sampling, weights, evaluation inside
+the train message, registration failures, byte accounting and state round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, MessageType
+
+from fedbrick_flower.strategies.aggregation import ShapeMismatch
+from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
+
+from .loopback import LoopbackGrid, client_info, failing_node, training_node
+
+
+def _prepare(nodes: dict, **kwargs) -> tuple[LayerwiseFedAvg, LoopbackGrid]:
+    kwargs.setdefault("min_clients", len(nodes))
+    return LayerwiseFedAvg(seed=0, node_wait_timeout=5, **kwargs), LoopbackGrid(nodes)
+
+
+def _rows(strategy: LayerwiseFedAvg, phase: str) -> list[dict]:
+    return [row for row in strategy._log_rows if row["phase"] == phase]
+
+
+def test_fraction_train_samples_half_of_the_clients_each_round() -> None:
+    # Prepare
+    infos = [client_info(f"c{i}", node_id=i + 1) for i in range(4)]
+    strategy, grid = _prepare({info.node_id: training_node(info) for info in infos}, fraction_train=0.5)
+    strategy.callbacks = []
+
+    # Execute
+    strategy.start(grid, num_rounds=3)
+
+    # Assert
+    trained = [grid.sent(info.node_id, MessageType.TRAIN) for info in infos]
+    assert sum(trained) == 6  # 2 of 4 clients in each of 3 rounds
+    evaluated = [grid.sent(info.node_id, MessageType.EVALUATE) for info in infos]
+    assert [t + e for t, e in zip(trained, evaluated, strict=True)] == [3, 3, 3, 3]  # the others only evaluate
+
+
+def test_every_client_trains_and_evaluates_in_one_message_when_all_are_sampled() -> None:
+    # Prepare
+    infos = [client_info(f"c{i}", node_id=i + 1) for i in range(3)]
+    strategy, grid = _prepare({info.node_id: training_node(info) for info in infos})
+    seen: list[dict] = []
+    strategy.callbacks = [
+        type(
+            "Sink", (), {"on_round_end": lambda s, st, r, rows: seen.extend(rows), "on_run_end": lambda s, st, r: None}
+        )()
+    ]
+
+    # Execute
+    strategy.start(grid, num_rounds=2)
+
+    # Assert
+    assert all(grid.sent(info.node_id, MessageType.EVALUATE) == 0 for info in infos)
+    evaluations = [row for row in seen if row["phase"] == "evaluate"]
+    assert len(evaluations) == 6
+    assert {row["source"] for row in evaluations} == {"train-message"}
+    assert {row["accuracy"] for row in evaluations} == {0.5}
+    train = [row for row in seen if row["phase"] == "train"]
+    assert all("eval-accuracy" not in row for row in train)
+    assert all(row["bytes_down"] > 0 and row["bytes_up"] > row["adapter_bytes"] for row in train)
+
+
+def test_aggregation_weights_by_training_set_size() -> None:
+    # Prepare
+    small, large = client_info("small", 1, examples=10), client_info("large", 2, examples=30)
+    nodes = {1: training_node(small, value=1.0, metrics={"examples-seen": 320.0}), 2: training_node(large, value=5.0)}
+    strategy, grid = _prepare(nodes)
+    strategy.callbacks = []
+
+    # Execute
+    strategy.start(grid, num_rounds=1)
+
+    # Assert: (10 * 1 + 30 * 5) / 40 = 4, whatever the number of examples seen in the round
+    np.testing.assert_allclose(strategy.state["m/layers.0.q.lora_A"], np.full((2, 4), 4.0))
+    np.testing.assert_allclose(strategy.state["m/t/head.bias"], np.full(3, 4.0))
+
+
+def test_reply_without_its_training_set_size_is_rejected_not_weighted_zero() -> None:
+    # Prepare
+    good, silent = client_info("good", 1), client_info("silent", 2)
+    nodes = {1: training_node(good, value=2.0), 2: training_node(silent, value=9.0, metrics={"num-examples": None})}
+    strategy, grid = _prepare(nodes)
+
+    # Execute
+    strategy._register_new_nodes(grid)
+    strategy._exchange(grid, strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
+    strategy.aggregate_train(1, strategy._last_replies)
+
+    # Assert
+    rejected = _rows(strategy, "rejected")
+    assert [(row["client"], "num-examples" in row["reason"]) for row in rejected] == [("silent", True)]
+    np.testing.assert_allclose(strategy.state["m/layers.0.q.lora_A"], np.full((2, 4), 2.0))
+
+
+def test_a_client_that_fails_to_register_is_asked_once_and_stops_the_run_with_its_reason() -> None:
+    # Prepare
+    good = client_info("good", 1)
+    nodes = {1: training_node(good), 2: failing_node("client phone failed to register: unknown task 'bbc'")}
+    strategy, grid = _prepare(nodes, min_clients=2, expected_clients=2)
+
+    # Execute
+    with pytest.raises(RuntimeError) as error:
+        strategy.start(grid, num_rounds=1)
+
+    # Assert
+    assert "client phone failed to register: unknown task 'bbc'" in str(error.value)
+    assert "only" not in str(error.value)  # it did not claim that the client never connected
+    assert grid.sent(2, MessageType.QUERY) == 1
+
+
+def test_a_failed_registration_that_leaves_enough_clients_lets_the_run_go_on() -> None:
+    # Prepare
+    infos = [client_info("a", 1), client_info("b", 2)]
+    nodes = {1: training_node(infos[0]), 2: training_node(infos[1]), 3: failing_node("client c: no data file")}
+    strategy, grid = _prepare(nodes, min_clients=2, expected_clients=3)
+    strategy.callbacks = []
+
+    # Execute
+    strategy.start(grid, num_rounds=2)
+
+    # Assert
+    assert set(strategy.clients) == {"a", "b"}
+    assert grid.sent(3, MessageType.QUERY) == 1
+    assert grid.sent(3, MessageType.TRAIN) == 0
+
+
+def test_mixed_ranks_under_layerwise_fedavg_raise_an_error_naming_both_clients() -> None:
+    # Prepare
+    r1, r8 = client_info("r1", 1, rank=1), client_info("r8", 2, rank=8)
+    strategy, grid = _prepare({1: training_node(r1), 2: training_node(r8)})
+
+    # Execute
+    with pytest.raises(ShapeMismatch) as error:
+        strategy.start(grid, num_rounds=1)
+
+    # Assert
+    message = str(error.value)
+    assert "r1" in message and "r8" in message and "(1, 4)" in message and "(8, 4)" in message
+
+
+def test_state_values_round_trip_through_load_state_dict() -> None:
+    # Prepare
+    infos = [client_info("a", 1), client_info("b", 2, budget=1)]
+    strategy, grid = _prepare({1: training_node(infos[0], 3.0), 2: training_node(infos[1], 7.0)}, resample_layers=True)
+    strategy.callbacks = []
+    strategy.start(grid, num_rounds=2)
+    arrays, meta = strategy.state_dict()
+
+    # Execute
+    restored = LayerwiseFedAvg(seed=0)
+    restored.load_state_dict(arrays, meta, completed_round=2)
+
+    # Assert
+    assert restored.start_round == 3
+    assert restored.round_layers == strategy.round_layers
+    assert restored.clients["b"].budget == 1
+    assert set(restored.state) == set(strategy.state)
+    for key, value in strategy.state.items():
+        np.testing.assert_array_equal(restored.state[key], value)
