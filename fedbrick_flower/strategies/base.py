@@ -442,12 +442,18 @@ class HeterogeneousStrategy(Strategy):
                 time.sleep(0.2)
         return replies
 
-    def _attributed(self, replies: Iterable[Message]) -> Iterable[tuple[Message, ClientInfo]]:
-        # An error reply for a lost node comes from the SuperLink, not the node: map it back by message id.
-        for reply in replies:
-            cid = self._sent.get(reply.metadata.reply_to_message_id)
-            if cid is not None:
-                yield reply, self.clients[cid]
+    def _attributed(self, replies: Iterable[Message]) -> list[tuple[Message, ClientInfo]]:
+        """Pair each reply with its logical client, in client-id order.
+
+        An error reply for a lost node comes from the SuperLink, not the node: it is mapped back by message id.
+        The order makes rows and floating-point sums independent of which reply arrived first.
+        """
+        attributed = [
+            (reply, self.clients[cid])
+            for reply in replies
+            if (cid := self._sent.get(reply.metadata.reply_to_message_id)) is not None
+        ]
+        return sorted(attributed, key=lambda pair: pair[1].client_id)
 
     def _accept(self, reply: Message, client: ClientInfo, server_round: int) -> ClientUpdate | None:
         if reply.has_error():

@@ -114,3 +114,31 @@ def test_minilm_mixed_depth_run_learns(tmp_path: Path) -> None:
     assert sum(r["train-loss"] for r in last) < sum(r["train-loss"] for r in first)
     assert summary["bytes_up_per_client_round"] / summary["adapter_bytes"] <= 1.05
     assert summary["full_model_bytes"] / summary["bytes_up_per_client_round"] >= 50
+
+
+def _metric_rows(run_dir: Path) -> list[dict]:
+    """Metric rows without the fields that measure time or memory (they differ between identical runs)."""
+    volatile = ("seconds", "memory", "wall")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not any(word in k for word in volatile)} for row in rows]
+
+
+def test_half_the_clients_train_each_round_and_a_rerun_gives_equal_rows(tmp_path: Path) -> None:
+    # Prepare
+    raw = yaml.safe_load(scenario_path("smoke").read_text())
+    raw["clients"].append({"id": "llama-full", "model": "tiny-llama", "task": "bbc", "layers": 4})
+    raw["server"] = {"fraction_train": 0.5}
+    scenario = tmp_path / "half.yaml"
+    scenario.write_text(yaml.safe_dump(raw))
+
+    # Execute
+    for out in ("first", "second"):
+        assert cli.main(["run", str(scenario), "--out", str(tmp_path / out)]) == 0
+    first, second = _metric_rows(tmp_path / "first"), _metric_rows(tmp_path / "second")
+
+    # Assert
+    trained = [sorted(r["client"] for r in first if r["phase"] == "train" and r["round"] == n) for n in (1, 2)]
+    assert [len(clients) for clients in trained] == [2, 2]
+    evaluated = [{r["client"] for r in first if r["phase"] == "evaluate" and r["round"] == n} for n in (1, 2)]
+    assert evaluated == [{"bert-full", "bert-edge", "llama-edge", "llama-full"}] * 2
+    assert first == second
