@@ -12,6 +12,11 @@ ADAPTER_NAME = re.compile(r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)
 # The metric names the ClientApp declares in its replies (clients/base.py, clients/fedbrick.py).
 DECLARED_METRICS = {
     "num-examples",
+    "examples-seen",
+    "local-rounds",
+    "eval-accuracy",
+    "eval-loss",
+    "eval-num-examples",
     "train-loss",
     "train-loss-first",
     "train-loss-last",
@@ -22,6 +27,10 @@ DECLARED_METRICS = {
     "accuracy",
     "loss",
 }
+
+
+# Record names a message may carry: adapter tensors, metrics and the per-round config (never client state).
+RECORD_NAMES = {"adapters", "metrics", "config"}
 
 
 def audit_rows(run_dir: Path) -> list[dict[str, Any]]:

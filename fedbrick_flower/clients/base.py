@@ -93,8 +93,15 @@ class ClientAlgorithm:
             "model-parameters": float(sum(p.numel() for p in model.parameters())),
         }
         metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
+        metrics["local-rounds"] = float(self.count_local_round())
         metrics["peak-memory-mb"] = peak_memory_mb(self.session.device)
         return update, metrics
+
+    def count_local_round(self) -> int:
+        """A running statistic of the device: how many rounds it has trained in this run (from its state)."""
+        rounds = int(self.state.get("local-rounds", 0)) + 1
+        self.state.set("local-rounds", rounds)
+        return rounds
 
     def evaluate(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, float]:
         """An evaluation-only message: the network this device runs, with the payload loaded."""
