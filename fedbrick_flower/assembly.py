@@ -15,13 +15,14 @@ from typing import Any
 
 from torch import nn
 
-from .adapters.lora import LoraSettings, attach_lora, load_adapter_tensors, rank_of
+from .adapters.lora import LoraSettings, attach_lora, load_adapter_tensors, with_ranks_of
 from .data import EncodedExamples, encode_examples, load_task, select, split_federated
 from .models import (
     ModelSpec,
     SequenceClassifier,
     keep_layers,
     load_backbone,
+    load_config,
     load_tokenizer,
     model_family,
     num_layers,
@@ -39,6 +40,12 @@ def cached_backbone(spec: ModelSpec, seed: int) -> nn.Module:
     A read-only memo of deterministic weights, not state: a fresh process rebuilds exactly the same model.
     """
     return load_backbone(spec, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_config(spec: ModelSpec) -> Any:
+    """The model's Hugging Face config, read once per process without loading weights (never modified)."""
+    return load_config(spec)
 
 
 @functools.lru_cache(maxsize=16)
@@ -70,6 +77,14 @@ def task_examples(
 
 def num_labels(scenario: Scenario, task: str) -> int:
     return load_task(scenario.tasks[task].dataset).num_labels
+
+
+def scenario_lora(scenario: Scenario, rank: int | None = None) -> LoraSettings:
+    """The scenario's LoRA settings (``lora.*``), with a client's own ``rank`` where its profile gives one."""
+    defaults = scenario.lora
+    return LoraSettings(
+        rank=rank or defaults.rank, alpha=defaults.alpha, dropout=defaults.dropout, roles=defaults.roles
+    )
 
 
 def build_classifier(
@@ -104,10 +119,11 @@ def build_global_model(
 ) -> SequenceClassifier:
     """The full-depth model of ``model_key`` with global adapters loaded, for server-side evaluation and teachers.
 
-    Layers the federation never trained are absent from ``tensors`` and keep their seeded initial LoRA (B = 0).
+    Each layer's LoRA rank is the rank of the tensors held for it (clients of ranks 2 and 8 may hold different
+    layers). Layers the federation never trained are absent from ``tensors`` and keep their seeded initial LoRA
+    (B = 0) at the scenario's rank.
     """
-    defaults = scenario.lora
-    lora = LoraSettings(rank=rank_of(tensors, defaults.rank), alpha=defaults.alpha, dropout=defaults.dropout)
+    lora = with_ranks_of(scenario_lora(scenario), tensors)
     model = build_classifier(scenario, model_key, task, None, lora).to(device)
     load_adapter_tensors(model, model_family(model.backbone), tensors)
     return model

@@ -8,7 +8,7 @@ records that actually travel.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -123,6 +123,52 @@ def validate_update(
             raise UpdateRejected(f"tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(expected[name])}")
         if not np.all(np.isfinite(value)):
             raise UpdateRejected(f"tensor {name!r} holds non-finite values")
+
+
+def declared_schema(
+    client: Any,
+    layers: Iterable[int],
+    settings: Mapping[str, Any] | None = None,
+    kind_layers: Mapping[str, Iterable[int]] | None = None,
+) -> dict[str, tuple[int, ...]]:
+    """What a client may send: the schemas of the adapter kinds it declared, on its layers, plus its head.
+
+    The names are built by the registered kinds themselves (``adapters.base``), not by a fixed name pattern, so a
+    new kind needs no change here; whatever no declared kind names is refused by :func:`validate_update`.
+
+    Parameters
+    ----------
+    client : ClientInfo
+        The client's ``query`` reply: ``adapter_kinds``, ``roles``, ``rank``, ``alpha``, its model's sizes
+        (``model_type``, ``hidden_size``, ``intermediate_size``, ``num_layers``, ``num_heads``,
+        ``num_kv_heads``, ``head_dim``) and ``head_schema``.
+    layers : Iterable[int]
+        The GLOBAL layers the client holds this round.
+    settings : Mapping[str, Any], optional
+        A kind's settings where the server fixes them (e.g. ``{"brick": BrickConfig(rank=4)}``). LoRA defaults
+        to the client's own rank and alpha, any other kind to its settings' defaults.
+    kind_layers : Mapping[str, Iterable[int]], optional
+        Layers of a kind that covers other layers than the held ones (FedBRICK's BRICKs span the full depth).
+
+    Raises
+    ------
+    ValueError
+        If a kind is not registered, or two kinds declare the same name.
+    """
+    from .adapters.base import combined_schema, kind_class
+    from .models.families import ModelDims
+
+    settings = dict(settings or {})
+    roles = tuple(client.roles)
+    kinds = []
+    for name in client.adapter_kinds:
+        cls = kind_class(name)
+        if name == "lora" and name not in settings:
+            settings[name] = cls.settings_class(rank=int(client.rank), alpha=float(client.alpha), roles=roles)
+        kinds.append(cls(settings.get(name)))
+    schema = combined_schema(kinds, ModelDims.from_mapping(client), layers, roles, kind_layers)
+    schema.update({name: tuple(shape) for name, shape in client.head_schema.items()})
+    return schema
 
 
 def json_config(**values: Any) -> ConfigRecord:

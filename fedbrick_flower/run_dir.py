@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .adapters.lora import LoraSettings, rank_of, save_peft_adapter
+from .adapters.lora import save_peft_adapter
+from .assembly import scenario_lora
 from .models import family_of
 from .scenario import Scenario
 from .strategies.base import HeterogeneousStrategy, RoundCallback
@@ -84,8 +85,8 @@ class RunRecorder(RoundCallback):
     ) -> None:
         model_type = next(c.model_type for c in strategy.clients.values() if c.model == model_key)
         spec = self.scenario.models[model_key]
-        defaults = self.scenario.lora
-        settings = LoraSettings(rank=rank_of(tensors, defaults.rank), alpha=defaults.alpha, dropout=defaults.dropout)
+        # Each layer's rank comes from its tensors (peft rank_pattern); the scenario gives alpha and dropout.
+        settings = scenario_lora(self.scenario)
         lora_only = {k: v for k, v in tensors.items() if k.startswith(("layers.", "head."))}
         save_peft_adapter(
             folder, lora_only, family_of(model_type), settings, spec.source or f"random-init {spec.family}"

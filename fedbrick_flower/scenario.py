@@ -63,11 +63,20 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class LoraDefaults:
-    """LoRA settings shared by the clients unless a profile overrides the rank."""
+    """LoRA settings shared by the clients unless a profile overrides the rank.
+
+    ``targets`` are module ROLES (``q k v o gate up down``, mapped to each family's own modules), or
+    ``all-linear`` for every projection the family has.
+    """
 
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
+    targets: tuple[str, ...] | str = ("q", "v")
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
 
 
 @dataclass(frozen=True)
@@ -271,7 +280,7 @@ def _check_semantics(scenario: Scenario) -> None:
         if not 0.0 <= value < 1.0:
             raise ScenarioError(f"data.{name}: must be in [0, 1), got {value}")
     _positive(scenario.train, "train", ("local_steps", "batch_size", "eval_batch_size", "lr", "head_lr"))
-    _positive(scenario.lora, "lora", ("rank", "alpha"))
+    _check_lora(scenario.lora)
     server = scenario.server
     if not 0.0 < server.fraction_train <= 1.0:
         raise ScenarioError(f"server.fraction_train: must be in (0, 1], got {server.fraction_train}")
@@ -284,6 +293,18 @@ def _check_semantics(scenario: Scenario) -> None:
     for client_id in scenario.faults.nan_update:
         if client_id not in ids:
             raise ScenarioError(f"faults.nan_update: {client_id!r} is not a client id of this scenario")
+
+
+def _check_lora(lora: LoraDefaults) -> None:
+    from .models.families import resolve_roles
+
+    _positive(lora, "lora", ("rank", "alpha"))
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ScenarioError(f"lora.dropout: must be in [0, 1), got {lora.dropout}")
+    try:
+        resolve_roles(lora.roles)
+    except ValueError as error:
+        raise ScenarioError(f"lora.targets: {error}") from None
 
 
 def _check_profile(profile: ClientProfile, where: str) -> None:

@@ -1,4 +1,4 @@
-"""BRICK: the tiny surrogate that stands in for a missing transformer layer in FedBRICK.
+"""The ``brick`` adapter kind: the tiny surrogate that stands in for a missing transformer layer in FedBRICK.
 
 A client that trains only a subset of the layers replaces every missing layer with a
 BRICK, so its forward and backward passes approximate the full model's Jacobian chain
@@ -9,9 +9,9 @@ states ``x`` of width ``d``::
 
 with ``A1, A2 in R^{r x d}`` and ``B1, B2 in R^{d x r}`` (``4 r d`` parameters).
 
-This module also holds the pieces of the algorithm that concern a single BRICK: the
-Stage-II blending schedule, the default Stage-II length, the padding-aware MSE, and the
-server-side teacher-forced layer-wise distillation. It has no Flower imports.
+This module holds the BRICK itself, its settings and its tensor names (``bricks.{g}.{A1|B1|A2|B2}``). The
+training policy (the Stage-II schedule) is the client half's (``clients/fedbrick.py``), the server
+distillation the server half's (``strategies/distillation.py``). No Flower imports.
 
 References
 ----------
@@ -24,17 +24,26 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..models.backbone import stable_seed
+from ..models.families import FamilySpec
+from ..models.stack import LayerShim, global_layer_indices, layer_stack
+from .base import AdapterKind, Shape, load_named
+
 BRICK_PARAM_NAMES: tuple[str, ...] = ("A1", "B1", "A2", "B2")
 BRICK_PREFIX = "bricks."
 _BRICK_NAME = re.compile(r"^bricks\.(\d+)\.(A1|B1|A2|B2)$")
+# Where a backbone keeps its BRICKs, by global layer: a plain dict, not submodules, because the BRICKs of held
+# layers are not part of the network (FedBRICK runs them only in Stage II).
+BRICKS_ATTRIBUTE = "fedbrick_bricks"
 
 
 @dataclass
@@ -64,7 +73,7 @@ class BrickConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_positive_int("BrickConfig.rank", self.rank)
+        check_positive_int("BrickConfig.rank", self.rank)
 
 
 class Brick(nn.Module):
@@ -96,8 +105,8 @@ class Brick(nn.Module):
 
     def __init__(self, hidden_size: int, rank: int = 8) -> None:
         super().__init__()
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("rank", rank)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("rank", rank)
         self.hidden_size = hidden_size
         self.rank = rank
         self.A1 = nn.Parameter(torch.empty(rank, hidden_size))
@@ -150,8 +159,8 @@ class Brick(nn.Module):
 
 def brick_num_parameters(hidden_size: int, rank: int) -> int:
     """Parameters of one BRICK, ``4 * rank * hidden_size`` (24,576 for r=8, d=768)."""
-    _check_positive_int("hidden_size", hidden_size)
-    _check_positive_int("rank", rank)
+    check_positive_int("hidden_size", hidden_size)
+    check_positive_int("rank", rank)
     return 4 * rank * hidden_size
 
 
@@ -201,291 +210,51 @@ def brick_tensors(bricks: Mapping[int, Brick]) -> dict[str, torch.Tensor]:
 
 def load_brick_tensors(bricks: Mapping[int, Brick], values: Mapping[str, torch.Tensor | np.ndarray]) -> None:
     """Copy canonical-named BRICK values into ``bricks``; an unknown name or shape raises ``KeyError``."""
-    targets = brick_tensors(bricks)
-    with torch.no_grad():
-        for name, value in values.items():
-            if name not in targets:
-                raise KeyError(f"BRICK tensor {name!r} does not exist on this client")
-            tensor = torch.as_tensor(np.asarray(value))
-            target = targets[name]
-            if tuple(tensor.shape) != tuple(target.shape):
-                raise KeyError(f"BRICK tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
-            target.copy_(tensor.to(dtype=target.dtype, device=target.device))
+    load_named(brick_tensors(bricks), values, "BRICK")
 
 
-def blend_alpha(step: int, total_steps: int) -> float:
-    """Stage-II weight of the real layer, ``alpha(e) = 1 - e / E2`` clamped to [0, 1].
-
-    In Stage II a kept layer's output is ``alpha * f(x) + (1 - alpha) * E(x)``: it
-    starts as the real layer and hands over linearly to the BRICK (spec section 1.6,
-    eqs. 22-24).
-
-    Parameters
-    ----------
-    step : int
-        Current Stage-II step e (0-based); values outside ``[0, total_steps]`` are
-        clamped.
-    total_steps : int
-        Stage-II length E2.
-
-    Returns
-    -------
-    float
-        ``alpha`` in ``[0, 1]``.
-
-    Raises
-    ------
-    ValueError
-        If ``total_steps <= 0``.
-    """
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps!r}")
-    return min(1.0, max(0.0, 1.0 - step / total_steps))
+def bricks_of(backbone: nn.Module) -> dict[int, Brick]:
+    """All BRICKs injected into ``backbone``, by global layer (empty if none)."""
+    return getattr(backbone, BRICKS_ATTRIBUTE, {})
 
 
-def stage_two_steps(steps_per_epoch: int, fraction: float = 0.2, minimum: int = 10) -> int:
-    """Default Stage-II length ``E2 = max(minimum, round(fraction * steps_per_epoch))``.
+class BrickKind(AdapterKind):
+    """BRICKs as an adapter kind: one per given global layer, replacing the layer where the backbone lacks it.
 
-    The paper leaves E2 open (spec section 1.11); we use 20 % of one local epoch and at
-    least 10 steps, so that the linear hand-over of ``blend_alpha`` is never abrupt on
-    tiny clients. The result may exceed ``steps_per_epoch``; the caller then cycles its
-    data loader.
-
-    Parameters
-    ----------
-    steps_per_epoch : int
-        Optimiser steps in one local epoch (non-negative).
-    fraction : float (default: 0.2)
-        Share of an epoch spent in Stage II (non-negative).
-    minimum : int (default: 10)
-        Lower bound on E2 (at least 1, since ``blend_alpha`` needs a positive length).
-
-    Returns
-    -------
-    int
-        E2.
-    """
-    if steps_per_epoch < 0:
-        raise ValueError(f"steps_per_epoch must be non-negative, got {steps_per_epoch!r}")
-    if not (math.isfinite(fraction) and fraction >= 0):
-        raise ValueError(f"fraction must be a finite non-negative number, got {fraction!r}")
-    _check_positive_int("minimum", minimum)
-    return max(minimum, round(fraction * steps_per_epoch))
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error over real tokens and all features, in float32.
-
-    Parameters
-    ----------
-    pred, target : torch.Tensor
-        Hidden states of shape ``(..., T, d)``.
-    token_mask : torch.Tensor or None
-        ``(..., T)``, bool or 0/1, true for real tokens; None counts every token.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar loss (differentiable w.r.t. ``pred``); 0 when there is no real token.
-        Padded positions contribute neither value nor gradient, even if they hold NaN
-        or inf.
-    """
-    total, count = _masked_sse(pred, target, token_mask)
-    return total / count.clamp_min(1)
-
-
-@dataclass(frozen=True)
-class DistillResult:
-    """Outcome of ``distill_brick``.
-
-    Parameters
-    ----------
-    mse_before, mse_after : float
-        Masked MSE of the BRICK against the real layer on all given data, before and
-        after.
-    steps : int
-        Optimiser steps taken.
+    Module roles do not apply: a BRICK stands in for a whole layer, so ``roles`` is ignored.
     """
 
-    mse_before: float
-    mse_after: float
-    steps: int
+    name = "brick"
+    settings_class = BrickConfig
+
+    def inject(
+        self, backbone: nn.Module, family: FamilySpec, layers: Iterable[int] | None, roles: Sequence[str], seed: int
+    ) -> nn.Module:
+        """Give every global layer of ``layers`` (None: every layer of the stack) a BRICK seeded per (seed, layer).
+
+        A layer the backbone holds keeps its BRICK aside (in :func:`bricks_of`); a missing layer's place in the
+        stack must hold a :class:`~fedbrick_flower.models.stack.LayerShim` (``keep_layers`` with a filler), whose
+        inner module becomes the BRICK, so the stack runs it in the layer's place.
+        """
+        width = self.dims(backbone.config).hidden_size
+        wanted = global_layer_indices(backbone, family) if layers is None else sorted(set(layers))
+        bricks = {g: seeded_brick(width, self.settings.rank, stable_seed(seed, "brick", g)) for g in wanted}
+        stack = layer_stack(backbone, family)
+        for position, g in enumerate(global_layer_indices(backbone, family)):
+            if isinstance(stack[position], LayerShim) and g in bricks:
+                stack[position].inner = bricks[g]
+        setattr(backbone, BRICKS_ATTRIBUTE, dict(sorted({**bricks_of(backbone), **bricks}.items())))
+        return backbone
+
+    def tensors(self, backbone: nn.Module) -> dict[str, torch.Tensor]:
+        return brick_tensors(bricks_of(backbone))
+
+    def schema(self, model_config: Any, layers: Iterable[int], roles: Sequence[str]) -> dict[str, Shape]:
+        return brick_schema(layers, self.dims(model_config).hidden_size, self.settings.rank)
 
 
-def distill_brick(
-    brick: Brick,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    token_mask: torch.Tensor | None = None,
-    *,
-    epochs: int = 10,
-    lr: float = 1e-4,
-    batch_size: int = 128,
-    seed: int = 0,
-) -> DistillResult:
-    """Server-side layer-wise distillation of one BRICK onto its layer (paper eq. 20).
-
-    Teacher-forced: the BRICK sees the cached input of the real layer and is fitted to
-    the real layer's cached output, minimising ``E||E(a_{l-1}) - f_l(a_{l-1})||^2`` with
-    Adam over shuffled mini-batches of sequences (spec section 1.5 step 3). The
-    optimiser is fresh on every call; batches without any real token are skipped, so
-    they do not move Adam.
-
-    Parameters
-    ----------
-    brick : Brick
-        Trained in place. Its ``requires_grad`` flags and train/eval mode are restored.
-    inputs, targets : torch.Tensor
-        ``(N, T, d)`` hidden states before and after the real layer.
-    token_mask : torch.Tensor, optional
-        ``(N, T)`` bool or 0/1, true for real tokens; padding counts in neither the
-        loss nor the reported MSE.
-    epochs : int (default: 10)
-        Passes over the data (0 only measures).
-    lr : float (default: 1e-4)
-        Adam learning rate (the paper's "server learning rate").
-    batch_size : int (default: 128)
-        Sequences per mini-batch.
-    seed : int (default: 0)
-        Seed of the shuffling generator.
-
-    Returns
-    -------
-    DistillResult
-        MSE before and after (on all given data, no grad) and the number of steps.
-    """
-    _check_distill_args(brick, inputs, targets, token_mask, epochs, lr, batch_size)
-    inputs, targets = inputs.detach(), targets.detach()
-    mask = None if token_mask is None else token_mask.detach().to(torch.bool)
-    flags = [p.requires_grad for p in brick.parameters()]
-    was_training = brick.training
-    try:
-        brick.requires_grad_(True)
-        mse_before = _evaluate(brick, inputs, targets, mask, batch_size)
-        steps = _fit(brick, inputs, targets, mask, epochs, lr, batch_size, seed)
-        mse_after = _evaluate(brick, inputs, targets, mask, batch_size)
-    finally:
-        for parameter, flag in zip(brick.parameters(), flags, strict=True):
-            parameter.requires_grad_(flag)
-        brick.train(was_training)
-    return DistillResult(mse_before=mse_before, mse_after=mse_after, steps=steps)
-
-
-def _fit(
-    brick: Brick,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    mask: torch.Tensor | None,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-) -> int:
-    """Adam over shuffled mini-batches of sequences; returns the number of steps."""
-    optimizer = torch.optim.Adam(brick.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    brick.train()
-    steps = 0
-    for _ in range(epochs):
-        order = torch.randperm(inputs.shape[0], generator=generator)
-        for index in order.split(batch_size):
-            x, y, m = _batch(brick, inputs, targets, mask, index)
-            if m is not None and not bool(m.any()):
-                # An all-padding batch has zero gradient but would still move Adam.
-                continue
-            loss = masked_mse(brick(x), y, m)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-    return steps
-
-
-@torch.no_grad()
-def _evaluate(
-    brick: Brick,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    mask: torch.Tensor | None,
-    batch_size: int,
-) -> float:
-    """Exact masked MSE over all data: summed errors over summed counts.
-
-    Not a mean of per-batch means, which would over-weight batches with fewer tokens.
-    """
-    total = torch.zeros((), dtype=torch.float64)
-    count = torch.zeros((), dtype=torch.int64)
-    for index in torch.arange(inputs.shape[0]).split(batch_size):
-        x, y, m = _batch(brick, inputs, targets, mask, index)
-        batch_total, batch_count = _masked_sse(brick(x), y, m)
-        total += batch_total.double().cpu()
-        count += batch_count.cpu()
-    return float(total / count.clamp_min(1))
-
-
-def _batch(
-    brick: Brick,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    mask: torch.Tensor | None,
-    index: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Select sequences and move them to the BRICK's device (caches may be on CPU)."""
-    device, dtype = brick.A1.device, brick.A1.dtype
-    x = inputs[index].to(device=device, dtype=dtype)
-    y = targets[index].to(device=device)
-    m = None if mask is None else mask[index].to(device)
-    return x, y, m
-
-
-def _masked_sse(
-    pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 sum of squared errors over real tokens and features, and their count."""
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
-    diff = pred.float() - target.float()
-    if token_mask is None:
-        return diff.pow(2).sum(), torch.tensor(diff.numel(), device=diff.device)
-    if token_mask.shape != pred.shape[:-1]:
-        raise ValueError(
-            f"token_mask shape {tuple(token_mask.shape)} does not match "
-            f"hidden states {tuple(pred.shape)} (expected {tuple(pred.shape[:-1])})"
-        )
-    keep = token_mask.to(device=diff.device, dtype=torch.bool).unsqueeze(-1)
-    # Select the difference rather than multiplying by the mask: 0 * NaN is NaN, and
-    # the selection also keeps NaN/inf padding out of the backward pass.
-    zero = torch.zeros((), dtype=diff.dtype, device=diff.device)
-    diff = torch.where(keep, diff, zero)
-    # An integer count stays exact beyond float32's 2**24 (128 x 197 x 768 exceeds it).
-    count = keep.sum() * pred.shape[-1]
-    return diff.pow(2).sum(), count
-
-
-def _check_distill_args(
-    brick: Brick,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    token_mask: torch.Tensor | None,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-) -> None:
-    """Fail early with a clear message instead of deep inside autograd."""
-    if inputs.ndim != 3 or inputs.shape[-1] != brick.hidden_size:
-        raise ValueError(f"inputs must have shape (N, T, {brick.hidden_size}), got {tuple(inputs.shape)}")
-    if targets.shape != inputs.shape:
-        raise ValueError(f"targets shape {tuple(targets.shape)} differs from inputs {tuple(inputs.shape)}")
-    if token_mask is not None and token_mask.shape != inputs.shape[:2]:
-        raise ValueError(f"token_mask must have shape {tuple(inputs.shape[:2])}, got {tuple(token_mask.shape)}")
-    if epochs < 0:
-        raise ValueError(f"epochs must be non-negative, got {epochs!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    _check_positive_int("batch_size", batch_size)
-
-
-def _check_positive_int(name: str, value: object) -> None:
+def check_positive_int(name: str, value: object) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a positive ``int``."""
     # bool is an int subclass; BrickConfig(rank=True) is a mistake, not rank 1.
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,20 +24,20 @@ from torch import nn
 
 from ..adapters.brick import (
     Brick,
-    blend_alpha,
+    BrickConfig,
+    BrickKind,
     brick_num_parameters,
     brick_tensors,
+    bricks_of,
+    check_positive_int,
     is_brick,
     load_brick_tensors,
-    masked_mse,
-    stage_two_steps,
 )
 from ..adapters.lora import adapter_tensors, lora_tensors
+from ..losses import masked_mse
 from ..models import SequenceClassifier, layer_stack, model_family
 from .base import ClientAlgorithm
 from .trainer import Batch, TrainResult, classification_loss, make_optimizer, train_steps
-
-BRICKS_ATTRIBUTE = "fedbrick_bricks"
 
 
 class BlendedLayer(nn.Module):
@@ -71,25 +72,20 @@ class FedBrickClient(ClientAlgorithm):
     ``upload-bricks``), so the strategy's constructor is their one source.
     """
 
+    adapter_kinds = ("lora", "brick")
+
     def build_model(self, layers: list[int], config: dict[str, Any]) -> SequenceClassifier:
         """Full depth: the kept layers, and a BRICK (in a ``LayerShim``) in place of every missing layer.
 
-        All L BRICKs of the group live in the model's ``fedbrick_bricks`` dict (not a submodule: the kept
-        layers' BRICKs are not part of the network until Stage II).
+        All L BRICKs of the group live in the backbone's BRICK dict (``adapters.brick.bricks_of``; not
+        submodules: the kept layers' BRICKs are not part of the network until Stage II). Their seeded start
+        is overwritten by the group's BRICKs from the payload.
         """
-        rank = int(config["brick-rank"])
-        bricks: dict[int, Brick] = {}
-
-        def filler(g: int) -> Brick:
-            bricks[g] = Brick(self.session.width, rank)
-            return bricks[g]
-
-        model = self.session.build(layers, filler)
-        held = set(layers)
-        bricks.update({g: Brick(self.session.width, rank) for g in range(self.session.full_depth) if g in held})
-        for brick in bricks.values():
+        model = self.session.build(layers, lambda g: nn.Identity())
+        kind = BrickKind(BrickConfig(rank=int(config["brick-rank"])))
+        kind.inject(model.backbone, model_family(model.backbone), None, (), self.round_seed(config, "bricks"))
+        for brick in model_bricks(model).values():
             brick.to(device=self.session.device, dtype=torch.float32)
-        setattr(model, BRICKS_ATTRIBUTE, dict(sorted(bricks.items())))
         return model
 
     def receive(self, model: SequenceClassifier, arrays: dict[str, np.ndarray]) -> None:
@@ -179,7 +175,67 @@ class FedBrickClient(ClientAlgorithm):
 
 def model_bricks(model: SequenceClassifier) -> dict[int, Brick]:
     """All L BRICKs of a client network, by global layer."""
-    return getattr(model, BRICKS_ATTRIBUTE)
+    return bricks_of(model.backbone)
+
+
+def blend_alpha(step: int, total_steps: int) -> float:
+    """Stage-II weight of the real layer, ``alpha(e) = 1 - e / E2`` clamped to [0, 1].
+
+    In Stage II a kept layer's output is ``alpha * f(x) + (1 - alpha) * E(x)``: it
+    starts as the real layer and hands over linearly to the BRICK (spec section 1.6,
+    eqs. 22-24).
+
+    Parameters
+    ----------
+    step : int
+        Current Stage-II step e (0-based); values outside ``[0, total_steps]`` are
+        clamped.
+    total_steps : int
+        Stage-II length E2.
+
+    Returns
+    -------
+    float
+        ``alpha`` in ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If ``total_steps <= 0``.
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps!r}")
+    return min(1.0, max(0.0, 1.0 - step / total_steps))
+
+
+def stage_two_steps(steps_per_epoch: int, fraction: float = 0.2, minimum: int = 10) -> int:
+    """Default Stage-II length ``E2 = max(minimum, round(fraction * steps_per_epoch))``.
+
+    The paper leaves E2 open (spec section 1.11); we use 20 % of one local epoch and at
+    least 10 steps, so that the linear hand-over of ``blend_alpha`` is never abrupt on
+    tiny clients. The result may exceed ``steps_per_epoch``; the caller then cycles its
+    data loader.
+
+    Parameters
+    ----------
+    steps_per_epoch : int
+        Optimiser steps in one local epoch (non-negative).
+    fraction : float (default: 0.2)
+        Share of an epoch spent in Stage II (non-negative).
+    minimum : int (default: 10)
+        Lower bound on E2 (at least 1, since ``blend_alpha`` needs a positive length).
+
+    Returns
+    -------
+    int
+        E2.
+    """
+    if steps_per_epoch < 0:
+        raise ValueError(f"steps_per_epoch must be non-negative, got {steps_per_epoch!r}")
+    if not (math.isfinite(fraction) and fraction >= 0):
+        raise ValueError(f"fraction must be a finite non-negative number, got {fraction!r}")
+    check_positive_int("minimum", minimum)
+    return max(minimum, round(fraction * steps_per_epoch))
 
 
 def set_trainable(model: SequenceClassifier, parameters: list[torch.Tensor]) -> None:

@@ -8,17 +8,29 @@ lives in the state handle (:mod:`fedbrick_flower.clients.state`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..adapters.lora import LoraSettings, adapter_tensors
-from ..assembly import LayerFillerFactory, build_classifier, cached_backbone, task_examples
+from ..adapters.base import AdapterKind, combined_schema, kind_class
+from ..adapters.lora import LoraKind, LoraSettings, adapter_tensors, head_schema
+from ..adapters.naming import parse_layer_tensor_name
+from ..assembly import LayerFillerFactory, build_classifier, cached_config, num_labels, scenario_lora, task_examples
 from ..data import EncodedExamples
-from ..models import ModelSpec, SequenceClassifier, hidden_size, model_family, num_layers, resolve_device, resolve_dtype
+from ..models import (
+    ModelDims,
+    ModelSpec,
+    SequenceClassifier,
+    family_of,
+    model_dims,
+    model_family,
+    resolve_device,
+    resolve_dtype,
+    resolve_roles,
+)
 from ..runconfig import scenario_from_run_config
 from ..scenario import ClientProfile, Scenario, ScenarioError, parse_profile
 
@@ -68,8 +80,13 @@ class ClientSession:
 
     @property
     def lora(self) -> LoraSettings:
-        defaults = self.scenario.lora
-        return LoraSettings(rank=self.profile.rank or defaults.rank, alpha=defaults.alpha, dropout=defaults.dropout)
+        """The scenario's LoRA settings with this profile's own rank."""
+        return scenario_lora(self.scenario, self.profile.rank)
+
+    @property
+    def dims(self) -> ModelDims:
+        """The model's sizes, from its config alone (no weights are loaded)."""
+        return model_dims(cached_config(self.spec))
 
     @property
     def batch_size(self) -> int:
@@ -77,12 +94,12 @@ class ClientSession:
 
     @property
     def full_depth(self) -> int:
-        return num_layers(cached_backbone(self.spec, self.scenario.seed))
+        return self.dims.num_layers
 
     @property
     def width(self) -> int:
         """The model's hidden size d."""
-        return hidden_size(cached_backbone(self.spec, self.scenario.seed))
+        return self.dims.hidden_size
 
     @property
     def budget(self) -> int:
@@ -105,28 +122,56 @@ class ClientSession:
             tensor.data = tensor.data.float()
         return model.to(self.device)
 
-    def describe(self) -> dict[str, Any]:
-        """The profile fields of the ``query`` reply (see ``strategies.base.ClientInfo``)."""
+    def kinds(self, names: Sequence[str]) -> list[AdapterKind]:
+        """The adapter kinds ``names`` with this client's settings (LoRA: its rank, alpha and roles; any other
+        kind: its settings' defaults, since an algorithm sends those per round)."""
+        return [LoraKind(self.lora) if name == "lora" else kind_class(name)() for name in names]
+
+    def describe(self, adapter_kinds: Sequence[str] = ("lora",)) -> dict[str, Any]:
+        """The profile fields of the ``query`` reply (see ``strategies.base.ClientInfo``).
+
+        Shapes come from the model config and the kinds' schemas, without building a model: ``layer_schema`` is
+        one layer's per-layer adapter tensors (names ``layers.{g}.*`` with ``layers.{g}.`` dropped; LoRA's for
+        the default kind), ``head_schema`` the task head's. The sizes, rank, alpha, roles and kinds let a server
+        compute any registered kind's schema for this client (``records.declared_schema``).
+
+        Parameters
+        ----------
+        adapter_kinds : Sequence[str] (default: ("lora",))
+            The registered adapter kinds this client's algorithm trains.
+        """
         layers = self.profile.layers
-        depth = self.full_depth
-        probe = self.build([0])
-        family = model_family(probe.backbone)
-        tensors = adapter_tensors(probe, family)
-        layer_schema = {
-            name.split(".", 2)[2]: list(value.shape) for name, value in tensors.items() if name.startswith("layers.0.")
-        }
-        head_schema = {name: list(value.shape) for name, value in tensors.items() if name.startswith("head.")}
+        dims, lora = self.dims, self.lora
+        roles = resolve_roles(lora.roles, family_of(dims.model_type))
+        one_layer = combined_schema(self.kinds(adapter_kinds), dims, [0], roles)
+        layer_schema: dict[str, list[int]] = {}
+        for name, shape in one_layer.items():
+            parsed = parse_layer_tensor_name(name)
+            if parsed is not None:
+                layer_schema[f"{parsed[1]}.{parsed[2]}"] = list(shape)
         return {
             "client_id": self.profile.id,
             "model": self.profile.model,
             "task": self.profile.task,
             "group": self.profile.domain,
-            "model_type": family.name,
-            "num_layers": depth,
+            "model_type": dims.model_type,
+            "num_layers": dims.num_layers,
+            "hidden_size": dims.hidden_size,
+            "intermediate_size": dims.intermediate_size,
+            "num_heads": dims.num_heads,
+            "num_kv_heads": dims.num_kv_heads,
+            "head_dim": dims.head_dim,
+            "rank": lora.rank,
+            "alpha": lora.alpha,
+            "roles": list(roles),
+            "adapter_kinds": list(adapter_kinds),
             "budget": self.budget,
             "fixed_layers": list(layers) if isinstance(layers, tuple) else None,
             "layer_schema": layer_schema,
-            "head_schema": head_schema,
+            "head_schema": {
+                name: list(shape)
+                for name, shape in head_schema(num_labels(self.scenario, self.profile.task), dims.hidden_size).items()
+            },
             "num_train_examples": len(self.examples("train")),
         }
 

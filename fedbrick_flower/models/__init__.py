@@ -5,18 +5,28 @@ from .backbone import (
     SequenceClassifier,
     hidden_size,
     load_backbone,
+    load_config,
     load_tokenizer,
     model_family,
     num_layers,
     stable_seed,
 )
-from .families import FAMILIES, FamilySpec, family_of
+from .depth import block_end_layers, relative_depth_map, relative_depth_positions
+from .families import ALL_LINEAR, FAMILIES, ROLES, FamilySpec, ModelDims, family_of, model_dims, resolve_roles
 from .placement import resolve_device, resolve_dtype
 from .stack import LayerShim, global_layer_indices, keep_layers, layer_stack
 
 __all__ = [
+    "ALL_LINEAR",
     "FAMILIES",
+    "ROLES",
     "FamilySpec",
+    "ModelDims",
+    "block_end_layers",
+    "model_dims",
+    "relative_depth_map",
+    "relative_depth_positions",
+    "resolve_roles",
     "LayerShim",
     "ModelSpec",
     "SequenceClassifier",
@@ -26,6 +36,7 @@ __all__ = [
     "keep_layers",
     "layer_stack",
     "load_backbone",
+    "load_config",
     "load_tokenizer",
     "model_family",
     "num_layers",

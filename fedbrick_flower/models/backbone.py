@@ -69,15 +69,26 @@ def load_tokenizer(source: str, cache_dir: Path | None = None) -> Any:
     return tokenizer
 
 
+def load_config(spec: ModelSpec, cache_dir: Path | None = None, **overrides: Any) -> Any:
+    """The Hugging Face config of ``spec``, read without loading any weights (``overrides`` for random-init)."""
+    from transformers import AutoConfig
+
+    from .sources import resolve_pretrained
+
+    if spec.is_random_init:
+        return AutoConfig.for_model(spec.family, **{**dict(spec.config), **overrides})
+    return AutoConfig.from_pretrained(resolve_pretrained(spec.source, cache_dir))
+
+
 def load_backbone(spec: ModelSpec, seed: int, cache_dir: Path | None = None) -> nn.Module:
     """Load the full-depth base model of ``spec`` (random-init models are seeded, identical everywhere)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     from .sources import resolve_pretrained
 
     if spec.is_random_init:
         vocab_size = len(load_tokenizer(spec.tokenizer_source, cache_dir))
-        config = AutoConfig.for_model(spec.family, vocab_size=vocab_size, **dict(spec.config))
+        config = load_config(spec, cache_dir, vocab_size=vocab_size)
         with torch.random.fork_rng():
             torch.manual_seed(stable_seed(seed, spec.key, "backbone"))
             model = AutoModel.from_config(config)

@@ -26,7 +26,6 @@ from ..adapters.brick import (
     brick_schema,
     brick_tensor_name,
     brick_tensors,
-    distill_brick,
     is_brick,
     load_brick_tensors,
     seeded_brick,
@@ -37,6 +36,7 @@ from ..models import layer_stack, model_family, resolve_device, stable_seed
 from ..scenario import Scenario
 from .aggregation import layerwise_average
 from .base import ClientInfo, ClientUpdate
+from .distillation import distill_brick
 from .fedavg import LayerwiseFedAvg
 
 logger = logging.getLogger(__name__)

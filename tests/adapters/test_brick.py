@@ -1,4 +1,4 @@
-"""Tests for the BRICK surrogate, its Stage-II schedule and server-side distillation."""
+"""Tests for the BRICK surrogate, its tensor names and the ``brick`` adapter kind."""
 
 from __future__ import annotations
 
@@ -11,28 +11,18 @@ from fedbrick_flower.adapters.brick import (
     BRICK_PARAM_NAMES,
     Brick,
     BrickConfig,
-    blend_alpha,
+    BrickKind,
     brick_num_parameters,
     brick_schema,
     brick_tensor_name,
     brick_tensors,
-    distill_brick,
+    bricks_of,
     is_brick,
     load_brick_tensors,
-    masked_mse,
     parse_brick_tensor_name,
     seeded_brick,
-    stage_two_steps,
 )
-
-
-def _synthetic_layer(n: int = 64, t: int = 8, d: int = 32, seed: int = 1):
-    """Cached (input, output) pairs of a fixed random layer x + 0.1 tanh(x W)."""
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(d, d, generator=generator) / d**0.5
-    inputs = torch.randn(n, t, d, generator=generator)
-    targets = inputs + 0.1 * torch.tanh(inputs @ weight)
-    return inputs, targets
+from fedbrick_flower.losses import masked_mse
 
 
 def _fresh_brick(d: int = 32, rank: int = 8, seed: int = 0) -> Brick:
@@ -118,96 +108,6 @@ def test_forward_rejects_wrong_width() -> None:
         brick(torch.randn(2, 16))
 
 
-def test_masked_mse_counts_only_real_tokens() -> None:
-    # Prepare
-    pred = torch.zeros(1, 3, 2)
-    target = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [float("nan"), 5.0]]])
-    mask = torch.tensor([[1, 1, 0]])
-
-    # Execute
-    loss = masked_mse(pred, target, mask)
-
-    # Assert: (1 + 1 + 4 + 4) / (2 tokens * 2 features)
-    assert loss.item() == pytest.approx(2.5)
-
-
-def test_distillation_lowers_mse() -> None:
-    # Prepare
-    inputs, targets = _synthetic_layer()
-    brick = _fresh_brick(32)
-
-    # Execute
-    result = distill_brick(brick, inputs, targets, epochs=5, lr=1e-2, batch_size=16)
-
-    # Assert: measured 0.00532 -> 0.00248 with these seeds.
-    assert result.steps == 5 * 4
-    assert result.mse_after < 0.7 * result.mse_before
-    with torch.no_grad():
-        direct = ((brick(inputs) - targets) ** 2).mean().item()
-    assert result.mse_after == pytest.approx(direct, rel=1e-5)
-
-
-def test_distillation_ignores_padding() -> None:
-    # Prepare: ragged sequences; padding holds garbage in one copy, zeros in the other.
-    inputs, clean = _synthetic_layer()
-    lengths = torch.randint(2, 9, (64,), generator=torch.Generator().manual_seed(2))
-    mask = torch.arange(8) < lengths[:, None]
-    clean = torch.where(mask[..., None], clean, 0.0)
-    garbage = torch.where(mask[..., None], clean, 1e6)
-    garbage[..., 0] = torch.where(mask, garbage[..., 0], float("nan"))
-    brick_clean, brick_garbage = _fresh_brick(32), _fresh_brick(32)
-    kwargs = {"epochs": 3, "lr": 1e-2, "batch_size": 16}
-
-    # Execute
-    with_clean = distill_brick(brick_clean, inputs, clean, mask, **kwargs)
-    with_garbage = distill_brick(brick_garbage, inputs, garbage, mask.int(), **kwargs)
-
-    # Assert
-    assert with_garbage == with_clean
-    assert with_garbage.mse_after < with_garbage.mse_before < 1.0
-    for name in BRICK_PARAM_NAMES:
-        assert torch.equal(getattr(brick_garbage, name), getattr(brick_clean, name))
-
-
-def test_distillation_restores_requires_grad() -> None:
-    # Prepare
-    inputs, targets = _synthetic_layer(n=8)
-    brick = _fresh_brick(32).requires_grad_(False)
-    before = brick.B1.detach().clone()
-
-    # Execute
-    result = distill_brick(brick, inputs, targets, epochs=1, lr=1e-2, batch_size=4)
-
-    # Assert
-    assert result.steps == 2
-    assert not any(p.requires_grad for p in brick.parameters())
-    assert not torch.equal(brick.B1, before)
-
-
-def test_blend_alpha_schedule() -> None:
-    # Prepare
-    total = 10
-
-    # Execute
-    values = [blend_alpha(step, total) for step in (0, 5, 10, 15, -1)]
-
-    # Assert
-    assert values == [1.0, 0.5, 0.0, 0.0, 1.0]
-    for bad in (0, -3):
-        with pytest.raises(ValueError, match="total_steps"):
-            blend_alpha(0, bad)
-
-
-def test_stage_two_steps_defaults() -> None:
-    # Execute / Assert
-    assert stage_two_steps(30) == 10
-    assert stage_two_steps(200) == 40
-    assert stage_two_steps(0) == 10
-    assert stage_two_steps(200, fraction=0.5, minimum=1) == 100
-    with pytest.raises(ValueError, match="steps_per_epoch"):
-        stage_two_steps(-1)
-
-
 def test_brick_config_validates_rank() -> None:
     # Prepare
     help_text = dataclasses.fields(BrickConfig)[0].metadata["help"]
@@ -252,3 +152,41 @@ def test_brick_tensors_load_and_seeding() -> None:
         load_brick_tensors({3: target}, {"bricks.4.A1": torch.zeros(2, 16)})
     with pytest.raises(KeyError, match="shape"):
         load_brick_tensors({3: target}, {"bricks.3.A1": torch.zeros(16, 2)})
+
+
+def test_brick_kind_runs_in_missing_layers_and_keeps_held_ones_aside() -> None:
+    # Prepare: a 4-layer BERT holding layers 1 and 3; shims stand in for 0 and 2.
+    from torch import nn
+
+    from fedbrick_flower.models import family_of, keep_layers, layer_stack
+    from tests.conftest import tiny_model
+
+    backbone, family = tiny_model("bert"), family_of("bert")
+    keep_layers(backbone, family, [1, 3], lambda g: nn.Identity())
+    kind = BrickKind(BrickConfig(rank=2))
+
+    # Execute
+    kind.inject(backbone, family, None, (), seed=5)
+
+    # Assert
+    stack, bricks = layer_stack(backbone, family), bricks_of(backbone)
+    assert sorted(bricks) == [0, 1, 2, 3]
+    assert stack[0].inner is bricks[0] and stack[2].inner is bricks[2]
+    assert all(p is not q for p in bricks[1].parameters() for q in backbone.parameters())
+    assert {n: tuple(t.shape) for n, t in kind.tensors(backbone).items()} == kind.schema(backbone.config, range(4), ())
+    other = tiny_model("bert")
+    keep_layers(other, family, [0, 2], lambda g: nn.Identity())
+    kind.inject(other, family, None, (), seed=5)
+    torch.testing.assert_close(bricks_of(other)[1].A1, bricks[1].A1)  # same seed, same layer: same start
+
+
+def test_brick_kind_load_names_the_bad_tensor() -> None:
+    # Prepare
+    from fedbrick_flower.models import family_of
+    from tests.conftest import tiny_model
+
+    backbone = BrickKind(BrickConfig(rank=2)).inject(tiny_model("llama"), family_of("llama"), [0], (), seed=0)
+
+    # Execute / Assert
+    with pytest.raises(KeyError, match="bricks.1.A1"):
+        BrickKind(BrickConfig(rank=2)).load(backbone, {"bricks.1.A1": torch.zeros(2, 32)})
