@@ -30,6 +30,17 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tenso
     return total / count.clamp_min(1)
 
 
+def masked_squared_error(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """``E ||pred - target||_2^2``: the squared L2 distance of each token's features, averaged over real tokens.
+
+    FedBRICK's Stage-II term (eq. 24) sums over the d features of a token, so ``lambda_d`` weighs it as the
+    paper does; :func:`masked_mse` would divide it by d as well (for MiniLM, 384 times weaker).
+    """
+    total, count = masked_sse(pred, target, token_mask)
+    tokens = torch.div(count, pred.shape[-1], rounding_mode="floor")
+    return total / tokens.clamp_min(1)
+
+
 def masked_sse(
     pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:

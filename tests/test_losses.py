@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedbrick_flower.losses import masked_mse
+from fedbrick_flower.losses import masked_mse, masked_squared_error
 
 
 def test_masked_mse_counts_only_real_tokens() -> None:
@@ -27,3 +27,17 @@ def test_masked_mse_without_a_mask_is_the_plain_mean() -> None:
 
     # Execute / Assert: (0 + 1 + 4 + ... + 49) / 8
     assert masked_mse(pred, target, None).item() == pytest.approx(140 / 8)
+
+
+def test_masked_squared_error_sums_features_and_averages_real_tokens() -> None:
+    # Prepare: 2 real tokens of 3 features with squared errors 1+4+9 and 0+0+16, one padded token
+    pred = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 4.0], [9.0, 9.0, 9.0]]])
+    target = torch.zeros_like(pred)
+    mask = torch.tensor([[1, 1, 0]])
+
+    # Execute
+    loss = masked_squared_error(pred, target, mask)
+
+    # Assert: (14 + 16) / 2 tokens, i.e. d = 3 times the per-element mean
+    assert loss.item() == pytest.approx(15.0)
+    assert loss.item() == pytest.approx(3 * masked_mse(pred, target, mask).item())

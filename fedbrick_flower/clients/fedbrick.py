@@ -34,7 +34,7 @@ from ..adapters.brick import (
     load_brick_tensors,
 )
 from ..adapters.lora import adapter_tensors, lora_tensors
-from ..losses import masked_mse
+from ..losses import masked_squared_error
 from ..models import SequenceClassifier, layer_stack, model_family
 from .base import ClientAlgorithm
 from .trainer import Batch, TrainResult, classification_loss, make_optimizer, train_steps
@@ -138,7 +138,7 @@ class FedBrickClient(ClientAlgorithm):
                     shim.alpha = blend_alpha(step, steps)
                 loss = classification_loss(net, batch, step)
                 mask = batch["attention_mask"]
-                distill = sum(masked_mse(*shim.last_pair, mask) for shim in shims)
+                distill = sum(masked_squared_error(*shim.last_pair, mask) for shim in shims)
                 return loss + lambda_d / max(1, len(shims)) * distill
 
             return self._run(model, config, steps, loss_fn, "stage II")
@@ -179,17 +179,17 @@ def model_bricks(model: SequenceClassifier) -> dict[int, Brick]:
 
 
 def blend_alpha(step: int, total_steps: int) -> float:
-    """Stage-II weight of the real layer, ``alpha(e) = 1 - e / E2`` clamped to [0, 1].
+    """Stage-II weight of the real layer, ``alpha(e) = 1 - e / (E2 - 1)`` over the steps ``e = 0..E2-1``.
 
-    In Stage II a kept layer's output is ``alpha * f(x) + (1 - alpha) * E(x)``: it
-    starts as the real layer and hands over linearly to the BRICK (spec section 1.6,
-    eqs. 22-24).
+    In Stage II a kept layer's output is ``alpha * f(x) + (1 - alpha) * E(x)``: it starts as the real layer
+    and hands over linearly to the BRICK (spec section 1.6, eqs. 22-24), reaching ``alpha = 0`` at the last
+    Stage-II step, so the last step trains the BRICK as the layer's sole stand-in. A one-step Stage II is that
+    last step.
 
     Parameters
     ----------
     step : int
-        Current Stage-II step e (0-based); values outside ``[0, total_steps]`` are
-        clamped.
+        Current Stage-II step e (0-based); values outside ``[0, total_steps - 1]`` are clamped.
     total_steps : int
         Stage-II length E2.
 
@@ -205,7 +205,9 @@ def blend_alpha(step: int, total_steps: int) -> float:
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps!r}")
-    return min(1.0, max(0.0, 1.0 - step / total_steps))
+    if total_steps == 1:
+        return 0.0
+    return min(1.0, max(0.0, 1.0 - step / (total_steps - 1)))
 
 
 def stage_two_steps(steps_per_epoch: int, fraction: float = 0.2, minimum: int = 10) -> int:

@@ -12,10 +12,11 @@ def test_blend_alpha_schedule() -> None:
     total = 10
 
     # Execute
-    values = [blend_alpha(step, total) for step in (0, 5, 10, 15, -1)]
+    values = [blend_alpha(step, total) for step in (0, 3, 9, 15, -1)]
 
-    # Assert
-    assert values == [1.0, 0.5, 0.0, 0.0, 1.0]
+    # Assert: 1 at the first step, 0 at the last (step E2 - 1), linear in between
+    assert values == pytest.approx([1.0, 1.0 - 3 / 9, 0.0, 0.0, 1.0])
+    assert blend_alpha(0, 1) == 0.0
     for bad in (0, -3):
         with pytest.raises(ValueError, match="total_steps"):
             blend_alpha(0, bad)
