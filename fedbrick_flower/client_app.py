@@ -60,7 +60,8 @@ def query(msg: Message, context: Context) -> Message:
     names it and the cause, so the server reports the reason once instead of a remote traceback.
     """
     try:
-        profile = json.dumps(_session(context).describe())
+        session = _session(context)
+        profile = json.dumps(session.describe(client_class(session.scenario.algorithm).adapter_kinds))
     except Exception as error:  # noqa: BLE001 - every cause must reach the server as a readable reason
         who = _client_name(context)
         return Message(Error(REGISTRATION_FAILED, f"client {who} failed to register: {error}"), reply_to=msg)

@@ -34,6 +34,9 @@ class ClientAlgorithm:
         This client's state handle for the current message.
     """
 
+    # The adapter kinds this client half trains; its ``query`` reply declares their schema (``adapters.base``).
+    adapter_kinds: tuple[str, ...] = ("lora",)
+
     def __init__(self, session: ClientSession, state: ClientState) -> None:
         self.session = session
         self.state = state

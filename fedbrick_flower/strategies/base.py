@@ -65,6 +65,9 @@ class ClientInfo:
     num_train_examples: int
     hidden_size: int = 0
     intermediate_size: int = 0
+    num_heads: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
     rank: int = 0
     alpha: float = 0.0
     roles: list[str] = field(default_factory=list)
