@@ -81,3 +81,65 @@ def test_config_lists_travel_as_json_and_come_back() -> None:
 
     # Assert
     assert decoded == {"layers": [1, 4], "mask": {"a": 1}, "lr": 0.1, "name": "[not json"}
+
+
+def _described(client_id: str, kinds: tuple[str, ...], **overrides: str):
+    """A client's query reply as the server reads it (attribute access, like ``ClientInfo``)."""
+    from types import SimpleNamespace
+
+    from fedbrick_flower.clients.profile import ClientSession
+    from fedbrick_flower.scenario import load_scenario
+
+    scenario = load_scenario("smoke", overrides)
+    session = ClientSession(scenario, scenario.client(client_id))
+    return session, SimpleNamespace(**session.describe(kinds))
+
+
+@pytest.mark.parametrize("client_id, targets", [("bert-edge", "[q, v]"), ("llama-edge", "all-linear")])
+def test_declared_schema_is_what_the_client_model_holds(client_id: str, targets: str) -> None:
+    # Prepare
+    import yaml
+
+    from fedbrick_flower.adapters.lora import adapter_tensors
+    from fedbrick_flower.models import model_family
+    from fedbrick_flower.records import declared_schema
+
+    session, info = _described(client_id, ("lora",), **{"lora.targets": yaml.safe_load(targets)})
+    model = session.build([1, 3])
+
+    # Execute
+    schema = declared_schema(info, [1, 3])
+
+    # Assert
+    held = {name: tuple(t.shape) for name, t in adapter_tensors(model, model_family(model.backbone)).items()}
+    assert schema == held
+
+
+def test_declared_schema_accepts_every_declared_kind_and_nothing_else() -> None:
+    # Prepare
+    from fedbrick_flower.adapters.brick import BrickConfig, brick_schema
+    from fedbrick_flower.records import declared_schema
+
+    _, info = _described("bert-edge", ("lora", "brick"))
+    schema = declared_schema(info, [1, 3], {"brick": BrickConfig(rank=2)}, kind_layers={"brick": range(4)})
+    update = {name: np.zeros(shape, np.float32) for name, shape in schema.items()}
+
+    # Execute / Assert: LoRA on the held layers, all four BRICKs, the head; anything else is refused.
+    assert set(brick_schema(range(4), 256, 2)) <= set(schema)
+    assert "layers.3.attention.self.value.lora_B" in schema and "layers.0.attention.self.value.lora_B" not in schema
+    validate_update(update, schema, max_bytes=10**8)
+    for extra in ("layers.0.attention.self.query.lora_A", "bricks.4.A1", "colora.0.q.P"):
+        with pytest.raises(UpdateRejected, match="unexpected tensors"):
+            validate_update({**update, extra: np.zeros((2, 256), np.float32)}, schema, max_bytes=10**8)
+
+
+def test_declared_schema_names_an_unregistered_kind() -> None:
+    # Prepare
+    from fedbrick_flower.records import declared_schema
+
+    _, info = _described("bert-edge", ("lora",))
+    info.adapter_kinds = ["lora", "triple"]
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="adapter kind 'triple' is not one of"):
+        declared_schema(info, [1])

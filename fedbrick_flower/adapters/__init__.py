@@ -1,1 +1,2 @@
-"""Adapter modules and their state under canonical names. No Flower imports."""
+"""Adapter kinds (``lora``, ``brick``; see :mod:`.base` for the interface and registry) and their tensors under
+canonical names (:mod:`.naming`). No Flower imports."""

@@ -7,12 +7,15 @@ import pytest
 import torch
 
 from fedbrick_flower.adapters.lora import (
+    LoraKind,
     LoraSettings,
     adapter_tensors,
     attach_lora,
+    layer_ranks,
     load_adapter_tensors,
     lora_tensors,
     save_peft_adapter,
+    with_ranks_of,
 )
 from fedbrick_flower.adapters.naming import layer_of, layer_tensor_name, names_for_layers, parse_layer_tensor_name
 from fedbrick_flower.models import SequenceClassifier, family_of, keep_layers
@@ -111,3 +114,57 @@ def test_saved_adapter_loads_with_peft_on_the_full_depth_model(tmp_path) -> None
     key = "base_model.model.encoder.layer.3.attention.self.value.lora_B.default.weight"
     np.testing.assert_allclose(state[key].numpy(), tensors["layers.3.attention.self.value.lora_B"])
     assert not any("encoder.layer.0." in k and "lora_" in k for k in state)
+
+
+def _mixed_rank_tensors(model_type: str = "bert") -> dict[str, np.ndarray]:
+    """Canonical LoRA tensors of a full 4-layer tiny model: layers 0 and 1 at rank 2, layers 2 and 3 at rank 8."""
+    rng = np.random.default_rng(3)
+    config = tiny_model(model_type).config
+    tensors = {}
+    for g in range(4):
+        kind = LoraKind(LoraSettings(rank=2 if g < 2 else 8))
+        for name, shape in kind.schema(config, [g], ("q", "v")).items():
+            tensors[name] = rng.normal(size=shape).astype(np.float32)
+    return tensors
+
+
+def test_layer_ranks_come_from_the_tensors_and_a_mixed_layer_is_refused() -> None:
+    # Prepare
+    tensors = _mixed_rank_tensors()
+
+    # Execute
+    ranks = layer_ranks(tensors)
+
+    # Assert
+    assert ranks == {0: 2, 1: 2, 2: 8, 3: 8}
+    tensors["layers.0.attention.self.value.lora_A"] = np.zeros((8, 32), np.float32)
+    with pytest.raises(ValueError, match="layer 0 mixes LoRA ranks"):
+        layer_ranks(tensors)
+
+
+def test_mixed_rank_tensors_build_load_and_save_a_peft_folder_with_per_layer_ranks(tmp_path) -> None:
+    # Prepare
+    from peft import PeftModel
+
+    tensors = _mixed_rank_tensors()
+    settings = with_ranks_of(LoraSettings(rank=4, alpha=16.0), tensors)
+    model = SequenceClassifier(attach_lora(tiny_model("bert"), family_of("bert"), settings, seed=0), num_labels=3)
+    load_adapter_tensors(model, family_of("bert"), tensors)
+    inputs = torch.tensor([[1, 5, 7, 9, 2]])
+    mask = torch.ones_like(inputs)
+
+    # Execute
+    save_peft_adapter(tmp_path, tensors, family_of("bert"), LoraSettings(rank=4, alpha=16.0), base_model="tiny")
+    loaded = PeftModel.from_pretrained(tiny_model("bert"), str(tmp_path)).eval()
+
+    # Assert: each layer has its own rank, values and scaling alpha / r, so both models compute the same output.
+    state = loaded.state_dict()
+    for g, rank in {0: 2, 1: 2, 2: 8, 3: 8}.items():
+        key = f"base_model.model.encoder.layer.{g}.attention.self.query.lora_A.default.weight"
+        assert tuple(state[key].shape) == (rank, 32)
+        np.testing.assert_allclose(state[key].numpy(), tensors[f"layers.{g}.attention.self.query.lora_A"])
+    ours = model.backbone.eval()(input_ids=inputs, attention_mask=mask).last_hidden_state
+    theirs = loaded(input_ids=inputs, attention_mask=mask).last_hidden_state
+    plain = tiny_model("bert")(input_ids=inputs, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(ours, theirs)
+    assert not torch.allclose(ours, plain, atol=1e-4)  # the adapters do change the output

@@ -60,3 +60,30 @@ def test_a_budget_deeper_than_the_model_is_an_error() -> None:
     # Execute / Assert
     with pytest.raises(ScenarioError, match="bert-full.layers: 9 exceeds the 4 layers"):
         session.describe()
+
+
+def test_description_carries_sizes_rank_roles_and_kinds_without_building_a_model(monkeypatch) -> None:
+    # Prepare: any model load would fail.
+    from fedbrick_flower import assembly
+
+    scenario = load_scenario("smoke", {"lora.targets": "all-linear"})
+    session = ClientSession(scenario, scenario.client("llama-edge"))
+    assembly.cached_backbone.cache_clear()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("describe() must not load a model")
+
+    monkeypatch.setattr(assembly, "load_backbone", no_model)
+
+    # Execute
+    info = session.describe(("lora", "brick"))
+
+    # Assert: tiny-llama is 4 layers of width 256, 4 heads of 64, 2 key/value heads, MLP 512.
+    sizes = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
+    assert tuple(info[key] for key in sizes) == (256, 512, 4, 4, 2, 64)
+    assert (info["rank"], info["alpha"], info["adapter_kinds"]) == (8, 16.0, ["lora", "brick"])
+    assert info["roles"] == ["q", "k", "v", "o", "gate", "up", "down"]
+    assert info["layer_schema"]["self_attn.k_proj.lora_B"] == [128, 8]  # 2 kv heads x 64
+    assert info["layer_schema"]["mlp.down_proj.lora_A"] == [8, 512]
+    assert len(info["layer_schema"]) == 14  # 7 projections x (A, B); the BRICKs are not per-layer LoRA names
+    assert info["head_schema"] == {"head.weight": [5, 256], "head.bias": [5]}
