@@ -71,7 +71,7 @@ class ClientInfo:
     rank: int = 0
     alpha: float = 0.0
     roles: list[str] = field(default_factory=list)
-    adapter_kinds: list[str] = field(default_factory=list)
+    adapter_kinds: list[str] = field(default_factory=lambda: ["lora"])
     labels: list[str] | None = None
     num_test_examples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
