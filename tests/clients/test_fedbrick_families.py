@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from flwr.app import RecordDict
 
@@ -12,7 +13,7 @@ from fedbrick_flower.clients.fedbrick import FedBrickClient
 from fedbrick_flower.clients.profile import client_session
 from fedbrick_flower.clients.state import ClientState
 from fedbrick_flower.scenario import load_scenario
-from fedbrick_flower.strategies.base import ClientInfo
+from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 from fedbrick_flower.strategies.fedbrick import FedBRICK
 from tests.conftest import TINY_CONFIGS
 
@@ -36,7 +37,7 @@ def test_client_round_trip_on_every_family(model_type: str) -> None:
     scenario = _scenario(model_type)
     strategy = FedBRICK.from_scenario(scenario, seed=0, **scenario.algorithm_params)
     session = client_session(scenario, scenario.client("bert-2"))
-    info = ClientInfo.from_json(json.dumps(session.describe()), node_id=0)
+    info = ClientInfo.from_json(json.dumps(session.describe(FedBrickClient.adapter_kinds)), node_id=0)
     strategy.clients[info.client_id] = info
     arrays, config = strategy.payload(info, 1, "train")
 
@@ -44,14 +45,21 @@ def test_client_round_trip_on_every_family(model_type: str) -> None:
     update, metrics = FedBrickClient(session, ClientState(RecordDict())).train(
         arrays, {**config, "local-steps": 2, "server-round": 1}
     )
-    strategy.aggregate(1, [])
+    sent = {name: value.detach().cpu().numpy().copy() for name, value in update.items()}
+    strategy.aggregate(1, [ClientUpdate(info, sent, int(metrics["num-examples"]), metrics)])
 
-    # Assert
+    # Assert: the update has the declared schema, training moved every kept layer's LoRA B away from its zero
+    # init and the head away from what was sent; the only client's LoRA is the aggregate.
     expected = strategy.expected_update(info, 1)
     assert set(update) == set(expected)
     assert all(tuple(update[name].shape) == shape for name, shape in expected.items())
     assert set(brick_schema(range(4), 32, 4)) <= set(update)
-    assert metrics["train-loss"] > 0
+    kept_b = [name for name in sent if name.endswith("lora_B")]
+    assert kept_b and all(np.abs(sent[name]).max() > 0 for name in kept_b)
+    initial_head = session.build(list(config["layers"])).head.weight.detach().numpy()  # the seeded init
+    assert not np.allclose(sent["head.weight"], initial_head)
+    for name in kept_b:
+        np.testing.assert_allclose(strategy.state[f"tiny-bert/{name}"], sent[name], rtol=1e-6)
     distilled = [r for r in strategy._log_rows if r["phase"] == "distill"]
     assert [r["layer"] for r in distilled] == [0, 1, 2, 3]
     assert all(r["mse_after"] <= r["mse_before"] for r in distilled)

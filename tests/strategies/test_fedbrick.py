@@ -132,6 +132,8 @@ def test_global_adapters_hold_no_bricks_and_state_round_trips() -> None:
     assert not any("bricks." in name for name in adapters)
     assert "head.weight" in adapters and "layers.0.attention.self.query.lora_A" in adapters
     assert set(restored.bricks) == set(strategy.bricks) and set(restored.state) == set(strategy.state)
+    for key, value in {**strategy.bricks, **strategy.state}.items():
+        np.testing.assert_array_equal({**restored.bricks, **restored.state}[key], value)
     assert restored.summary_fields() == strategy.summary_fields()
 
 
@@ -152,19 +154,28 @@ def test_storage_overhead_counts_the_bricks_a_client_runs() -> None:
 
 
 def test_server_distillation_lowers_layer_mse_on_proxy() -> None:
-    # Prepare: the tiny random-init BERT scenario, with its clients' real profiles.
+    # Prepare: the tiny random-init BERT scenario, its clients' real profiles, and real updates: each client
+    # uploads the BRICK set it received shifted by a constant, as a trained client returns a moved set.
     scenario = load_scenario("fedbrick-tiny")
     params = {**scenario.algorithm_params, "distill_epochs": 5, "distill_lr": 1e-2}
     strategy = FedBRICK.from_scenario(scenario, seed=0, **params)
-    for profile in scenario.clients[:2]:
-        info = ClientInfo.from_json(json.dumps(client_session(scenario, profile).describe()), node_id=0)
+    updates = []
+    for shift, profile in zip((0.01, 0.03), scenario.clients[:2], strict=True):
+        info = ClientInfo.from_json(json.dumps(client_session(scenario, profile).describe(("lora", "brick"))), 0)
         strategy.clients[info.client_id] = info
-        strategy.payload(info, 1, "train")
+        arrays, _ = strategy.payload(info, 1, "train")
+        expected = strategy.expected_update(info, 1)
+        sent = {name: arrays.get(name, np.zeros(shape, np.float32)) + shift for name, shape in expected.items()}
+        updates.append(ClientUpdate(info, sent, 10, {"num-examples": 10.0, "model-parameters": 1e6}))
+    warm_start = {n: (updates[0].arrays[n] + updates[1].arrays[n]) / 2 for n in updates[0].arrays if "bricks." in n}
 
     # Execute
-    strategy.aggregate(1, [])
+    strategy.aggregate(1, updates)
 
-    # Assert: one row per layer of the single (model, group), each with a lower MSE after distillation.
+    # Assert: one row per layer of the single (model, group); the distillation started from the mean of the
+    # uploaded BRICKs (its MSE before is that warm start's) and lowered every layer's MSE.
     rows = [r for r in strategy._log_rows if r["phase"] == "distill"]
     assert [(r["group"], r["layer"]) for r in rows] == [("bbc", g) for g in range(4)]
     assert all(r["mse_after"] < r["mse_before"] for r in rows)
+    moved = [strategy.bricks[f"tiny-bert/bbc/{n}"] - value for n, value in warm_start.items()]
+    assert all(np.abs(delta).max() > 0 for delta in moved)  # distillation changed the warm-started BRICKs
