@@ -166,7 +166,8 @@ def model_depth(key: str, spec: Any) -> tuple[int | None, list[str]]:
     if family is None:
         known = ", ".join(sorted(FAMILIES))
         return None, [*problems, f"{where}.source: model type {config.get('model_type')!r} is not one of {known}"]
-    return int(config[family.depth_attribute]), problems
+    depth = config.get(family.depth_attribute)
+    return (int(depth) if depth is not None else None), problems
 
 
 def _default_depth(family: str, attribute: str) -> int:
@@ -191,30 +192,40 @@ def source_problems(where: str, source: str, *, tokenizer: bool = False) -> list
 
 
 def source_config(where: str, source: str) -> tuple[dict[str, Any] | None, list[str]]:
-    """The ``config.json`` of a model source, without loading weights or converting packaged files."""
+    """The ``config.json`` of a model source, without loading weights or converting packaged files.
+
+    Returns the config, or None and the problems that kept it from being read.
+    """
     problems = source_problems(where, source)
     if problems:
         return None, problems
+    try:
+        return _config_of(source), []
+    except (OSError, ImportError, ValueError) as error:  # a broken folder or package: say so, no traceback
+        return None, [f"{where}: cannot read the config of {source!r}: {error}"]
+
+
+def _config_of(source: str) -> dict[str, Any]:
     if source in CONVERTED_MODELS:
         folder = default_cache_dir() / source
         if not (folder / COMPLETE_MARKER).is_file():  # not converted yet: the known family and depth
             family, depth = CONVERTED_MODELS[source]
-            return {"model_type": family, FAMILIES[family].depth_attribute: depth}, []
-        return _read_config(folder / (folder / COMPLETE_MARKER).read_text().strip() / "config.json"), []
+            return {"model_type": family, FAMILIES[family].depth_attribute: depth}
+        return _read_config(folder / (folder / COMPLETE_MARKER).read_text().strip() / "config.json")
     if source in PACKAGED_MODELS:
-        return _read_config(Path(PACKAGED_MODELS[source].materialize(default_cache_dir())) / "config.json"), []
+        return _read_config(Path(PACKAGED_MODELS[source].materialize(default_cache_dir())) / "config.json")
     folder = Path(os.path.expanduser(source))
     if folder.is_dir():
-        return _read_config(folder / "config.json"), []
+        return _read_config(folder / "config.json")
     cached = _hub_cached(source, ("config.json",))
     if cached:
-        return _read_config(Path(cached)), []
-    try:
-        from huggingface_hub import hf_hub_download
+        return _read_config(Path(cached))
+    from huggingface_hub import hf_hub_download
 
-        return _read_config(Path(hf_hub_download(source, "config.json"))), []
-    except Exception as error:  # noqa: BLE001 - any hub failure is the same problem for the user
-        return None, [f"{where}: {source!r} could not be read from the Hugging Face hub: {error}"]
+    try:
+        return _read_config(Path(hf_hub_download(source, "config.json")))
+    except Exception as error:  # noqa: BLE001 - any hub failure (missing repo, gated, network) reads the same
+        raise OSError(f"not readable from the Hugging Face hub: {error}") from None
 
 
 def _packaged_problems(where: str, name: str) -> list[str]:

@@ -329,3 +329,17 @@ def test_smollm2_depth_matches_its_gguf_metadata() -> None:
 
     # Assert
     assert CONVERTED_MODELS["smollm2-135m"] == ("llama", block_count)
+
+
+def test_a_folder_with_a_broken_config_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    # Prepare
+    folder = tmp_path / "broken-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+
+    # Execute
+    config, problems = source_config("models.m.source", str(folder))
+
+    # Assert
+    assert config is None
+    assert problems[0].startswith(f"models.m.source: cannot read the config of {str(folder)!r}: Expecting")
