@@ -137,3 +137,42 @@ def test_client_state_dir_reaches_the_node_config(tmp_path: Path) -> None:
     # Assert
     assert config == {"client-id": "phone", STATE_DIR_KEY: str((tmp_path / "state").resolve())}
     assert (tmp_path / "state").is_dir()
+
+
+def test_run_with_a_broken_scenario_stops_before_any_process(tmp_path: Path) -> None:
+    # Prepare
+    broken = (ROOT / "fedbrick_flower" / "scenarios" / "smoke.yaml").read_text().replace("bbc-news", "bbc")
+    path = tmp_path / "broken.yaml"
+    path.write_text(broken.replace("layers: 2}", "layers: 9}"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "-m", "fedbrick_flower.cli", "run", str(path), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+    # Assert: one error listing both problems, no traceback, no run directory (nothing was started)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"fedbrick-flower: error: 2 problems in {path}:" in result.stderr
+    assert "tasks.bbc.dataset: 'bbc' is not a known dataset" in result.stderr
+    assert "clients[2].layers: a depth budget of 9 exceeds model tiny-llama's 4 layers" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_client_imports_no_torch_up_to_starting_the_supernode(tmp_path: Path) -> None:
+    # Prepare: stop where the command would become flower-supernode
+    argv = ["client", "--superlink", "127.0.0.1:9092", "--profile", "deploy/profiles/edge-2layer.yaml", "--insecure",
+            "--home", str(tmp_path / "home"), "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    code = f"import os\nos.execvpe = lambda *a: None\nfrom fedbrick_flower.cli import main\nmain({argv!r})"
+
+    # Execute
+    loaded = _imports_after(code)
+
+    # Assert
+    assert loaded == []
