@@ -307,7 +307,8 @@ def collect_scenario(raw: dict[str, Any]) -> tuple[Scenario, list[str]]:
         task = _attempt(problems, functools.partial(_build, TaskSpec, value, f"tasks.{key}"), None)
         if task is not None:
             tasks[key] = task
-    known = (set(raw.get("models") or {}), set(raw.get("tasks") or {}))
+    # Keys as written, so that a client of a model whose entry is broken is not reported a second time.
+    known = tuple(set(raw[key]) if isinstance(raw.get(key), dict) else set() for key in ("models", "tasks"))
     clients = []
     for index, entry in enumerate(_list(raw, "clients", problems)):
         profile = _attempt(problems, functools.partial(_client, entry, index, *known), None)
