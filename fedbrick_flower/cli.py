@@ -1,32 +1,63 @@
-"""The ``fedbrick-flower`` command."""
+"""The ``fedbrick-flower`` command: federated fine-tuning of heterogeneous models on Flower.
+
+Commands that do not train (``--help``, ``--version``, ``scenarios``, ``certs``, ``report`` and ``client``
+until it starts the SuperNode) import neither torch, transformers nor peft; ``run``, ``launch`` and ``server``
+import them for the pre-flight checks of :mod:`fedbrick_flower.preflight`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
-
-import yaml
 
 from . import runtime
 from .deployment import commands as deployment
-from .run_dir import SUMMARY_FILE
-from .scenario import ScenarioError, builtin_scenarios, load_scenario, parse_overrides
+from .run_files import LOGS_DIR, SCENARIO_INPUT_FILE, SUMMARY_FILE, print_summary
+from .scenario import ScenarioError, builtin_scenarios, parse_overrides, read_yaml_mapping, scenario_path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedbrick-flower", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.HelpFormatter):
+    """States every option's default (unless None, False or an empty list) and marks required options."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" not in text and action.option_strings and default not in (None, False, [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        if action.required and action.option_strings:
+            text += " [required]"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; building it imports no training library."""
+    parser = argparse.ArgumentParser(
+        prog="fedbrick-flower", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=version_line())
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter),
+    )
     _add_run(commands)
     _add_report(commands)
     _add_scenarios(commands)
+    _add_fields(commands)
     deployment.add_certs(commands)
     deployment.add_server(commands)
     deployment.add_client(commands)
     deployment.add_launch(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except (ScenarioError, RuntimeError) as error:
@@ -34,9 +65,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def version_line() -> str:
+    """``fedbrick-flower X (Flower Y)``, from the installed distributions' metadata."""
+    versions = []
+    for distribution in ("fedbrick-flower", "flwr"):
+        try:
+            versions.append(metadata.version(distribution))
+        except metadata.PackageNotFoundError:
+            versions.append("not installed")
+    return f"fedbrick-flower {versions[0]} (Flower {versions[1]})"
+
+
 # ------------------------------------------------------------------------------------------------ run
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("run", help="run a scenario on Flower's Simulation Engine")
+    parser = commands.add_parser(
+        "run",
+        help="run a scenario on Flower's Simulation Engine (all clients on this machine)",
+        description="Check the scenario (every problem at once), start a local simulation SuperLink, submit the "
+        "run with `flwr run`, print the summary. Ctrl-C stops the run and every process it started.",
+    )
     parser.add_argument("scenario", help=f"built-in name ({', '.join(builtin_scenarios())}) or a YAML path")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<scenario>-<time>)")
     parser.add_argument(
@@ -55,15 +102,17 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
 
 def run_simulation(args: argparse.Namespace) -> int:
     """Start a local simulation SuperLink, submit the app with ``flwr run``, print the summary."""
+    from .preflight import check_scenario
+
     overrides = parse_overrides(args.set)
-    scenario = load_scenario(args.scenario, overrides)  # fail fast, before any process starts
+    scenario = check_scenario(args.scenario, overrides, local_clients=True)  # fail fast, before any process starts
     run_dir = (args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     flwr_home = run_dir / ".flwr-home"
     env = runtime.flower_env(flwr_home)
     http_port = runtime.free_port()
     runtime.write_connection(flwr_home, "fedbrick-sim", f"127.0.0.1:{http_port}", num_supernodes=len(scenario.clients))
-    log_file = run_dir / "logs" / "superlink.log"
+    log_file = run_dir / LOGS_DIR / "superlink.log"
     command = [
         "flower-superlink",
         "--insecure",
@@ -80,13 +129,14 @@ def run_simulation(args: argparse.Namespace) -> int:
         ":flwr-in-memory:",
     ]
     # Overrides are baked into a scenario file: Flower's run_config accepts only keys pyproject declares.
-    resolved = run_dir / "scenario.input.yaml"
-    resolved.write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
+    resolved = run_dir / SCENARIO_INPUT_FILE
+    resolved.write_text(_dump(scenario.raw))
     run_config = {"scenario": str(resolved), "out-dir": str(run_dir)}
     if args.resume:
         run_config["resume-from"] = str(run_dir)
     if args.audit_wire:
         run_config["audit-wire"] = True
+    print(f"run directory: {run_dir} (Flower's log: {log_file})", flush=True)
     with runtime.running([runtime.start(command, log_file, env)]) as processes:
         runtime.wait_for_http(http_port, processes[0], log_file)
         code = runtime.flwr_run("fedbrick-sim", run_config, env)
@@ -97,32 +147,79 @@ def run_simulation(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(run_dir: Path) -> None:
-    """Print a run's headline numbers."""
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    print(f"\nrun directory: {run_dir}")
-    for key, value in summary.items():
-        if key != "clients":
-            print(f"  {key:32s} {value}")
-    print("  per client:")
-    for client_id, values in summary.get("clients", {}).items():
-        print(f"    {client_id:16s} " + "  ".join(f"{k}={_short(v)}" for k, v in values.items()))
+def _dump(raw: dict) -> str:
+    import yaml
 
-
-def _short(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return yaml.safe_dump(raw, sort_keys=False)
 
 
 # ------------------------------------------------------------------------------------------------ report
 def _add_report(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("report", help="print a per-round table and write PNG plots of a run")
     parser.add_argument("run_dir", type=Path)
-    parser.set_defaults(handler=lambda args: __import__("fedbrick_flower.report", fromlist=["main"]).main(args))
+    parser.set_defaults(handler=_report)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import main as report_main
+
+    return report_main(args)
+
+
+# ------------------------------------------------------------------------------------------------ scenarios
 def _add_scenarios(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("scenarios", help="list the built-in scenarios")
-    parser.set_defaults(handler=lambda args: print("\n".join(builtin_scenarios())))
+    parser = commands.add_parser(
+        "scenarios", help="list the built-in scenarios: what each shows, clients, rounds, measured duration"
+    )
+    parser.set_defaults(handler=list_scenarios)
+
+
+MEASURED_PREFIX = "# Measured:"
+
+
+def scenario_line(name: str) -> str:
+    """One line of ``fedbrick-flower scenarios``, read from the file alone (nothing is imported or loaded)."""
+    path = scenario_path(name)
+    raw = read_yaml_mapping(path, "scenario")
+    clients = raw.get("clients") or []
+    models = sorted({str(c.get("model")) for c in clients if isinstance(c, dict)})
+    header = [line for line in path.read_text().splitlines() if line.startswith(MEASURED_PREFIX)]
+    measured = header[0][len(MEASURED_PREFIX) :].strip() if header else "not measured"
+    return (
+        f"{name:14s} {raw.get('description', '(no description)')}; {len(clients)} clients ({', '.join(models)}), "
+        f"{raw.get('rounds', 3)} rounds; duration: {measured}"
+    )
+
+
+def list_scenarios(args: argparse.Namespace) -> int:
+    for name in builtin_scenarios():
+        print(scenario_line(name))
+    print(
+        "\nRun one with: fedbrick-flower run NAME. Durations: measured on a 2-core CPU machine shared with other jobs."
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ fields
+def _add_fields(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "fields", help="print the scenario field reference (every key, type, default, range; algorithm_params)"
+    )
+    parser.add_argument(
+        "--update", type=Path, metavar="README", help="rewrite the reference between the markers of this file"
+    )
+    parser.set_defaults(handler=_fields)
+
+
+def _fields(args: argparse.Namespace) -> int:
+    from .reference import field_reference, update_readme
+
+    if args.update:
+        update_readme(args.update)
+        print(f"updated the field reference in {args.update}")
+    else:
+        print(field_reference())
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,23 +2,36 @@
 
 Entries are import paths, resolved on use, so a ClientApp process imports only its own algorithm's client
 module (every Flower message starts a fresh process in deployment) and the Flower entry points never branch
-on an algorithm's name.
+on an algorithm's name. Reading an entry imports nothing; :func:`algorithm_parameters` imports the strategy.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass(frozen=True)
 class AlgorithmEntry:
-    """Where one algorithm's two halves live (``module:attribute``)."""
+    """Where one algorithm's two halves live (``module:attribute``) and what it supports.
+
+    Parameters
+    ----------
+    server, client : str
+        Import paths of the strategy class and of the client-half class.
+    description : str
+        One line for listings and the field reference.
+    mixes_ranks : bool (default: False)
+        True if clients of one model may train LoRA of different ranks (HetLoRA, FlexLoRA, FLoRA...). Scenarios
+        that give one model several ranks are refused at load under any other algorithm.
+    """
 
     server: str
     client: str
     description: str
+    mixes_ranks: bool = False
 
 
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
@@ -39,6 +52,23 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
     ),
 }
 
+# Keyword arguments of a strategy that the ServerApp fills from the scenario itself and its ``server`` section
+# (``server_app.build_strategy``). Every other keyword of the strategy's ``__init__`` chain is an algorithm
+# parameter, set in the scenario's ``algorithm_params``.
+RUNTIME_ARGUMENTS = frozenset(
+    {
+        "scenario",
+        "seed",
+        "fraction_train",
+        "min_clients",
+        "node_wait_timeout",
+        "round_timeout",
+        "wire_dtype",
+        "max_update_bytes",
+        "callbacks",
+    }
+)
+
 
 def register(name: str, entry: AlgorithmEntry) -> None:
     """Add an algorithm (e.g. from a plug-in package); re-registering a name is an error."""
@@ -51,11 +81,42 @@ def algorithm_names() -> list[str]:
     return sorted(_ALGORITHMS)
 
 
-def _entry(name: str) -> AlgorithmEntry:
+def algorithm_entry(name: str) -> AlgorithmEntry:
+    """The registry entry of an algorithm; ``ValueError`` names the registered ones."""
     try:
         return _ALGORITHMS[name]
     except KeyError:
         raise ValueError(f"algorithm: {name!r} is not one of {algorithm_names()}") from None
+
+
+def mixes_ranks(name: str) -> bool:
+    return algorithm_entry(name).mixes_ranks
+
+
+def rank_mixing_algorithms() -> list[str]:
+    """The algorithms whose clients of one model may use different LoRA ranks."""
+    return [name for name in algorithm_names() if _ALGORITHMS[name].mixes_ranks]
+
+
+def algorithm_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The ``algorithm_params`` an algorithm accepts: its strategy's keyword arguments, minus the runtime ones.
+
+    Walks the ``__init__`` chain of the strategy class while each ``__init__`` passes ``**kwargs`` on, so a
+    subclass's parameters come first and its defaults win. Imports the strategy module (it may import torch).
+    """
+    parameters: dict[str, inspect.Parameter] = {}
+    for cls in server_class(name).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        signature = inspect.signature(init)
+        for parameter in signature.parameters.values():
+            keyword = parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+            if keyword and parameter.name != "self" and parameter.name not in RUNTIME_ARGUMENTS:
+                parameters.setdefault(parameter.name, parameter)
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            break
+    return parameters
 
 
 def _resolve(path: str) -> Any:
@@ -65,9 +126,9 @@ def _resolve(path: str) -> Any:
 
 def server_class(name: str) -> type:
     """The strategy class of an algorithm."""
-    return _resolve(_entry(name).server)
+    return _resolve(algorithm_entry(name).server)
 
 
 def client_class(name: str) -> type:
     """The client-half class of an algorithm."""
-    return _resolve(_entry(name).client)
+    return _resolve(algorithm_entry(name).client)

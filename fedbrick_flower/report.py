@@ -15,7 +15,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from .run_dir import METRICS_FILE, read_metrics
+from .run_files import METRICS_FILE, read_metrics
 
 PLOTS_DIR = "plots"
 ROUND_COLUMNS = (
@@ -41,6 +41,10 @@ CLIENT_COLUMNS = (
     "peak_mb",
 )
 
+LEFT_ALIGNED = frozenset({"client", "layers"})
+# A first-round download below this share of the later rounds' mean is explained under the table.
+_SMALL_FIRST_DOWNLOAD = 0.5
+
 
 class ReportError(Exception):
     """The run directory cannot be reported on (missing, or without metrics)."""
@@ -57,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"run directory: {args.run_dir}\n")
     print("per round (means over clients; bytes per client):")
     print(format_table(*_with_global_columns(rounds)))
+    for note in download_notes(rounds):
+        print(note)
     last_round = max(r["round"] for r in rows)
     print(f"\nper client, round {last_round}:")
     print(format_table(client_table(rows, last_round), CLIENT_COLUMNS))
@@ -165,19 +171,53 @@ def client_table(rows: Iterable[dict], server_round: int) -> list[dict[str, Any]
 
 
 def format_table(entries: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A plain-text table of ``columns`` of ``entries``; bytes columns in KiB, missing values as ``-``."""
+    """A plain-text table of ``columns`` of ``entries``; bytes columns in KiB, missing values as ``-``.
+
+    Names (:data:`LEFT_ALIGNED`) are aligned left, numbers right.
+    """
     cells = [[_cell(column, entry.get(column)) for column in columns] for entry in entries]
     headers = [f"{c} (KiB)" if "bytes" in c else c for c in columns]
     widths = [max([len(header), *(len(line[i]) for line in cells)]) for i, header in enumerate(headers)]
+    left = [column in LEFT_ALIGNED for column in columns]
     lines = [
-        "  ".join(text.rjust(width) for text, width in zip(line, widths, strict=True)) for line in [headers, *cells]
+        "  ".join(
+            text.ljust(width) if is_left else text.rjust(width)
+            for text, width, is_left in zip(line, widths, left, strict=True)
+        ).rstrip()
+        for line in [headers, *cells]
     ]
     return "\n".join(lines)
 
 
+def download_notes(rounds: Sequence[dict[str, Any]]) -> list[str]:
+    """Explain a first round whose download is far below the later ones'.
+
+    The server holds no trained adapters before round 1 has been aggregated, so round 1 sends the round's
+    instructions and little else (what it does send, such as seeded BRICKs, counts as usual). The mean of the
+    later rounds is what a client downloads in a typical round.
+    """
+    downloads = [(entry["round"], entry["bytes_down"]) for entry in rounds if entry["bytes_down"] is not None]
+    if len(downloads) < 2:
+        return []
+    (first_round, first), later = downloads[0], [value for _, value in downloads[1:]]
+    typical = mean(later)
+    if first >= _SMALL_FIRST_DOWNLOAD * typical:
+        return []
+    return [
+        f"note: round {first_round} downloads {first / 1024:.1f} KiB per client: the server holds no trained "
+        f"adapters yet, so it sends the round's instructions and little else; from round {downloads[1][0]} on a "
+        f"client downloads {typical / 1024:.1f} KiB per round on average"
+    ]
+
+
 def _with_global_columns(rounds: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Round entries with one ``global <model/task>`` column per server-evaluated pair, before the mean."""
+    """Round entries with one ``global <model/task>`` column per server-evaluated pair, before their mean.
+
+    With a single pair the mean is that pair's accuracy, so only ``global_acc`` is shown.
+    """
     keys = sorted({key for entry in rounds for key in entry["global"]})
+    if len(keys) < 2:
+        return rounds, list(ROUND_COLUMNS)
     columns = list(ROUND_COLUMNS)
     position = columns.index("global_acc")
     columns[position:position] = [f"global {key}" for key in keys]

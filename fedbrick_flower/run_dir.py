@@ -30,13 +30,11 @@ import yaml
 from .adapters.lora import save_peft_adapter
 from .assembly import scenario_lora
 from .models import family_of
+from .run_files import CHECKPOINT_DIR, METRICS_FILE, SUMMARY_FILE, read_metrics
 from .scenario import Scenario
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
 logger = logging.getLogger(__name__)
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoint"
 _PACKAGES = ("flwr", "torch", "transformers", "peft", "numpy", "fedbrick-flower")
 
 
@@ -129,14 +127,6 @@ def load_checkpoint(folder: Path, strategy: HeterogeneousStrategy) -> int:
     completed = int(metadata["round"])
     strategy.load_state_dict(load_file(path), json.loads(metadata["meta"]), completed)
     return completed
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """All rows of a run's ``metrics.jsonl`` (empty for a new run)."""
-    path = run_dir / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def summarize(rows: list[dict], rounds_completed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:

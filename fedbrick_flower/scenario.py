@@ -10,23 +10,51 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import hashlib
 import json
+import re
 import types
 import typing
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from .models.backbone import ModelSpec
+from .registry import algorithm_names, mixes_ranks, rank_mixing_algorithms  # entries only: no strategy import
+
+if TYPE_CHECKING:  # the models package imports torch; commands that do not train must not
+    from .models.backbone import ModelSpec
+
+T = TypeVar("T")
 
 
 class ScenarioError(ValueError):
-    """A scenario or profile value is wrong; the message starts with the field's dotted path."""
+    """One or more scenario or profile values are wrong; each problem starts with the field's dotted path.
+
+    Parameters
+    ----------
+    problems : str or sequence of str
+        One message per problem (``"tasks.news.dataset: 'bbc' is not a known dataset ..."``).
+    source : str, optional
+        The file the problems were found in, named in the message when there are several.
+    """
+
+    def __init__(self, problems: str | Sequence[str], source: str | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        super().__init__(_describe(self.problems, source))
+
+
+def _describe(problems: list[str], source: str | None) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    where = f" in {source}" if source else ""
+    return f"{len(problems)} problems{where}:\n" + "\n".join(f"  - {problem}" for problem in problems)
 
 
 @dataclass(frozen=True)
@@ -140,6 +168,7 @@ class Scenario:
     lora: LoraDefaults = field(default_factory=LoraDefaults)
     server: ServerSettings = field(default_factory=ServerSettings)
     faults: FaultSettings = field(default_factory=FaultSettings)
+    description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
@@ -184,17 +213,54 @@ def scenario_path(name_or_path: str) -> Path:
     return Path(str(builtin))
 
 
-def load_scenario(name_or_path: str, overrides: dict[str, Any] | None = None) -> Scenario:
-    """Read, override and validate a scenario."""
-    path = scenario_path(name_or_path)
+# ---------------------------------------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats: YAML 1.1 reads ``5e-4`` and ``1e3`` (no dot) as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_value(text: str, where: str = "YAML") -> Any:
+    """Parse YAML text the way scenarios are read (``5e-4`` is a float); errors give line and column."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        position = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        context = f" ({error.context})" if error.context else ""
+        raise ScenarioError(f"{where}: not valid YAML at {position}{error.problem}{context}") from None
     except yaml.YAMLError as error:
-        raise ScenarioError(f"scenario: {path} is not valid YAML: {error}") from None
+        raise ScenarioError(f"{where}: not valid YAML: {error}") from None
+
+
+def read_yaml_mapping(path: Path, where: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a scenario or a device profile)."""
+    raw = yaml_value(path.read_text(), f"{where} {path}")
     if not isinstance(raw, dict):
-        raise ScenarioError(f"scenario: {path} must hold a mapping at the top level")
+        raise ScenarioError(f"{where} {path}: must hold a mapping of keys at the top level, got {raw!r}")
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_scenario(name_or_path: str, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Read, override and validate a scenario (every problem of the file in one :class:`ScenarioError`)."""
+    path = scenario_path(name_or_path)
+    scenario, problems = collect_scenario(read_scenario(path, overrides))
+    if problems:
+        raise ScenarioError(problems, source=str(path))
+    return scenario
+
+
+def read_scenario(path: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The raw mapping of a scenario file, its name defaulted to the file's stem, overrides applied."""
+    raw = read_yaml_mapping(path, "scenario")
     raw.setdefault("name", path.stem)
-    return parse_scenario(apply_overrides(raw, overrides or {}))
+    return apply_overrides(raw, overrides or {})
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -220,169 +286,401 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ScenarioError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = yaml_value(value, f"--set {item!r}")
     return overrides
 
 
 def parse_scenario(raw: dict[str, Any]) -> Scenario:
-    """Validate a raw scenario mapping; every error names the offending field and value."""
-    _reject_unknown(raw, {f.name for f in dataclasses.fields(Scenario)} - {"raw"}, "")
-    models = {key: _model_spec(key, value) for key, value in _mapping(raw, "models").items()}
-    tasks = {key: _build(TaskSpec, value, f"tasks.{key}") for key, value in _mapping(raw, "tasks").items()}
-    lora = _build(LoraDefaults, raw.get("lora", {}), "lora")
-    clients = tuple(_client(entry, index, models, tasks) for index, entry in enumerate(_list(raw, "clients")))
+    """Validate a raw scenario mapping; one :class:`ScenarioError` lists every problem, each naming field and value."""
+    scenario, problems = collect_scenario(raw)
+    if problems:
+        raise ScenarioError(problems)
+    return scenario
+
+
+def collect_scenario(raw: dict[str, Any]) -> tuple[Scenario, list[str]]:
+    """Build as much of a scenario as is valid and list every problem found on the way.
+
+    Sections that fail are replaced by their defaults (clients, models and tasks that fail are left out), so the
+    checks that follow, here and in :mod:`fedbrick_flower.preflight`, still see the rest of the file.
+    """
+    problems: list[str] = []
+    problems += _unknown_keys(raw, set(SCENARIO_KEYS), "")
+    models: dict[str, ModelSpec] = {}
+    for key, value in _mapping(raw, "models", problems).items():
+        spec = _attempt(problems, functools.partial(_model_spec, key, value), None)
+        if spec is not None:
+            models[key] = spec
+    tasks: dict[str, TaskSpec] = {}
+    for key, value in _mapping(raw, "tasks", problems).items():
+        task = _attempt(problems, functools.partial(_build, TaskSpec, value, f"tasks.{key}"), None)
+        if task is not None:
+            tasks[key] = task
+    # Keys as written, so that a client of a model whose entry is broken is not reported a second time.
+    known = tuple(set(raw[key]) if isinstance(raw.get(key), dict) else set() for key in ("models", "tasks"))
+    clients = []
+    for index, entry in enumerate(_list(raw, "clients", problems)):
+        profile = _attempt(problems, functools.partial(_client, entry, index, *known), None)
+        if profile is not None:
+            clients.append(profile)
     scenario = Scenario(
-        name=_typed(raw.get("name", "scenario"), str, "name"),
-        algorithm=_typed(raw.get("algorithm"), str, "algorithm"),
+        name=_attempt(problems, lambda: typed_value(raw.get("name", "scenario"), str, "name"), "scenario"),
+        description=_attempt(problems, lambda: typed_value(raw.get("description", ""), str, "description"), ""),
+        algorithm=_attempt(problems, lambda: _algorithm(raw), ""),
         models=models,
         tasks=tasks,
-        clients=clients,
-        rounds=_typed(raw.get("rounds", 3), int, "rounds"),
-        seed=_typed(raw.get("seed", 0), int, "seed"),
-        algorithm_params=dict(raw.get("algorithm_params") or {}),
-        data=_build(DataSettings, raw.get("data", {}), "data"),
-        train=_build(TrainSettings, raw.get("train", {}), "train"),
-        lora=lora,
-        server=_build(ServerSettings, raw.get("server", {}), "server"),
-        faults=_build(FaultSettings, raw.get("faults", {}), "faults"),
+        clients=tuple(clients),
+        rounds=_attempt(problems, lambda: typed_value(raw.get("rounds", 3), int, "rounds"), 3),
+        seed=_attempt(problems, lambda: typed_value(raw.get("seed", 0), int, "seed"), 0),
+        algorithm_params=_attempt(problems, lambda: _algorithm_params(raw.get("algorithm_params")), {}),
+        data=_section(problems, DataSettings, raw, "data"),
+        train=_section(problems, TrainSettings, raw, "train"),
+        lora=_section(problems, LoraDefaults, raw, "lora"),
+        server=_section(problems, ServerSettings, raw, "server"),
+        faults=_section(problems, FaultSettings, raw, "faults"),
         raw=raw,
     )
-    _check_semantics(scenario)
-    return scenario
+    entries = raw.get("clients")
+    problems += semantic_problems(scenario, raw_clients=len(entries) if isinstance(entries, list) else None)
+    return scenario, problems
 
 
 def parse_profile(raw: dict[str, Any], where: str = "profile") -> ClientProfile:
     """Validate a stand-alone device profile (e.g. ``deploy/profiles/edge-2layer.yaml``)."""
     profile = _build(ClientProfile, raw, where)
-    _check_profile(profile, where)
+    problems = _profile_problems(profile, where)
+    if problems:
+        raise ScenarioError(problems, source=where)
     return profile
 
 
+# ---------------------------------------------------------------------------------------------- allowed values
+SCENARIO_KEYS: dict[str, str] = {
+    "name": "the run's name",
+    "description": "what the scenario shows (one line, for `fedbrick-flower scenarios`)",
+    "algorithm": "the registered algorithm (required)",
+    "rounds": "number of federated rounds",
+    "seed": "seed of data splits, layer draws, initialisation and batch order",
+    "algorithm_params": "keyword arguments of the algorithm's strategy (see below)",
+    "models": "named models (required): MODEL_KEY -> model entry",
+    "tasks": "named tasks (required): TASK_KEY -> task entry",
+    "clients": "the device profiles (required): a list of client entries",
+    "data": "how each task is split",
+    "train": "local training of every client",
+    "lora": "LoRA defaults",
+    "server": "round mechanics",
+    "faults": "fault injection for resilience tests",
+}
+MODEL_KEYS: dict[str, str] = {
+    "source": "pretrained: a packaged name, a local folder, or a hub id (hub ids only when the hub is reachable)",
+    "family": "random init (untrained): a Hugging Face model_type such as bert or llama",
+    "config": "random init: config overrides (hidden_size, num_hidden_layers...)",
+    "tokenizer": "tokenizer source (default: source; required with family)",
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric range a field must lie in (``low``/``high`` None: unbounded on that side)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+_AT_LEAST_1 = Range(1)
+_POSITIVE = Range(0, low_open=True)
+_OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)
+# Checked by semantic_problems and printed by the field reference (``fedbrick-flower fields``): one table.
+RANGES: dict[str, Range] = {
+    "rounds": _AT_LEAST_1,
+    "tasks.*.max_examples": _AT_LEAST_1,
+    "data.dirichlet_alpha": _POSITIVE,
+    "data.proxy_fraction": _OPEN_UNIT,
+    "data.server_test_fraction": _OPEN_UNIT,
+    "data.client_test_fraction": _OPEN_UNIT,
+    "data.max_length": Range(2),
+    "train.local_steps": _AT_LEAST_1,
+    "train.batch_size": _AT_LEAST_1,
+    "train.lr": _POSITIVE,
+    "train.head_lr": _POSITIVE,
+    "train.weight_decay": Range(0),
+    "train.eval_batch_size": _AT_LEAST_1,
+    "lora.rank": _AT_LEAST_1,
+    "lora.alpha": _POSITIVE,
+    "lora.dropout": Range(0, 1, high_open=True),
+    "server.fraction_train": Range(0, 1, low_open=True),
+    "server.min_clients": _AT_LEAST_1,
+    "server.max_update_mb": _POSITIVE,
+    "server.node_wait_timeout": _POSITIVE,
+    "server.round_timeout": _POSITIVE,
+    "clients[].rank": _AT_LEAST_1,
+    "clients[].batch_size": _AT_LEAST_1,
+}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "mps", "cuda", "cuda:N")
+WIRE_DTYPES = ("float32", "float16")
+# Fields whose value is one of a fixed list known without importing torch; dataset, partition and model names
+# come from their registries in :mod:`fedbrick_flower.preflight`.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "server.wire_dtype": WIRE_DTYPES,
+    "clients[].dtype": DTYPES,
+    "clients[].device": DEVICES,
+}
+
+
 # ---------------------------------------------------------------------------------------------- validation
-def _check_semantics(scenario: Scenario) -> None:
-    if scenario.rounds < 1:
-        raise ScenarioError(f"rounds: must be >= 1, got {scenario.rounds}")
-    if not scenario.clients:
-        raise ScenarioError("clients: a scenario needs at least one client")
+def semantic_problems(scenario: Scenario, raw_clients: int | None = None) -> list[str]:
+    """Problems across fields: ranges, choices, ids, references between sections, LoRA ranks per model."""
+    problems = _range_problems(scenario)
+    if raw_clients == 0:
+        problems.append("clients: a scenario needs at least one client, got an empty list")
     ids = [c.id for c in scenario.clients]
     duplicates = sorted({cid for cid in ids if ids.count(cid) > 1})
     if duplicates:
-        raise ScenarioError(f"clients: duplicate ids {duplicates}")
-    from .registry import algorithm_names
-
-    if scenario.algorithm not in algorithm_names():
-        raise ScenarioError(f"algorithm: {scenario.algorithm!r} is not one of {algorithm_names()}")
+        problems.append(f"clients: duplicate ids {duplicates}")
+    names = algorithm_names()
+    if scenario.algorithm and scenario.algorithm not in names:
+        hint = did_you_mean(scenario.algorithm, names)
+        problems.append(f"algorithm: {scenario.algorithm!r} is not one of {names}{hint}")
     data = scenario.data
-    if data.partition not in {"iid", "dirichlet"}:
-        raise ScenarioError(f"data.partition: {data.partition!r} is not one of ['iid', 'dirichlet']")
-    for name in ("proxy_fraction", "server_test_fraction", "client_test_fraction"):
-        value = getattr(data, name)
-        if not 0.0 <= value < 1.0:
-            raise ScenarioError(f"data.{name}: must be in [0, 1), got {value}")
-    _positive(scenario.train, "train", ("local_steps", "batch_size", "eval_batch_size", "lr", "head_lr"))
-    _check_lora(scenario.lora)
+    if data.proxy_fraction + data.server_test_fraction >= 1.0:
+        problems.append(
+            f"data.proxy_fraction + data.server_test_fraction: {data.proxy_fraction} + {data.server_test_fraction} "
+            "leaves no data for the clients (the sum must be < 1)"
+        )
+    problems += _lora_problems(scenario.lora)
     server = scenario.server
-    if not 0.0 < server.fraction_train <= 1.0:
-        raise ScenarioError(f"server.fraction_train: must be in (0, 1], got {server.fraction_train}")
-    if server.wire_dtype not in {"float32", "float16"}:
-        raise ScenarioError(f"server.wire_dtype: {server.wire_dtype!r} is not one of ['float16', 'float32']")
-    if server.min_clients is not None and not 1 <= server.min_clients <= len(scenario.clients):
-        raise ScenarioError(f"server.min_clients: must be in 1..{len(scenario.clients)}, got {server.min_clients}")
+    if server.min_clients is not None and scenario.clients and server.min_clients > len(scenario.clients):
+        problems.append(f"server.min_clients: must be <= the {len(scenario.clients)} clients, got {server.min_clients}")
     for index, profile in enumerate(scenario.clients):
-        _check_profile(profile, f"clients[{index}]")
+        problems += _profile_problems(profile, f"clients[{index}]")
     for client_id in scenario.faults.nan_update:
         if client_id not in ids:
-            raise ScenarioError(f"faults.nan_update: {client_id!r} is not a client id of this scenario")
+            problems.append(f"faults.nan_update: {client_id!r} is not a client id of this scenario {ids}")
+    problems += rank_problems(scenario)
+    return problems
 
 
-def _check_lora(lora: LoraDefaults) -> None:
+def _lora_problems(lora: LoraDefaults) -> list[str]:
+    """``lora.targets`` must name module roles (``q k v o gate up down``) or ``all-linear``."""
     from .models.families import resolve_roles
 
-    _positive(lora, "lora", ("rank", "alpha"))
-    if not 0.0 <= lora.dropout < 1.0:
-        raise ScenarioError(f"lora.dropout: must be in [0, 1), got {lora.dropout}")
     try:
         resolve_roles(lora.roles)
     except ValueError as error:
-        raise ScenarioError(f"lora.targets: {error}") from None
+        return [f"lora.targets: {error}"]
+    return []
 
 
-def _check_profile(profile: ClientProfile, where: str) -> None:
+def rank_problems(scenario: Scenario) -> list[str]:
+    """Clients of one model with different LoRA ranks, under an algorithm that cannot mix ranks."""
+    if scenario.algorithm not in algorithm_names() or mixes_ranks(scenario.algorithm):
+        return []
+    problems = []
+    for model in sorted({profile.model for profile in scenario.clients}):
+        ranked = [(p.rank or scenario.lora.rank, p.id) for p in scenario.clients if p.model == model]
+        (low, low_id), (high, high_id) = min(ranked), max(ranked)
+        if low != high:
+            mixers = ", ".join(rank_mixing_algorithms()) or "none registered yet"
+            problems.append(
+                f"clients {low_id} (rank {low}) and {high_id} (rank {high}) share model {model}; "
+                f"{scenario.algorithm} needs one rank per model (algorithms that mix ranks: {mixers})"
+            )
+    return problems
+
+
+def _range_problems(scenario: Scenario) -> list[str]:
+    """RANGES and CHOICES outside ``clients[]`` (each client's are checked with its profile)."""
+    problems = []
+    for path in (*RANGES, *CHOICES):
+        head, _, name = path.rpartition(".")
+        if head == "tasks.*":
+            for key, task in scenario.tasks.items():
+                problems += _value_problems(path, f"tasks.{key}.{name}", getattr(task, name))
+        elif head != "clients[]":
+            problems += _value_problems(path, path, getattr(getattr(scenario, head) if head else scenario, name))
+    return problems
+
+
+def _value_problems(path: str, where: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if path in RANGES and value not in RANGES[path]:
+        return [f"{where}: must be {RANGES[path]}, got {value}"]
+    choices = CHOICES.get(path, ())
+    if choices and value not in choices and not (path == "clients[].device" and re.fullmatch(r"cuda:\d+", value)):
+        hint = "" if path == "clients[].device" else did_you_mean(value, choices)  # 'gpu' is not a typo of 'cpu'
+        return [f"{where}: {value!r} is not one of {', '.join(choices)}{hint}"]
+    return []
+
+
+def _profile_problems(profile: ClientProfile, where: str) -> list[str]:
+    problems = []
     layers = profile.layers
     if isinstance(layers, int) and layers < 1:
-        raise ScenarioError(f"{where}.layers: a depth budget must be >= 1, got {layers}")
+        problems.append(f"{where}.layers: a depth budget must be >= 1, got {layers}")
     if isinstance(layers, tuple) and (not layers or min(layers) < 0 or len(set(layers)) != len(layers)):
-        raise ScenarioError(f"{where}.layers: must be distinct non-negative layer indices, got {list(layers)}")
-    if profile.rank is not None and profile.rank < 1:
-        raise ScenarioError(f"{where}.rank: must be >= 1, got {profile.rank}")
-    if profile.batch_size is not None and profile.batch_size < 1:
-        raise ScenarioError(f"{where}.batch_size: must be >= 1, got {profile.batch_size}")
-    if profile.dtype not in {"auto", "float32", "float16", "bfloat16"}:
-        raise ScenarioError(f"{where}.dtype: {profile.dtype!r} is not one of auto, float32, float16, bfloat16")
-    if not (profile.device in {"auto", "cpu", "mps", "cuda"} or profile.device.startswith("cuda:")):
-        raise ScenarioError(f"{where}.device: {profile.device!r} is not one of auto, cpu, mps, cuda, cuda:N")
+        problems.append(f"{where}.layers: must be distinct non-negative layer indices, got {list(layers)}")
+    for path in (*RANGES, *CHOICES):
+        head, _, name = path.rpartition(".")
+        if head == "clients[]":
+            problems += _value_problems(path, f"{where}.{name}", getattr(profile, name))
+    return problems
 
 
-def _positive(settings: Any, where: str, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(settings, name)
-        if value <= 0:
-            raise ScenarioError(f"{where}.{name}: must be > 0, got {value}")
+def did_you_mean(value: Any, allowed: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for a near miss or a prefix (``bbc`` -> ``bbc-news``), else nothing."""
+    allowed, text = list(allowed), str(value)
+    close = difflib.get_close_matches(text, allowed, n=1, cutoff=0.6)
+    close = close or [name for name in allowed if text and name.lower().startswith(text.lower())][:1]
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _client(entry: Any, index: int, models: dict[str, ModelSpec], tasks: dict[str, TaskSpec]) -> ClientProfile:
+def _algorithm(raw: dict[str, Any]) -> str:
+    if "algorithm" not in raw:
+        raise ScenarioError(f"algorithm: required field missing (one of {algorithm_names()})")
+    return typed_value(raw["algorithm"], str, "algorithm")
+
+
+def _algorithm_params(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ScenarioError(
+            f"algorithm_params: must be a mapping of parameter names to values, e.g. {{resample_layers: true}}, "
+            f"got {value!r}"
+        )
+    return dict(value)
+
+
+def _client(entry: Any, index: int, model_keys: set[str], task_keys: set[str]) -> ClientProfile:
     where = f"clients[{index}]"
     profile = _build(ClientProfile, entry, where)
-    if profile.model not in models:
-        raise ScenarioError(f"{where}.model: {profile.model!r} is not one of the scenario's models {sorted(models)}")
-    if profile.task not in tasks:
-        raise ScenarioError(f"{where}.task: {profile.task!r} is not one of the scenario's tasks {sorted(tasks)}")
+    problems = []
+    if model_keys and profile.model not in model_keys:
+        problems.append(f"{where}.model: {profile.model!r} is not one of the scenario's models {sorted(model_keys)}")
+    if task_keys and profile.task not in task_keys:
+        problems.append(f"{where}.task: {profile.task!r} is not one of the scenario's tasks {sorted(task_keys)}")
+    if problems:
+        raise ScenarioError(problems)
     return profile
 
 
 def _model_spec(key: str, raw: Any) -> ModelSpec:
     where = f"models.{key}"
     if not isinstance(raw, dict):
-        raise ScenarioError(f"{where}: must be a mapping, got {raw!r}")
-    _reject_unknown(raw, {"source", "family", "config", "tokenizer"}, where)
+        raise ScenarioError(f"{where}: must be a mapping such as {{source: minilm}}, got {raw!r}")
+    problems = _unknown_keys(raw, set(MODEL_KEYS), where)
+    for name in MODEL_KEYS.keys() - {"config"}:
+        if raw.get(name) is not None and not isinstance(raw[name], str):
+            problems.append(f"{where}.{name}: expected str, got {raw[name]!r}")
     source, family = raw.get("source"), raw.get("family")
     if (source is None) == (family is None):
-        raise ScenarioError(f"{where}: give exactly one of 'source' (pretrained) or 'family' (random init)")
+        problems.append(f"{where}: give exactly one of 'source' (pretrained) or 'family' (random init)")
     config = raw.get("config") or {}
     if not isinstance(config, dict):
-        raise ScenarioError(f"{where}.config: must be a mapping, got {config!r}")
+        problems.append(f"{where}.config: must be a mapping such as {{num_hidden_layers: 4}}, got {config!r}")
     if family is not None and raw.get("tokenizer") is None:
-        raise ScenarioError(f"{where}.tokenizer: a random-init model needs a tokenizer source (e.g. 'minilm')")
+        problems.append(f"{where}.tokenizer: a random-init model needs a tokenizer source (e.g. 'minilm')")
+    if problems:
+        raise ScenarioError(problems)
+    from .models.backbone import ModelSpec  # imports torch: only where a scenario names its models
+
     return ModelSpec(
         key=key, source=source, family=family, config=tuple(sorted(config.items())), tokenizer=raw.get("tokenizer")
     )
 
 
 # ---------------------------------------------------------------------------------------------- typed building
-def _build(cls: type, raw: Any, where: str) -> Any:
+def _build(cls: type[T], raw: Any, where: str) -> T:
+    """A dataclass from a mapping: every unknown, missing or mistyped field is reported, not only the first."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ScenarioError(f"{where}: must be a mapping, got {raw!r}")
+        raise ScenarioError(f"{where}: must be a mapping of {_field_list(cls)}, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    _reject_unknown(raw, names, where)
-    values = {name: _typed(value, hints[name], f"{where}.{name}") for name, value in raw.items()}
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    problems = _unknown_keys(raw, {f.name for f in fields}, where)
+    required = [f.name for f in fields if _is_required(f)]
+    missing = [name for name in required if name not in raw]
+    problems += [f"{where}.{name}: required field missing (required: {', '.join(required)})" for name in missing]
+    values = {}
+    for name, value in raw.items():
+        if name in hints:
+            try:
+                values[name] = typed_value(value, hints[name], f"{where}.{name}")
+            except ScenarioError as error:
+                problems += error.problems
+    if problems:
+        raise ScenarioError(problems)
+    return cls(**values)
+
+
+def _is_required(spec: dataclasses.Field) -> bool:
+    return spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+
+
+def _field_list(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+
+def _section(problems: list[str], cls: type[T], raw: dict[str, Any], key: str) -> T:
+    return _attempt(problems, lambda: _build(cls, raw.get(key), key), cls())
+
+
+def _attempt(problems: list[str], build: Callable[[], T], fallback: T) -> T:
+    """``build()``, or ``fallback`` with the build's problems added to ``problems``."""
     try:
-        return cls(**values)
-    except TypeError as error:
-        raise ScenarioError(f"{where}: {error}") from None
+        return build()
+    except ScenarioError as error:
+        problems += error.problems
+        return fallback
 
 
-def _typed(value: Any, hint: Any, where: str) -> Any:
+def type_name(hint: Any) -> str:
+    """A type hint as a reader writes it in YAML: ``int``, ``float or null``, ``list of int``."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    names = []
+    for option in options:
+        if option is type(None):
+            names.append("null")
+        elif typing.get_origin(option) is tuple:
+            names.append(f"list of {type_name(typing.get_args(option)[0])}")
+        else:
+            names.append(getattr(option, "__name__", str(option)))
+    return " or ".join(names)
+
+
+def typed_value(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a simple type hint (str, int, float, bool, tuple[int, ...], unions, None)."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for option in options:
         converted = _convert(value, option)
         if converted is not _MISMATCH:
             return converted
-    expected = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ScenarioError(f"{where}: expected {expected}, got {value!r}")
+    advice = ""
+    if isinstance(value, str) and any(typing.get_origin(o) is tuple for o in options):
+        advice = f" (write a list: [{value}])"
+    elif isinstance(value, str) and float in options:
+        advice = " (a string: write the number without quotes, e.g. 0.0005 or 5.0e-4)"
+    raise ScenarioError(f"{where}: expected {type_name(hint)}, got {value!r}{advice}")
 
 
 _MISMATCH = object()
@@ -402,29 +700,34 @@ def _convert(value: Any, option: Any) -> Any:
     if typing.get_origin(option) is tuple:
         item = typing.get_args(option)[0]
         if isinstance(value, list | tuple) and all(_convert(v, item) is not _MISMATCH for v in value):
-            return tuple(value)
+            return tuple(_convert(v, item) for v in value)
         return _MISMATCH
     return value
 
 
-def _reject_unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ScenarioError(f"{prefix}{unknown[0]}: unknown field (allowed: {sorted(allowed)})")
+def _unknown_keys(raw: dict[str, Any], allowed: set[str], where: str) -> list[str]:
+    prefix = f"{where}." if where else ""
+    return [
+        f"{prefix}{name}: unknown field{did_you_mean(name, allowed)} (allowed: {', '.join(sorted(allowed))})"
+        for name in sorted(set(raw) - allowed, key=str)
+    ]
 
 
-def _mapping(raw: dict[str, Any], key: str) -> dict[str, Any]:
+def _mapping(raw: dict[str, Any], key: str, problems: list[str]) -> dict[str, Any]:
     value = raw.get(key)
     if not isinstance(value, dict) or not value:
-        raise ScenarioError(f"{key}: must be a non-empty mapping, got {value!r}")
+        missing = "required field missing" if value is None else f"must be a non-empty mapping, got {value!r}"
+        problems.append(f"{key}: {missing}")
+        return {}
     return value
 
 
-def _list(raw: dict[str, Any], key: str) -> list[Any]:
+def _list(raw: dict[str, Any], key: str, problems: list[str]) -> list[Any]:
     value = raw.get(key)
     if not isinstance(value, list):
-        raise ScenarioError(f"{key}: must be a list, got {value!r}")
+        missing = "required field missing" if value is None else f"must be a list of client entries, got {value!r}"
+        problems.append(f"{key}: {missing}")
+        return []
     return value
 
 

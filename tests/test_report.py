@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from fedbrick_flower.report import ReportError, client_table, format_table, load_rows, main, round_table
+from fedbrick_flower.report import (
+    ReportError,
+    _with_global_columns,
+    client_table,
+    download_notes,
+    format_table,
+    load_rows,
+    main,
+    round_table,
+)
 
 
 def _train(server_round: int, client: str, loss: float, up: int, down: int | None) -> dict:
@@ -153,3 +162,46 @@ def test_load_rows_empty_run_directory_is_an_error(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(ReportError, match="no metrics in .*metrics.jsonl"):
         load_rows(run_dir)
+
+
+def test_one_global_pair_shows_only_the_global_mean_column() -> None:
+    # Prepare
+    rows = [_server(1, "bert", 0.3), _train(1, "alice", 1.0, 1100, 50)]
+
+    # Execute
+    _, columns = _with_global_columns(round_table(rows))
+
+    # Assert
+    assert [c for c in columns if c.startswith("global")] == ["global_acc"]
+
+
+def test_client_names_align_left_and_numbers_right() -> None:
+    # Prepare
+    entries = [{"client": "a", "accuracy": 0.5}, {"client": "longer-name", "accuracy": 0.25}]
+
+    # Execute
+    header, first, second = format_table(entries, ["client", "accuracy"]).splitlines()
+
+    # Assert
+    assert first.startswith("a          ")
+    assert second.startswith("longer-name")
+    assert first.endswith("0.5000") and second.endswith("0.2500") and header.endswith("accuracy")
+
+
+def test_a_near_empty_first_download_is_explained() -> None:
+    # Prepare: round 1 sends instructions only, later rounds send adapters
+    rounds = [
+        {"round": 1, "bytes_down": 512},
+        {"round": 2, "bytes_down": 100 * 1024},
+        {"round": 3, "bytes_down": 102 * 1024},
+    ]
+
+    # Execute
+    notes = download_notes(rounds)
+
+    # Assert
+    assert notes == [
+        "note: round 1 downloads 0.5 KiB per client: the server holds no trained adapters yet, so it sends the "
+        "round's instructions and little else; from round 2 on a client downloads 101.0 KiB per round on average"
+    ]
+    assert download_notes([{**r, "bytes_down": 100 * 1024} for r in rounds]) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +14,7 @@ from fedbrick_flower.scenario import (
     ScenarioError,
     apply_overrides,
     builtin_scenarios,
+    collect_scenario,
     load_scenario,
     parse_overrides,
     parse_scenario,
@@ -44,7 +47,6 @@ def test_every_builtin_scenario_is_valid(name: str) -> None:
         ("algorithm", "fedsgd", "algorithm: 'fedsgd' is not one of"),
         ("train.lr", -1.0, "train.lr: must be > 0"),
         ("train.learning_rate", 0.1, "train.learning_rate: unknown field"),
-        ("data.partition", "shards", "data.partition: 'shards'"),
         ("server.wire_dtype", "bfloat16", "server.wire_dtype: 'bfloat16'"),
         ("clients.1.layers", 0, r"clients\[1\].layers: a depth budget must be >= 1"),
         ("clients.1.layers", [1, 1], r"clients\[1\].layers: must be distinct"),
@@ -105,3 +107,116 @@ def test_command_line_overrides_are_read_as_yaml() -> None:
     assert overrides == {"rounds": 5, "clients.0.layers": [0, 2], "algorithm": "local"}
     with pytest.raises(ScenarioError, match="expected KEY=VALUE"):
         parse_overrides(["rounds"])
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    # Prepare: PyYAML (YAML 1.1) alone reads 5e-4 as the string '5e-4'
+    path = tmp_path / "lr.yaml"
+    path.write_text(scenario_path("smoke").read_text().replace("lr: 0.001", "lr: 5e-4"))
+
+    # Execute
+    scenario = load_scenario(str(path))
+
+    # Assert
+    assert scenario.train.lr == pytest.approx(0.0005)
+    assert parse_overrides(["train.lr=1e-3"]) == {"train.lr": 0.001}
+
+
+def test_a_string_where_a_number_is_expected_says_how_to_write_it() -> None:
+    with pytest.raises(ScenarioError, match=r"train.lr: expected float, got 'fast' \(a string: write the number"):
+        parse_scenario(_with("train.lr", "fast"))
+
+
+def test_a_string_where_a_list_is_expected_names_the_list_form() -> None:
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(_with("faults.nan_update", "bert-full"))
+    assert caught.value.problems == [
+        "faults.nan_update: expected list of str, got 'bert-full' (write a list: [bert-full])"
+    ]
+
+
+def test_a_missing_required_key_is_named() -> None:
+    # Prepare
+    raw = copy.deepcopy(BASE)
+    del raw["clients"][1]["task"]
+    del raw["algorithm"]
+
+    # Execute
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(raw)
+
+    # Assert
+    assert caught.value.problems == [
+        "clients[1].task: required field missing (required: id, model, task)",
+        "algorithm: required field missing (one of ['fedavg', 'fedbrick', 'local'])",
+    ]
+    assert "__init__" not in str(caught.value)
+
+
+def test_algorithm_params_as_a_list_is_a_clean_error() -> None:
+    with pytest.raises(ScenarioError, match=r"algorithm_params: must be a mapping .* got \['resample_layers'\]"):
+        parse_scenario(_with("algorithm_params", ["resample_layers"]))
+
+
+def test_unknown_fields_suggest_the_near_miss() -> None:
+    with pytest.raises(ScenarioError, match=r"train.local_step: unknown field \(did you mean 'local_steps'\?\)"):
+        parse_scenario(_with("train.local_step", 3))
+
+
+def test_every_problem_of_a_file_is_collected() -> None:
+    # Prepare
+    raw = apply_overrides(BASE, {"rounds": 0, "train.lr": -1.0, "clients.0.device": "gpu", "data.max_length": "x"})
+
+    # Execute
+    _, problems = collect_scenario(raw)
+
+    # Assert
+    assert problems == [
+        "data.max_length: expected int, got 'x'",
+        "rounds: must be >= 1, got 0",
+        "train.lr: must be > 0, got -1.0",
+        "clients[0].device: 'gpu' is not one of auto, cpu, mps, cuda, cuda:N",
+    ]
+
+
+def test_different_ranks_on_one_model_are_refused_under_fedavg() -> None:
+    # Prepare
+    raw = apply_overrides(BASE, {"clients.0.rank": 4, "clients.1.rank": 1})
+
+    # Execute
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(raw)
+
+    # Assert
+    assert caught.value.problems == [
+        "clients bert-edge (rank 1) and bert-full (rank 4) share model tiny-bert; fedavg needs one rank per model "
+        "(algorithms that mix ranks: none registered yet)"
+    ]
+
+
+def test_an_algorithm_that_mixes_ranks_accepts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a registered algorithm that declares it can mix ranks
+    from fedbrick_flower import registry
+
+    monkeypatch.setitem(
+        registry._ALGORITHMS, "mixer", dataclasses.replace(registry.algorithm_entry("fedavg"), mixes_ranks=True)
+    )
+    raw = apply_overrides(BASE, {"clients.0.rank": 4, "clients.1.rank": 1, "algorithm": "mixer"})
+
+    # Execute
+    scenario = parse_scenario(raw)
+
+    # Assert
+    assert [c.rank for c in scenario.clients] == [4, 1, None]
+    with pytest.raises(ScenarioError, match="algorithms that mix ranks: mixer"):
+        parse_scenario(apply_overrides(raw, {"algorithm": "fedavg"}))
+
+
+def test_malformed_yaml_names_the_file_line_and_column(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "bad.yaml"
+    path.write_text("algorithm: fedavg\nmodels:\n  m: {source: minilm\ntasks: x\n")
+
+    # Execute / Assert
+    with pytest.raises(ScenarioError, match=rf"scenario {path}: not valid YAML at line 4, column 6: expected ','"):
+        load_scenario(str(path))

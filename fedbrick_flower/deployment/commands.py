@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from .. import runtime
-from ..scenario import Scenario, ScenarioError, load_scenario, parse_overrides, parse_profile
+from ..run_files import LOGS_DIR, SCENARIO_INPUT_FILE, print_summary
+from ..scenario import Scenario, ScenarioError, parse_overrides, parse_profile, read_yaml_mapping
 from .certs import CA_CERT, CertificateSet, make_certificates, node_names
 from .processes import (
     IN_MEMORY,
@@ -34,13 +33,14 @@ from .processes import (
 )
 
 DEPLOYMENT_FILE = "deployment.json"
+DEFAULT_FLEET_PORT = 9092
 
 
 # ------------------------------------------------------------------------------------------------ certs
 def add_certs(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("certs", help="create a CA, a SuperLink certificate and SuperNode key pairs")
     parser.add_argument("--out", type=Path, required=True, help="certificate folder (e.g. deploy/certs)")
-    parser.add_argument("--nodes", type=int, default=2, help="number of SuperNode key pairs (node0, node1, ...)")
+    parser.add_argument("--nodes", type=int, default=2, help="number of SuperNode key pairs: node0, node1, ...")
     parser.add_argument(
         "--san",
         action="append",
@@ -62,16 +62,31 @@ def certs(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ server
 def add_server(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("server", help="start a SuperLink and run a scenario on the SuperNodes that join")
-    parser.add_argument("--scenario", help="built-in name or YAML path (default with --resume: the run's own)")
+    parser = commands.add_parser(
+        "server",
+        help="start a SuperLink and run a scenario on the SuperNodes that join",
+        description="Check the scenario, start a SuperLink, register the SuperNode keys, submit the run and print "
+        "its summary. Devices on other machines need --fleet-address 0.0.0.0:9092: the default listens on "
+        "loopback, which only this machine reaches. Ctrl-C (or SIGTERM) stops the SuperLink it started.",
+    )
+    parser.add_argument(
+        "--scenario", help="built-in name or YAML path [required, except with --resume: then the run's own]"
+    )
     parser.add_argument("--certs", type=Path, help="certificate folder from `fedbrick-flower certs`")
     parser.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<scenario>-<time>)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its checkpoint")
-    parser.add_argument("--fleet-address", default="127.0.0.1:9092", help="Fleet API (use 0.0.0.0:9092 for LAN)")
-    parser.add_argument("--control-port", type=int, default=8000, help="HTTP(S) port of the Control/Runtime API")
+    parser.add_argument(
+        "--fleet-address",
+        default=f"127.0.0.1:{DEFAULT_FLEET_PORT}",
+        help=f"HOST:PORT of the Fleet API that SuperNodes dial (gRPC); the default is loopback, reachable only from "
+        f"this machine: give 0.0.0.0:{DEFAULT_FLEET_PORT} for devices on the network",
+    )
+    parser.add_argument(
+        "--control-port", type=int, default=8000, help="port of the Control/Runtime API (HTTP(S), on loopback)"
+    )
     parser.add_argument("--node-keys", type=Path, help="folder of SuperNode *.key.pub files (default: CERTS/nodes)")
-    parser.add_argument("--database", default=IN_MEMORY, help="SuperLink state database file (default: in memory)")
+    parser.add_argument("--database", default=IN_MEMORY, help="SuperLink state database: a file, or in memory")
     parser.add_argument("--keep", action="store_true", help="leave the SuperLink running after the run")
     _add_run_options(parser)
     parser.set_defaults(handler=server)
@@ -80,7 +95,7 @@ def add_server(commands: argparse._SubParsersAction) -> None:
 def server(args: argparse.Namespace) -> int:
     """SuperLink -> node keys -> ``flwr run`` -> summary -> SuperLink stopped (unless ``--keep``)."""
     run_dir = (args.resume or args.out or _default_run_dir(args.scenario)).resolve()
-    scenario = _server_scenario(args, run_dir)
+    scenario = _server_scenario(args, run_dir)  # every check before the SuperLink starts
     certs = None if args.insecure else _certificate_folder(args.certs)
     settings = SuperLinkSettings(args.fleet_address, args.control_port, certs=certs, database=args.database)
     env = runtime.flower_env(run_dir / ".flwr-home")
@@ -102,17 +117,19 @@ def server(args: argparse.Namespace) -> int:
             runtime.stop(superlink)
     if args.keep:
         print(f"SuperLink still running (pid {superlink.pid}); stop it with: kill {superlink.pid}")
-    _print_summary(run_dir)
+    print_summary(run_dir)
     return 0
 
 
 def _server_scenario(args: argparse.Namespace, run_dir: Path) -> Scenario:
+    from ..preflight import check_scenario  # imports torch: only commands that run a scenario pay for it
+
     overrides = parse_overrides(args.set)
     if args.scenario:
-        return load_scenario(args.scenario, overrides)
-    saved = run_dir / "scenario.input.yaml"
+        return check_scenario(args.scenario, overrides)
+    saved = run_dir / SCENARIO_INPUT_FILE
     if args.resume and saved.is_file():
-        return load_scenario(str(saved), overrides)
+        return check_scenario(str(saved), overrides)
     raise ScenarioError("--scenario is required (or --resume RUN_DIR of a run that saved its scenario)")
 
 
@@ -126,20 +143,45 @@ def _certificate_folder(folder: Path | None) -> CertificateSet:
 
 # ------------------------------------------------------------------------------------------------ client
 def add_client(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("client", help="start a SuperNode that carries a device profile")
-    parser.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's Fleet API")
+    parser = commands.add_parser(
+        "client",
+        help="start a SuperNode that carries a device profile",
+        description="Replace this process with a Flower SuperNode that dials the server's Fleet API and runs this "
+        "device's ClientApp for every message. Exactly one of --profile or --client-id is required. The server "
+        "must listen where this device reaches it (`server --fleet-address 0.0.0.0:9092`; its default is "
+        "loopback). Ctrl-C stops the SuperNode.",
+    )
+    parser.add_argument(
+        "--superlink",
+        required=True,
+        metavar="HOST:PORT",
+        help=f"the server's Fleet API, e.g. server:{DEFAULT_FLEET_PORT}",
+    )
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--profile", type=Path, help="device profile YAML (see deploy/profiles/)")
-    who.add_argument("--client-id", help="a client id of the server's scenario (its profile comes from there)")
+    who.add_argument("--profile", type=Path, help="device profile YAML (see deploy/profiles/) [this or --client-id]")
+    who.add_argument(
+        "--client-id", help="a client id of the server's scenario, whose profile comes from there [this or --profile]"
+    )
     trust = parser.add_mutually_exclusive_group()
     trust.add_argument("--certs", type=Path, help=f"certificate folder holding {CA_CERT}")
     trust.add_argument("--root-certificates", type=Path, help="the CA certificate that signed the server's")
     parser.add_argument("--key", type=Path, help="this node's private key (its .pub is registered on the server)")
     parser.add_argument("--insecure", action="store_true", help="no TLS (only against an --insecure server)")
     parser.add_argument("--host", default="127.0.0.1", help="host of this node's local ClientApp API")
-    parser.add_argument("--port", type=int, default=9094, help="port of this node's local ClientApp API")
+    parser.add_argument(
+        "--port", type=int, default=9094, help="port of this node's local ClientApp API (one per node on a machine)"
+    )
     parser.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (10..1800; Flower's is 30)")
-    parser.add_argument("--home", type=Path, help="Flower's working folder for this node (default: ~/.fedbrick-flower)")
+    parser.add_argument(
+        "--home", type=Path, help="Flower's working folder for this node (default: ~/.fedbrick-flower/supernode-PORT)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep this client's state (personal adapters, optimizer state, running statistics) in DIR, written "
+        "after every message, so that it survives a restart of the device (default: in memory, for the run only)",
+    )
     parser.set_defaults(handler=client)
 
 
@@ -163,14 +205,29 @@ def client(args: argparse.Namespace) -> int:
 
 
 def _node_config(args: argparse.Namespace) -> dict[str, str]:
+    config = _state_dir_config(args.state_dir)
     if args.client_id:
-        return {"client-id": args.client_id}
+        return {"client-id": args.client_id, **config}
     path = args.profile.resolve()
     if not path.is_file():
         raise ScenarioError(f"--profile: file {str(path)!r} does not exist")
-    parse_profile(yaml.safe_load(path.read_text()), where=f"profile {path}")  # fail here, not in every ClientApp
+    parse_profile(read_yaml_mapping(path, "profile"), where=f"profile {path}")  # fail here, not in every ClientApp
     # An absolute path: the ClientApp process that reads it does not share this shell's working directory.
-    return {"profile": str(path)}
+    return {"profile": str(path), **config}
+
+
+def _state_dir_config(folder: Path | None) -> dict[str, str]:
+    """``state-dir`` for the node config (absolute, created now so that a wrong path fails here)."""
+    if folder is None:
+        return {}
+    from ..clients.state import STATE_DIR_KEY  # flwr and numpy only: no torch
+
+    folder = folder.expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RuntimeError(f"--state-dir: cannot create {folder}: {error}") from None
+    return {STATE_DIR_KEY: str(folder)}
 
 
 def _root_certificate(args: argparse.Namespace) -> Path:
@@ -184,7 +241,13 @@ def _root_certificate(args: argparse.Namespace) -> Path:
 
 # ------------------------------------------------------------------------------------------------ launch
 def add_launch(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("launch", help="run a scenario as a local multi-process deployment (loopback)")
+    parser = commands.add_parser(
+        "launch",
+        help="run a scenario as a local multi-process deployment (loopback)",
+        description="Check the scenario, then start a SuperLink and one SuperNode per client on this machine (TLS "
+        "and node authentication unless --insecure), submit the run and print its summary. Ctrl-C stops every "
+        "process it started; their logs are in RUN_DIR/logs/.",
+    )
     parser.add_argument("scenario", help="built-in name or YAML path")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<scenario>-<time>)")
     parser.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication")
@@ -195,7 +258,9 @@ def add_launch(commands: argparse._SubParsersAction) -> None:
 
 def launch(args: argparse.Namespace) -> int:
     """Certificates -> SuperLink -> keys -> one SuperNode per client -> ``flwr run`` -> teardown -> summary."""
-    scenario = load_scenario(args.scenario, parse_overrides(args.set))
+    from ..preflight import check_scenario  # imports torch: only commands that run a scenario pay for it
+
+    scenario = check_scenario(args.scenario, parse_overrides(args.set), local_clients=True)
     run_dir = (args.out or _default_run_dir(scenario.name)).resolve()
     client_ids = [profile.id for profile in scenario.clients]
     certs = None if args.insecure else make_certificates(run_dir / "certs", client_ids)
@@ -209,7 +274,7 @@ def launch(args: argparse.Namespace) -> int:
         processes.extend(nodes.values())
         _write_deployment(run_dir, settings, processes[0].pid, {cid: node.pid for cid, node in nodes.items()})
         submit(run_dir, run_config(run_dir, scenario, audit_wire=args.audit_wire), processes[0], env)
-    _print_summary(run_dir)
+    print_summary(run_dir)
     return 0
 
 
@@ -230,7 +295,7 @@ def _start_supernode(
     )
     # Each node gets its own FLWR_HOME, as on separate machines.
     node_env = runtime.flower_env(run_dir / "nodes" / client_id / ".flwr-home")
-    return runtime.start(command, run_dir / "logs" / f"supernode-{client_id}.log", node_env)
+    return runtime.start(command, run_dir / LOGS_DIR / f"supernode-{client_id}.log", node_env)
 
 
 # ------------------------------------------------------------------------------------------------ shared
@@ -269,9 +334,3 @@ def _write_deployment(run_dir: Path, settings: SuperLinkSettings, superlink_pid:
         "supernode_pids": nodes,
     }
     (run_dir / DEPLOYMENT_FILE).write_text(json.dumps(record, indent=2))
-
-
-def _print_summary(run_dir: Path) -> None:
-    from ..cli import print_summary
-
-    print_summary(run_dir)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .. import runtime
-from ..run_dir import SUMMARY_FILE
+from ..run_files import LOGS_DIR, SCENARIO_INPUT_FILE, SUMMARY_FILE
 from ..scenario import Scenario
 from .certs import CertificateSet
 
@@ -128,7 +128,7 @@ def register_node_keys(keys: Sequence[Path], env: Mapping[str, str], names: Sequ
 
 def start_superlink(settings: SuperLinkSettings, run_dir: Path, env: Mapping[str, str]) -> subprocess.Popen:
     """Start the SuperLink, write the ``flwr`` connection to it, and wait until it answers."""
-    log_file = run_dir / "logs" / "superlink.log"
+    log_file = run_dir / LOGS_DIR / "superlink.log"
     process = runtime.start(superlink_command(settings), log_file, env)
     flwr_home = Path(env["FLWR_HOME"])
     ca_cert = settings.certs.ca_cert if settings.certs else None
@@ -147,7 +147,7 @@ def run_config(run_dir: Path, scenario: Scenario, *, resume: bool = False, audit
     Overrides are baked into the scenario file (Flower's run_config accepts only the keys pyproject declares); a
     resumed run reloads that file and adds any new overrides.
     """
-    resolved = run_dir / "scenario.input.yaml"
+    resolved = run_dir / SCENARIO_INPUT_FILE
     resolved.write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
     values: dict[str, Any] = {"scenario": str(resolved.resolve()), "out-dir": str(run_dir)}
     if resume:
@@ -161,5 +161,5 @@ def submit(run_dir: Path, values: Mapping[str, Any], superlink: subprocess.Popen
     """``flwr run`` the app with streamed logs, then wait for the ServerApp's summary."""
     code = runtime.flwr_run(CONNECTION, values, env)
     if code != 0:
-        raise RuntimeError(f"flwr run exited with code {code}; see {run_dir / 'logs' / 'superlink.log'}")
-    runtime.wait_for_file(run_dir / SUMMARY_FILE, superlink, run_dir / "logs" / "superlink.log")
+        raise RuntimeError(f"flwr run exited with code {code}; see {run_dir / LOGS_DIR / 'superlink.log'}")
+    runtime.wait_for_file(run_dir / SUMMARY_FILE, superlink, run_dir / LOGS_DIR / "superlink.log")

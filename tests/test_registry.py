@@ -1,0 +1,43 @@
+"""The algorithm registry: declared algorithm parameters and rank mixing."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedbrick_flower.registry import (
+    RUNTIME_ARGUMENTS,
+    AlgorithmEntry,
+    algorithm_names,
+    algorithm_parameters,
+    mixes_ranks,
+    rank_mixing_algorithms,
+    register,
+)
+
+
+def test_parameters_come_from_the_strategy_init_chain_minus_runtime_arguments() -> None:
+    # Execute
+    fedavg = algorithm_parameters("fedavg")
+    fedbrick = algorithm_parameters("fedbrick")
+
+    # Assert
+    assert list(fedavg) == ["resample_layers"]
+    assert fedavg["resample_layers"].default is False
+    assert fedbrick["resample_layers"].default is True  # the subclass's default wins
+    assert fedbrick["distill_lr"].default == pytest.approx(1e-4)
+    assert not set(fedbrick) & RUNTIME_ARGUMENTS
+
+
+def test_no_registered_algorithm_mixes_ranks_yet() -> None:
+    # Assert
+    assert [mixes_ranks(name) for name in algorithm_names()] == [False] * len(algorithm_names())
+    assert rank_mixing_algorithms() == []
+
+
+def test_registering_a_name_twice_is_refused() -> None:
+    # Prepare
+    entry = AlgorithmEntry(server="a:B", client="c:D", description="x")
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="'fedavg' is already registered"):
+        register("fedavg", entry)
