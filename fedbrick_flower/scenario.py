@@ -112,6 +112,7 @@ class ServerSettings:
     """Round mechanics on the server."""
 
     fraction_train: float = 1.0
+    min_train_clients: int = 1
     min_clients: int | None = None
     wire_dtype: str = "float32"
     max_update_mb: float = 64.0
@@ -426,6 +427,7 @@ RANGES: dict[str, Range] = {
     "lora.alpha": _POSITIVE,
     "lora.dropout": Range(0, 1, high_open=True),
     "server.fraction_train": Range(0, 1, low_open=True),
+    "server.min_train_clients": _AT_LEAST_1,
     "server.min_clients": _AT_LEAST_1,
     "server.max_update_mb": _POSITIVE,
     "server.node_wait_timeout": _POSITIVE,

@@ -8,13 +8,15 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from .preflight import check_scenario
 from .registry import server_class
 from .run_dir import CHECKPOINT_DIR, SUMMARY_FILE, RunRecorder, has_checkpoint, load_checkpoint
-from .runconfig import OUT_DIR_KEY, RESUME_KEY, scenario_from_run_config
+from .runconfig import OUT_DIR_KEY, RESUME_KEY, SCENARIO_KEY, scenario_overrides
 from .scenario import Scenario
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
@@ -22,26 +24,32 @@ app = ServerApp()
 logger = logging.getLogger(__name__)
 
 
-def build_strategy(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> HeterogeneousStrategy:
-    """The scenario's strategy, configured from its server settings and algorithm parameters.
+def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> dict[str, Any]:
+    """The strategy arguments the ServerApp fills in from the scenario's server settings (not algorithm params).
 
     The server waits for ``server.min_clients`` connected clients (all of the scenario's by default) and then
-    samples ``server.fraction_train`` of them for each round.
+    samples ``server.fraction_train`` of them for each round, at least ``server.min_train_clients``.
     """
     server = scenario.server
+    return {
+        "seed": scenario.seed,
+        "fraction_train": server.fraction_train,
+        "min_train_clients": server.min_train_clients,
+        "min_clients": server.min_clients or len(scenario.clients),
+        "expected_clients": len(scenario.clients),
+        "state_scope": state_scope,
+        "node_wait_timeout": server.node_wait_timeout,
+        "round_timeout": server.round_timeout,
+        "wire_dtype": server.wire_dtype,
+        "max_update_bytes": int(server.max_update_mb * 2**20),
+        "callbacks": callbacks,
+    }
+
+
+def build_strategy(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> HeterogeneousStrategy:
+    """The scenario's strategy: its registered class, the runtime arguments and the algorithm parameters."""
     return server_class(scenario.algorithm).from_scenario(
-        scenario,
-        seed=scenario.seed,
-        fraction_train=server.fraction_train,
-        min_clients=server.min_clients or len(scenario.clients),
-        expected_clients=len(scenario.clients),
-        state_scope=state_scope,
-        node_wait_timeout=server.node_wait_timeout,
-        round_timeout=server.round_timeout,
-        wire_dtype=server.wire_dtype,
-        max_update_bytes=int(server.max_update_mb * 2**20),
-        callbacks=callbacks,
-        **scenario.algorithm_params,
+        scenario, **runtime_arguments(scenario, callbacks, state_scope), **scenario.algorithm_params
     )
 
 
@@ -72,7 +80,8 @@ def _log_to_file(path: Path) -> None:
 def main(grid: Grid, context: Context) -> None:
     """Run the scenario named in ``run_config`` and write its run directory."""
     run_config = dict(context.run_config)
-    scenario = scenario_from_run_config(run_config)
+    # Every check before any client is asked: also for a run submitted with plain `flwr run .`.
+    scenario = check_scenario(str(run_config.get(SCENARIO_KEY, "smoke")), scenario_overrides(run_config))
     random.seed(scenario.seed)  # Flower's own node sampling uses the global RNG
     run_dir = run_directory(run_config, scenario).resolve()
     _log_to_file(run_dir / "logs" / "server.log")

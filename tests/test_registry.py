@@ -41,3 +41,16 @@ def test_registering_a_name_twice_is_refused() -> None:
     # Execute / Assert
     with pytest.raises(ValueError, match="'fedavg' is already registered"):
         register("fedavg", entry)
+
+
+def test_runtime_arguments_are_exactly_what_the_server_app_fills_in() -> None:
+    # Prepare
+    from fedbrick_flower.registry import RUNTIME_ARGUMENTS
+    from fedbrick_flower.scenario import load_scenario
+    from fedbrick_flower.server_app import runtime_arguments
+
+    # Execute
+    filled = set(runtime_arguments(load_scenario("smoke"), callbacks=[]))
+
+    # Assert: `scenario` is passed by from_scenario itself; the rest must not be mistaken for algorithm params
+    assert filled | {"scenario"} == set(RUNTIME_ARGUMENTS)
