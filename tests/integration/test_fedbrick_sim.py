@@ -28,10 +28,15 @@ def test_fedbrick_tiny_two_rounds(tmp_path: Path) -> None:
 
     # Assert: every update accepted, BRICKs distilled each round, overhead reported per client.
     assert summary["rounds_completed"] == 2 and summary["rejected_updates"] == 0
-    assert summary["global_accuracy"] is not None and summary["final_accuracy"] is not None
     assert set(summary["brick_storage_overhead"]) == {"bert-4", "bert-2", "bert-1"}
     assert summary["brick_storage_overhead"]["bert-4"] == 0.0
-    assert 0.0 < summary["brick_storage_overhead_max"] < 0.0144
+    # Overhead = the BRICKs a client runs (4 r d each, one per missing layer; r = 4, d = 64) over the rest of
+    # the network it reports, recomputed from its last training row.
+    for client, budget in (("bert-2", 2), ("bert-1", 1)):
+        last = [r for r in rows if r["phase"] == "train" and r["client"] == client][-1]
+        bricks = (4 - budget) * 4 * 4 * 64
+        expected = bricks / (last["model-parameters"] - bricks)
+        assert summary["brick_storage_overhead"][client] == pytest.approx(expected)
     distill = [r for r in rows if r["phase"] == "distill"]
     assert sorted({(r["round"], r["layer"]) for r in distill}) == [(r, g) for r in (1, 2) for g in range(4)]
     assert all(r["mse_after"] < r["mse_before"] for r in distill)
@@ -44,5 +49,8 @@ def test_fedbrick_minilm_mixed_depth(tmp_path: Path) -> None:
     # Assert: a 2-of-6 MiniLM client runs 4 BRICKs of 4 * 8 * 384 parameters: well under the paper's 1.44 %.
     assert summary["rounds_completed"] == 1 and summary["rejected_updates"] == 0
     assert summary["brick_storage_overhead_max"] == summary["brick_storage_overhead"]["edge-2"]
-    assert 0.0 < summary["brick_storage_overhead_max"] < 0.0144
+    edge = next(r for r in rows if r["phase"] == "train" and r["client"] == "edge-2")
+    bricks = 4 * 4 * 8 * 384  # four missing layers, one BRICK of 4 r d each (r = 8, d = 384)
+    assert summary["brick_storage_overhead_max"] == pytest.approx(bricks / (edge["model-parameters"] - bricks))
+    assert summary["brick_storage_overhead_max"] < 0.0144  # the paper's bound, met with room to spare
     assert any(r["phase"] == "distill" for r in rows)
