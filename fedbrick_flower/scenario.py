@@ -31,22 +31,68 @@ class ScenarioError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: a packaged dataset, optionally subsampled for speed."""
+    """One task: where its examples come from, what kind they are, and which fields hold them.
 
-    dataset: str
+    The examples come from at most one of ``dataset`` (a packaged dataset), ``train`` (a JSONL, CSV or Parquet
+    file, with an optional ``test`` file that becomes the server's test split) or ``hf_dataset`` (a Hugging Face
+    dataset: a hub id, a folder saved with ``save_to_disk``, or a local path ``datasets.load_dataset`` reads).
+    A task with none of them has its data on the devices only (each client names its own files). Relative
+    paths are read from the working directory. ``labels`` declares the label set (in class-id order); without
+    it the set is every label found in the task's data, sorted.
+    """
+
+    dataset: str | None = None
+    kind: str = "classification"
+    train: str | None = None
+    test: str | None = None
+    hf_dataset: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    hf_test_split: str | None = None
+    text: str = "text"
+    text_pair: str | None = None
+    label: str | None = None
+    prompt: str = "prompt"
+    response: str = "response"
+    labels: tuple[str | int, ...] | None = None
     max_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        # Labels are compared as strings everywhere (a JSONL label 1 and a declared label "1" are the same).
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(str(label).strip() for label in self.labels))
+
+    @property
+    def sources(self) -> list[str]:
+        """The fields that name this task's own data (at most one may be set)."""
+        return [name for name in ("dataset", "train", "hf_dataset") if getattr(self, name) is not None]
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    """How each task is split between the server (proxy, test) and the clients (train, test)."""
+    """How each task is split between the server (proxy, test) and the clients (train, test).
+
+    ``partition`` names a Flower Datasets partitioner (``iid``, ``dirichlet``, ``pathological``, ``shard``,
+    ``linear``, ``square``, ``exponential``) and ``partition_params`` its parameters; ``dirichlet_alpha`` is
+    the Dirichlet ``alpha`` when ``partition_params`` gives none. ``overlong`` says what happens to an example
+    longer than ``max_length`` tokens: ``truncate`` or ``drop`` (both counted and logged).
+    """
 
     partition: str = "iid"
+    partition_params: dict[str, Any] = field(default_factory=dict)
     dirichlet_alpha: float = 0.5
     proxy_fraction: float = 0.05
     server_test_fraction: float = 0.2
     client_test_fraction: float = 0.2
     max_length: int = 64
+    overlong: str = "truncate"
+
+    def partitioner_params(self) -> dict[str, Any]:
+        """The partitioner's parameters as given, with ``alpha`` from ``dirichlet_alpha`` for ``dirichlet``."""
+        params = dict(self.partition_params)
+        if self.partition == "dirichlet":
+            params.setdefault("alpha", self.dirichlet_alpha)
+        return params
 
 
 @dataclass(frozen=True)
@@ -96,7 +142,9 @@ class ClientProfile:
 
     ``layers`` is a depth budget (an int: the server allocates that many layers) or an explicit list of global
     layer indices the device keeps. ``group`` is the client's domain for per-group state (FedBRICK's BRICK
-    sets); it defaults to the task.
+    sets); it defaults to the task. ``train`` (and optionally ``test``) name the device's own data files (JSONL,
+    CSV or Parquet, read with the task's columns): only this device reads them, and it trains on them instead
+    of a share of the task's data.
     """
 
     id: str
@@ -108,6 +156,8 @@ class ClientProfile:
     dtype: str = "auto"
     batch_size: int | None = None
     group: str | None = None
+    train: str | None = None
+    test: str | None = None
 
     @property
     def domain(self) -> str:
@@ -263,13 +313,7 @@ def _check_semantics(scenario: Scenario) -> None:
 
     if scenario.algorithm not in algorithm_names():
         raise ScenarioError(f"algorithm: {scenario.algorithm!r} is not one of {algorithm_names()}")
-    data = scenario.data
-    if data.partition not in {"iid", "dirichlet"}:
-        raise ScenarioError(f"data.partition: {data.partition!r} is not one of ['iid', 'dirichlet']")
-    for name in ("proxy_fraction", "server_test_fraction", "client_test_fraction"):
-        value = getattr(data, name)
-        if not 0.0 <= value < 1.0:
-            raise ScenarioError(f"data.{name}: must be in [0, 1), got {value}")
+    _check_data(scenario)
     _positive(scenario.train, "train", ("local_steps", "batch_size", "eval_batch_size", "lr", "head_lr"))
     _positive(scenario.lora, "lora", ("rank", "alpha"))
     server = scenario.server
@@ -300,6 +344,76 @@ def _check_profile(profile: ClientProfile, where: str) -> None:
         raise ScenarioError(f"{where}.dtype: {profile.dtype!r} is not one of auto, float32, float16, bfloat16")
     if not (profile.device in {"auto", "cpu", "mps", "cuda"} or profile.device.startswith("cuda:")):
         raise ScenarioError(f"{where}.device: {profile.device!r} is not one of auto, cpu, mps, cuda, cuda:N")
+    _check_profile_data(profile, where)
+
+
+def _check_data(scenario: Scenario) -> None:
+    """The data settings, every task's source and fields, and that each client of a data-less task has files."""
+    from .data.checks import OVERLONG_POLICIES
+    from .data.partitioners import check_partition
+
+    data = scenario.data
+    if not isinstance(data.partition_params, dict):
+        raise ScenarioError(f"data.partition_params: must be a mapping, got {data.partition_params!r}")
+    try:
+        check_partition(data.partition, data.partitioner_params())
+    except ValueError as error:
+        raise ScenarioError(str(error)) from None
+    for name in ("proxy_fraction", "server_test_fraction", "client_test_fraction"):
+        value = getattr(data, name)
+        if not 0.0 <= value < 1.0:
+            raise ScenarioError(f"data.{name}: must be in [0, 1), got {value}")
+    if data.max_length < 1:
+        raise ScenarioError(f"data.max_length: must be >= 1, got {data.max_length}")
+    if data.overlong not in OVERLONG_POLICIES:
+        raise ScenarioError(f"data.overlong: {data.overlong!r} is not one of {list(OVERLONG_POLICIES)}")
+    for key, spec in scenario.tasks.items():
+        _check_task(spec, f"tasks.{key}")
+    for index, profile in enumerate(scenario.clients):
+        if not scenario.tasks[profile.task].sources and profile.train is None:
+            raise ScenarioError(
+                f"clients[{index}].train: task {profile.task!r} names no data of its own, so its clients must name "
+                f"their own files"
+            )
+
+
+def _check_task(spec: TaskSpec, where: str) -> None:
+    from .data.sources import FILE_FORMATS, TASK_KINDS
+
+    if spec.kind not in TASK_KINDS:
+        raise ScenarioError(f"{where}.kind: {spec.kind!r} is not one of {list(TASK_KINDS)}")
+    if len(spec.sources) > 1:
+        raise ScenarioError(f"{where}: give at most one of dataset, train, hf_dataset (got {spec.sources})")
+    if spec.test is not None and spec.train is None:
+        raise ScenarioError(f"{where}.test: a test file needs a train file")
+    for name in ("hf_config", "hf_test_split"):
+        if getattr(spec, name) is not None and spec.hf_dataset is None:
+            raise ScenarioError(f"{where}.{name}: only for a task with hf_dataset")
+    for name in ("train", "test"):
+        _check_data_file(getattr(spec, name), f"{where}.{name}", FILE_FORMATS)
+    if spec.labels is not None:
+        if spec.dataset is not None:
+            raise ScenarioError(f"{where}.labels: packaged dataset {spec.dataset!r} has its own label set")
+        if not spec.labels or len(set(spec.labels)) != len(spec.labels):
+            raise ScenarioError(f"{where}.labels: must be distinct and non-empty, got {list(spec.labels)}")
+    if not spec.sources and spec.kind == "classification" and spec.labels is None:
+        raise ScenarioError(f"{where}.labels: a task whose data lives only on the devices must declare its labels")
+    if spec.max_examples is not None and spec.max_examples < 1:
+        raise ScenarioError(f"{where}.max_examples: must be >= 1, got {spec.max_examples}")
+
+
+def _check_profile_data(profile: ClientProfile, where: str) -> None:
+    from .data.sources import FILE_FORMATS
+
+    if profile.test is not None and profile.train is None:
+        raise ScenarioError(f"{where}.test: a test file needs a train file")
+    for name in ("train", "test"):
+        _check_data_file(getattr(profile, name), f"{where}.{name}", FILE_FORMATS)
+
+
+def _check_data_file(path: str | None, where: str, formats: dict[str, str]) -> None:
+    if path is not None and Path(path).suffix.lower() not in formats:
+        raise ScenarioError(f"{where}: {path!r} is not one of the formats {sorted(formats)}")
 
 
 def _positive(settings: Any, where: str, names: tuple[str, ...]) -> None:

@@ -7,6 +7,7 @@ lives in the state handle (:mod:`fedbrick_flower.clients.state`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import yaml
 
 from ..adapters.lora import LoraSettings, adapter_tensors
 from ..assembly import LayerFillerFactory, build_classifier, cached_backbone, task_examples
-from ..data import EncodedExamples
+from ..data import EncodedExamples, label_mismatch, local_labels, task_labels
 from ..models import ModelSpec, SequenceClassifier, hidden_size, model_family, num_layers, resolve_device, resolve_dtype
 from ..runconfig import scenario_from_run_config
 from ..scenario import ClientProfile, Scenario, ScenarioError, parse_profile
@@ -29,7 +30,7 @@ def resolve_profile(scenario: Scenario, node_config: dict[str, Any]) -> ClientPr
         path = Path(str(node_config["profile"]))
         if not path.is_file():
             raise ScenarioError(f"node_config.profile: file {str(path)!r} does not exist")
-        profile = parse_profile(yaml.safe_load(path.read_text()), where=f"profile {path}")
+        profile = _anchored(parse_profile(yaml.safe_load(path.read_text()), where=f"profile {path}"), path.parent)
         scenario_models, scenario_tasks = scenario.models, scenario.tasks
         if profile.model not in scenario_models or profile.task not in scenario_tasks:
             raise ScenarioError(
@@ -45,6 +46,12 @@ def resolve_profile(scenario: Scenario, node_config: dict[str, Any]) -> ClientPr
             raise ScenarioError(f"node_config.partition-id: {index} is outside 0..{len(scenario.clients) - 1}")
         return scenario.clients[index]
     raise ScenarioError("node_config: give one of 'profile', 'client-id' or 'partition-id'")
+
+
+def _anchored(profile: ClientProfile, folder: Path) -> ClientProfile:
+    """The profile with its data file paths read relative to the profile file's folder."""
+    paths = {name: getattr(profile, name) for name in ("train", "test") if getattr(profile, name) is not None}
+    return dataclasses.replace(profile, **{name: str(folder / path) for name, path in paths.items()})
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,33 @@ class ClientSession:
 
     def examples(self, part: str) -> EncodedExamples:
         """This client's ``train`` or ``test`` examples."""
-        return task_examples(self.scenario, self.profile.task, part, self.profile.id, self.spec.tokenizer_source)
+        return task_examples(self.scenario, self.profile.task, part, self.profile, self.spec.tokenizer_source)
+
+    def data_report(self) -> dict[str, Any]:
+        """Counts and the label set of this client's data, never its examples (part of :meth:`describe`).
+
+        ``labels`` are the distinct labels of the device's own files as written, so that the server can refuse
+        a device whose labels do not fit the task (:func:`fedbrick_flower.data.label_mismatch`); a client that
+        trains on a share of the task's data reports the task's label names. None for an unlabelled task. A
+        device whose labels do not fit reports no counts: its examples cannot be encoded with the task's ids.
+        """
+        profile, spec = self.profile, self.scenario.tasks[self.profile.task]
+        expected = task_labels(spec)
+        labels = local_labels(spec, profile.train, profile.test) if profile.train is not None else expected
+        report: dict[str, Any] = {
+            "labels": list(labels) if labels is not None else None,
+            "own_data": bool(profile.train),
+        }
+        if label_mismatch(expected, labels) is not None:
+            return {**report, "num_train_examples": 0, "num_test_examples": 0, "num_truncated": 0, "num_dropped": 0}
+        train, test = self.examples("train"), self.examples("test")
+        return {
+            **report,
+            "num_train_examples": len(train),
+            "num_test_examples": len(test),
+            "num_truncated": train.truncated + test.truncated,
+            "num_dropped": train.dropped + test.dropped,
+        }
 
     def build(self, layers: list[int], filler: LayerFillerFactory | None = None) -> SequenceClassifier:
         """The client's network for this round, placed on its device (LoRA and head stay fp32)."""
@@ -116,6 +149,7 @@ class ClientSession:
             name.split(".", 2)[2]: list(value.shape) for name, value in tensors.items() if name.startswith("layers.0.")
         }
         head_schema = {name: list(value.shape) for name, value in tensors.items() if name.startswith("head.")}
+        data = self.data_report()
         return {
             "client_id": self.profile.id,
             "model": self.profile.model,
@@ -127,7 +161,8 @@ class ClientSession:
             "fixed_layers": list(layers) if isinstance(layers, tuple) else None,
             "layer_schema": layer_schema,
             "head_schema": head_schema,
-            "num_train_examples": len(self.examples("train")),
+            "num_train_examples": data.pop("num_train_examples"),
+            "extra": data,
         }
 
 

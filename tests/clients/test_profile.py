@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fedbrick_flower.clients.profile import ClientSession, resolve_profile
+from fedbrick_flower.data import DataError, label_mismatch
 from fedbrick_flower.scenario import ScenarioError, load_scenario
 
 
@@ -60,3 +63,67 @@ def test_a_budget_deeper_than_the_model_is_an_error() -> None:
     # Execute / Assert
     with pytest.raises(ScenarioError, match="bert-full.layers: 9 exceeds the 4 layers"):
         session.describe()
+
+
+def _device_scenario(tmp_path, rows_by_client: dict[str, list[tuple[str, str]]]):
+    """The smoke scenario on a task whose data lives on the devices: each client's own JSONL file."""
+    overrides = {"tasks": {"bbc": {"labels": ["neg", "pos"]}}, "data.client_test_fraction": 0.25}
+    for index, (client_id, rows) in enumerate(rows_by_client.items()):
+        path = tmp_path / f"{client_id}.jsonl"
+        path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
+        overrides[f"clients.{index}.train"] = str(path)
+    return load_scenario("smoke", overrides)
+
+
+def test_a_device_trains_on_its_own_file_and_reports_counts_and_labels_only(tmp_path) -> None:
+    # Prepare
+    rows = {
+        "bert-full": [(f"good {i}", "pos") for i in range(6)] + [(f"bad {i}", "neg") for i in range(2)],
+        "bert-edge": [(f"fine {i}", "pos") for i in range(4)],
+        "llama-edge": [("ok", "pos"), ("meh", "neg")],
+    }
+    scenario = _device_scenario(tmp_path, rows)
+    session = ClientSession(scenario, scenario.client("bert-full"))
+
+    # Execute
+    info = session.describe()
+    edge = ClientSession(scenario, scenario.client("bert-edge")).describe()
+
+    # Assert: 8 rows, a stratified quarter held out (2 of 6 pos, 1 of 2 neg... at least 1 per class)
+    assert info["num_train_examples"] + info["extra"]["num_test_examples"] == 8
+    assert info["extra"]["num_test_examples"] == 3 and info["num_train_examples"] == 5
+    assert info["extra"]["labels"] == ["neg", "pos"] and info["extra"]["own_data"] is True
+    assert edge["extra"]["labels"] == ["pos"] and edge["num_train_examples"] == 3
+    assert "good 0" not in json.dumps(info)
+
+
+def test_a_device_with_labels_outside_the_task_reports_them_without_counts(tmp_path) -> None:
+    # Prepare
+    rows = {"bert-full": [("x", "pos"), ("y", "spam"), ("z", "pos")]}
+    scenario = _device_scenario(tmp_path, rows | {"bert-edge": [("a", "pos")] * 2, "llama-edge": [("b", "neg")] * 2})
+    session = ClientSession(scenario, scenario.client("bert-full"))
+
+    # Execute
+    info = session.describe()
+
+    # Assert
+    assert info["extra"]["labels"] == ["pos", "spam"]
+    assert label_mismatch(("neg", "pos"), info["extra"]["labels"]) is not None
+    assert info["num_train_examples"] == 0
+    with pytest.raises(DataError, match=r"bert-full.jsonl row 2: field 'label': 'spam' is not among"):
+        session.examples("train")
+
+
+def test_a_profile_file_reads_its_data_relative_to_its_folder(tmp_path) -> None:
+    # Prepare
+    scenario = load_scenario("smoke")
+    (tmp_path / "device").mkdir()
+    profile_file = tmp_path / "device" / "phone.yaml"
+    profile_file.write_text("{id: phone, model: tiny-bert, task: bbc, train: mine.jsonl, test: /abs/test.csv}\n")
+
+    # Execute
+    profile = resolve_profile(scenario, {"profile": str(profile_file)})
+
+    # Assert
+    assert profile.train == str(tmp_path / "device" / "mine.jsonl")
+    assert profile.test == "/abs/test.csv"
