@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fedbrick_flower.assembly import task_split
 from fedbrick_flower.clients.profile import ClientSession, resolve_profile
 from fedbrick_flower.data import DataError, label_mismatch
 from fedbrick_flower.scenario import ScenarioError, load_scenario
@@ -127,3 +128,18 @@ def test_a_profile_file_reads_its_data_relative_to_its_folder(tmp_path) -> None:
     # Assert
     assert profile.train == str(tmp_path / "device" / "mine.jsonl")
     assert profile.test == "/abs/test.csv"
+
+
+def test_the_server_never_reads_the_devices_files(tmp_path) -> None:
+    # Prepare: the device files are gone, as they are on the server machine
+    scenario = _device_scenario(tmp_path, {"bert-full": [("a", "pos")], "bert-edge": [], "llama-edge": []})
+    for path in tmp_path.glob("*.jsonl"):
+        path.unlink()
+
+    # Execute
+    server_test = task_split(scenario, "bbc", "server_test", None)
+    proxy = task_split(scenario, "bbc", "proxy", None)
+
+    # Assert: no examples, the declared label set
+    assert len(server_test) == len(proxy) == 0
+    assert server_test.label_names == ("neg", "pos")
