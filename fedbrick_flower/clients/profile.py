@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..adapters.lora import LoraSettings, adapter_tensors
-from ..assembly import LayerFillerFactory, build_classifier, cached_backbone, task_examples
+from ..assembly import LayerFillerFactory, build_classifier, cached_backbone, task_examples, task_split
 from ..data import EncodedExamples, label_mismatch, local_labels, task_labels
 from ..models import ModelSpec, SequenceClassifier, hidden_size, model_family, num_layers, resolve_device, resolve_dtype
 from ..runconfig import scenario_from_run_config
@@ -109,12 +109,12 @@ class ClientSession:
 
         ``labels`` are the distinct labels of the device's own files as written, so that the server can refuse
         a device whose labels do not fit the task (:func:`fedbrick_flower.data.label_mismatch`); a client that
-        trains on a share of the task's data reports the task's label names. None for an unlabelled task. A
+        trains on a share of the task's data reports the labels of its share. None for an unlabelled task. A
         device whose labels do not fit reports no counts: its examples cannot be encoded with the task's ids.
         """
         profile, spec = self.profile, self.scenario.tasks[self.profile.task]
         expected = task_labels(spec)
-        labels = local_labels(spec, profile.train, profile.test) if profile.train is not None else expected
+        labels = local_labels(spec, profile.train, profile.test) if profile.train is not None else self._share_labels()
         report: dict[str, Any] = {
             "labels": list(labels) if labels is not None else None,
             "own_data": bool(profile.train),
@@ -129,6 +129,14 @@ class ClientSession:
             "num_truncated": train.truncated + test.truncated,
             "num_dropped": train.dropped + test.dropped,
         }
+
+    def _share_labels(self) -> tuple[str, ...] | None:
+        """The task's label names present in this client's share (train and test), in class-id order."""
+        parts = [task_split(self.scenario, self.profile.task, part, self.profile) for part in ("train", "test")]
+        if parts[0].labels is None:
+            return None
+        present = {label for part in parts for label in part.labels or ()}
+        return tuple(name for index, name in enumerate(parts[0].label_names) if index in present)
 
     def build(self, layers: list[int], filler: LayerFillerFactory | None = None) -> SequenceClassifier:
         """The client's network for this round, placed on its device (LoRA and head stay fp32)."""

@@ -1,60 +1,95 @@
 """Tasks (packaged datasets, the user's files, Hugging Face datasets), federated splits and batching.
 
-Names are imported on first use (PEP 562): the scenario is validated in every process, the CLI's included,
-with :mod:`.partitioners` and :mod:`.checks`, and that must not import torch (:mod:`.batches`) or
-``datasets``.
+``datasets`` and ``pyarrow`` are imported only where a partitioner, a Parquet file or a Hugging Face dataset is
+used.
 """
 
-from __future__ import annotations
+from fedbrick_flower.data.batches import (
+    EncodedExamples,
+    encode_examples,
+    ensure_pad_token,
+    iterate_batches,
+    select,
+)
+from fedbrick_flower.data.checks import (
+    OVERLONG_POLICIES,
+    LengthFit,
+    fit_lengths,
+    label_mismatch,
+    report_overlong,
+)
+from fedbrick_flower.data.loading import (
+    local_dataset,
+    local_labels,
+    task_dataset,
+    task_labels,
+)
+from fedbrick_flower.data.partition import (
+    ClientSplit,
+    FederatedSplit,
+    split_federated,
+    split_local,
+    stratified_holdout,
+)
+from fedbrick_flower.data.partitioners import (
+    PARTITIONERS,
+    PARTITIONS,
+    check_partition,
+    partition_pool,
+)
+from fedbrick_flower.data.sources import (
+    TASK_KINDS,
+    Columns,
+    DataError,
+    RawExamples,
+    label_set,
+    read_file,
+    read_hf_dataset,
+    to_dataset,
+)
+from fedbrick_flower.data.tasks import (
+    SENTIMENT_LABELS,
+    TASK_NAMES,
+    TextDataset,
+    load_task,
+    sentiment_label,
+)
 
-import importlib
-from typing import Any
-
-_EXPORTS: dict[str, str] = {
-    "EncodedExamples": "batches",
-    "encode_examples": "batches",
-    "ensure_pad_token": "batches",
-    "iterate_batches": "batches",
-    "select": "batches",
-    "OVERLONG_POLICIES": "checks",
-    "LengthFit": "checks",
-    "fit_lengths": "checks",
-    "label_mismatch": "checks",
-    "report_overlong": "checks",
-    "local_dataset": "loading",
-    "local_labels": "loading",
-    "task_dataset": "loading",
-    "task_labels": "loading",
-    "ClientSplit": "partition",
-    "FederatedSplit": "partition",
-    "split_federated": "partition",
-    "split_local": "partition",
-    "stratified_holdout": "partition",
-    "PARTITIONERS": "partitioners",
-    "PARTITIONS": "partitioners",
-    "check_partition": "partitioners",
-    "partition_pool": "partitioners",
-    "Columns": "sources",
-    "DataError": "sources",
-    "RawExamples": "sources",
-    "TASK_KINDS": "sources",
-    "label_set": "sources",
-    "read_file": "sources",
-    "read_hf_dataset": "sources",
-    "to_dataset": "sources",
-    "SENTIMENT_LABELS": "tasks",
-    "TASK_NAMES": "tasks",
-    "TextDataset": "tasks",
-    "load_task": "tasks",
-    "sentiment_label": "tasks",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__all__ = [
+    "ClientSplit",
+    "Columns",
+    "DataError",
+    "EncodedExamples",
+    "FederatedSplit",
+    "LengthFit",
+    "OVERLONG_POLICIES",
+    "PARTITIONERS",
+    "PARTITIONS",
+    "RawExamples",
+    "SENTIMENT_LABELS",
+    "TASK_KINDS",
+    "TASK_NAMES",
+    "TextDataset",
+    "check_partition",
+    "encode_examples",
+    "ensure_pad_token",
+    "fit_lengths",
+    "iterate_batches",
+    "label_mismatch",
+    "label_set",
+    "load_task",
+    "local_dataset",
+    "local_labels",
+    "partition_pool",
+    "read_file",
+    "read_hf_dataset",
+    "report_overlong",
+    "select",
+    "sentiment_label",
+    "split_federated",
+    "split_local",
+    "stratified_holdout",
+    "task_dataset",
+    "task_labels",
+    "to_dataset",
+]

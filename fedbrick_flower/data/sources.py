@@ -232,7 +232,7 @@ def _wanted(columns: Columns) -> tuple[str, ...]:
 
 def _field(row: Mapping[str, Any], name: str, where: str, number: int) -> Any:
     if name not in row:
-        raise DataError(f"{where}: row {number}: field {name!r} is missing (the row has {sorted(row)})")
+        raise DataError(f"{where}: row {number}: field {name!r} is missing (the row has {sorted(map(str, row))})")
     value = row[name]
     if isinstance(value, bytes):
         try:

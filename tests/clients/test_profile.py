@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedbrick_flower.assembly import task_split
+from fedbrick_flower.assembly import label_names, task_split
 from fedbrick_flower.clients.profile import ClientSession, resolve_profile
 from fedbrick_flower.data import DataError, label_mismatch
 from fedbrick_flower.scenario import ScenarioError, load_scenario
@@ -143,3 +143,20 @@ def test_the_server_never_reads_the_devices_files(tmp_path) -> None:
     # Assert: no examples, the declared label set
     assert len(server_test) == len(proxy) == 0
     assert server_test.label_names == ("neg", "pos")
+
+
+def test_a_client_on_a_pathological_share_reports_the_labels_of_its_share() -> None:
+    # Prepare
+    scenario = load_scenario(
+        "smoke",
+        {"data": {"partition": "pathological", "partition_params": {"num_classes_per_partition": 2}, "max_length": 16}},
+    )
+    sessions = [ClientSession(scenario, profile) for profile in scenario.clients]
+
+    # Execute
+    reports = [session.data_report() for session in sessions]
+
+    # Assert: each reports 2 of the 5 BBC topics, and its counts
+    assert [len(report["labels"]) for report in reports] == [2, 2, 2]
+    assert all(set(report["labels"]) <= set(label_names(scenario, "bbc")) for report in reports)
+    assert all(report["num_train_examples"] > 0 and report["own_data"] is False for report in reports)
