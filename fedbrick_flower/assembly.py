@@ -16,7 +16,16 @@ from typing import Any
 from torch import nn
 
 from .adapters.lora import LoraSettings, attach_lora, load_adapter_tensors, with_ranks_of
-from .data import EncodedExamples, encode_examples, load_task, select, split_federated
+from .data import (
+    EncodedExamples,
+    TextDataset,
+    encode_examples,
+    local_dataset,
+    split_federated,
+    split_local,
+    task_dataset,
+    task_labels,
+)
 from .models import (
     ModelSpec,
     SequenceClassifier,
@@ -28,7 +37,7 @@ from .models import (
     num_layers,
     stable_seed,
 )
-from .scenario import Scenario, ScenarioError
+from .scenario import ClientProfile, Scenario, ScenarioError
 
 LayerFillerFactory = Callable[[int], nn.Module]
 
@@ -49,34 +58,69 @@ def cached_config(spec: ModelSpec) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def task_examples(
-    scenario: Scenario, task: str, part: str, client_id: str | None, tokenizer_source: str
-) -> EncodedExamples:
-    """Encoded examples of one split of a task: ``proxy`` / ``server_test`` or a client's ``train`` / ``test``.
+def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile | None) -> TextDataset:
+    """The examples of one split of a task: ``proxy`` / ``server_test`` (``client`` None) or a client's ``train``
+    / ``test``.
 
-    Every process computes the same deterministic split from the scenario, so no data ever travels.
+    Every process computes the same deterministic split from the scenario, so no data ever travels. A client
+    whose profile names its own files (``train``, ``test``) reads only those; the task's data is partitioned
+    over its other clients.
     """
     spec = scenario.tasks[task]
-    dataset = load_task(spec.dataset)
     settings = scenario.data
+    if client is not None and client.train is not None:
+        dataset, num_test = local_dataset(task, spec, client.train, client.test)
+        split = split_local(
+            dataset, client.id, seed=scenario.seed, test_fraction=settings.client_test_fraction, num_test=num_test
+        )
+        return dataset.subset(getattr(split, part))
+    if not spec.sources:
+        # The task's data lives on the devices only: the server holds no proxy or test examples of it.
+        return TextDataset(task, (), () if spec.kind == "classification" else None, task_labels(spec) or ())
+    dataset, test_indices = task_dataset(task, spec)
+    sharing = [cid for cid in scenario.clients_of_task(task) if scenario.client(cid).train is None]
     split = split_federated(
         dataset,
-        scenario.clients_of_task(task) or ["server-only"],
+        sharing or ["server-only"],
         seed=scenario.seed,
         proxy_fraction=settings.proxy_fraction,
         server_test_fraction=settings.server_test_fraction,
         client_test_fraction=settings.client_test_fraction,
         partition=settings.partition,
-        dirichlet_alpha=settings.dirichlet_alpha,
+        partition_params=settings.partitioner_params(),
         max_examples=spec.max_examples,
+        test_indices=test_indices,
     )
-    indices = getattr(split.clients[client_id], part) if client_id is not None else getattr(split, part)
-    texts, labels = select(dataset, indices)
-    return encode_examples(load_tokenizer(tokenizer_source), texts, labels, settings.max_length)
+    indices = getattr(split.clients[client.id], part) if client is not None else getattr(split, part)
+    return dataset.subset(indices)
+
+
+@functools.lru_cache(maxsize=16)
+def task_examples(
+    scenario: Scenario, task: str, part: str, client: ClientProfile | None, tokenizer_source: str
+) -> EncodedExamples:
+    """Encoded examples of :func:`task_split`, cut or dropped at ``data.max_length`` as ``data.overlong`` says."""
+    rows = task_split(scenario, task, part, client)
+    settings = scenario.data
+    return encode_examples(
+        load_tokenizer(tokenizer_source),
+        rows.texts,
+        rows.strata,
+        settings.max_length,
+        text_pairs=rows.text_pairs,
+        overlong=settings.overlong,
+        origins=rows.origins,
+        what=f"task {task}, {client.id if client is not None else 'server'}, {part}",
+    )
+
+
+def label_names(scenario: Scenario, task: str) -> tuple[str, ...]:
+    """The task's class names in class-id order (declared, packaged, or found in the task's data)."""
+    return task_labels(scenario.tasks[task]) or ()
 
 
 def num_labels(scenario: Scenario, task: str) -> int:
-    return load_task(scenario.tasks[task].dataset).num_labels
+    return len(label_names(scenario, task))
 
 
 def scenario_lora(scenario: Scenario, rank: int | None = None) -> LoraSettings:

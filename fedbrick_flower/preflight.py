@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .data import PARTITIONS, TASK_NAMES
+from .data import TASK_NAMES
 from .models.families import FAMILIES
 from .models.sources import COMPLETE_MARKER, PACKAGED_MODELS, default_cache_dir
 from .registry import algorithm_names, algorithm_parameters
@@ -101,13 +101,8 @@ def dataset_problems(scenario: Scenario) -> list[str]:
         f"tasks.{key}.dataset: {task.dataset!r} is not a known dataset (one of: {', '.join(TASK_NAMES)})"
         f"{did_you_mean(task.dataset, TASK_NAMES)}"
         for key, task in scenario.tasks.items()
-        if task.dataset not in TASK_NAMES
+        if task.dataset is not None and task.dataset not in TASK_NAMES
     ]
-    partition = scenario.data.partition
-    if partition not in PARTITIONS:
-        problems.append(
-            f"data.partition: {partition!r} is not one of {', '.join(PARTITIONS)}{did_you_mean(partition, PARTITIONS)}"
-        )
     return problems
 
 

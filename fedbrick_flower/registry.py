@@ -64,6 +64,7 @@ RUNTIME_ARGUMENTS = frozenset(
         "min_clients",
         "expected_clients",
         "state_scope",
+        "task_labels",
         "node_wait_timeout",
         "round_timeout",
         "wire_dtype",

@@ -59,22 +59,68 @@ def _describe(problems: list[str], source: str | None) -> str:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: a packaged dataset, optionally subsampled for speed."""
+    """One task: where its examples come from, what kind they are, and which fields hold them.
 
-    dataset: str
+    The examples come from at most one of ``dataset`` (a packaged dataset), ``train`` (a JSONL, CSV or Parquet
+    file, with an optional ``test`` file that becomes the server's test split) or ``hf_dataset`` (a Hugging Face
+    dataset: a hub id, a folder saved with ``save_to_disk``, or a local path ``datasets.load_dataset`` reads).
+    A task with none of them has its data on the devices only (each client names its own files). Relative
+    paths are read from the working directory. ``labels`` declares the label set (in class-id order); without
+    it the set is every label found in the task's data, sorted.
+    """
+
+    dataset: str | None = None
+    kind: str = "classification"
+    train: str | None = None
+    test: str | None = None
+    hf_dataset: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    hf_test_split: str | None = None
+    text: str = "text"
+    text_pair: str | None = None
+    label: str | None = None
+    prompt: str = "prompt"
+    response: str = "response"
+    labels: tuple[str | int, ...] | None = None
     max_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        # Labels are compared as strings everywhere (a JSONL label 1 and a declared label "1" are the same).
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(str(label).strip() for label in self.labels))
+
+    @property
+    def sources(self) -> list[str]:
+        """The fields that name this task's own data (at most one may be set)."""
+        return [name for name in ("dataset", "train", "hf_dataset") if getattr(self, name) is not None]
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    """How each task is split between the server (proxy, test) and the clients (train, test)."""
+    """How each task is split between the server (proxy, test) and the clients (train, test).
+
+    ``partition`` names a Flower Datasets partitioner (``iid``, ``dirichlet``, ``pathological``, ``shard``,
+    ``linear``, ``square``, ``exponential``) and ``partition_params`` its parameters; ``dirichlet_alpha`` is
+    the Dirichlet ``alpha`` when ``partition_params`` gives none. ``overlong`` says what happens to an example
+    longer than ``max_length`` tokens: ``truncate`` or ``drop`` (both counted and logged).
+    """
 
     partition: str = "iid"
+    partition_params: dict[str, Any] = field(default_factory=dict)
     dirichlet_alpha: float = 0.5
     proxy_fraction: float = 0.05
     server_test_fraction: float = 0.2
     client_test_fraction: float = 0.2
     max_length: int = 64
+    overlong: str = "truncate"
+
+    def partitioner_params(self) -> dict[str, Any]:
+        """The partitioner's parameters as given, with ``alpha`` from ``dirichlet_alpha`` for ``dirichlet``."""
+        params = dict(self.partition_params)
+        if self.partition == "dirichlet":
+            params.setdefault("alpha", self.dirichlet_alpha)
+        return params
 
 
 @dataclass(frozen=True)
@@ -134,7 +180,9 @@ class ClientProfile:
 
     ``layers`` is a depth budget (an int: the server allocates that many layers) or an explicit list of global
     layer indices the device keeps. ``group`` is the client's domain for per-group state (FedBRICK's BRICK
-    sets); it defaults to the task.
+    sets); it defaults to the task. ``train`` (and optionally ``test``) name the device's own data files (JSONL,
+    CSV or Parquet, read with the task's columns): only this device reads them, and it trains on them instead
+    of a share of the task's data.
     """
 
     id: str
@@ -146,6 +194,8 @@ class ClientProfile:
     dtype: str = "auto"
     batch_size: int | None = None
     group: str | None = None
+    train: str | None = None
+    test: str | None = None
 
     @property
     def domain(self) -> str:
@@ -468,6 +518,7 @@ def semantic_problems(scenario: Scenario, raw_clients: int | None = None) -> lis
             "leaves no data for the clients (the sum must be < 1)"
         )
     problems += _lora_problems(scenario.lora)
+    problems += _data_problems(scenario)
     server = scenario.server
     if server.min_clients is not None and scenario.clients and server.min_clients > len(scenario.clients):
         problems.append(f"server.min_clients: must be <= the {len(scenario.clients)} clients, got {server.min_clients}")
@@ -544,7 +595,81 @@ def _profile_problems(profile: ClientProfile, where: str) -> list[str]:
         head, _, name = path.rpartition(".")
         if head == "clients[]":
             problems += _value_problems(path, f"{where}.{name}", getattr(profile, name))
+    return problems + _profile_data_problems(profile, where)
+
+
+def _data_problems(scenario: Scenario) -> list[str]:
+    """The partitioner and its parameters, the overlong policy, every task's source and fields, and that each
+    client of a data-less task names files of its own."""
+    from .data.checks import OVERLONG_POLICIES
+    from .data.partitioners import PARTITIONS, check_partition
+
+    data, problems = scenario.data, []
+    if data.partition not in PARTITIONS:
+        hint = did_you_mean(data.partition, PARTITIONS)
+        problems.append(f"data.partition: {data.partition!r} is not one of {', '.join(PARTITIONS)}{hint}")
+    elif not isinstance(data.partition_params, dict):
+        problems.append(f"data.partition_params: must be a mapping, got {data.partition_params!r}")
+    elif not (data.partition == "dirichlet" and "alpha" not in data.partition_params and data.dirichlet_alpha <= 0):
+        # (a non-positive ``dirichlet_alpha`` is reported once, under its own name, by the range check)
+        try:
+            check_partition(data.partition, data.partitioner_params())
+        except ValueError as error:
+            problems.append(str(error))
+    if data.overlong not in OVERLONG_POLICIES:
+        problems.append(f"data.overlong: {data.overlong!r} is not one of {list(OVERLONG_POLICIES)}")
+    for key, spec in scenario.tasks.items():
+        problems += _task_problems(spec, f"tasks.{key}")
+    for index, profile in enumerate(scenario.clients):
+        task = scenario.tasks.get(profile.task)
+        if task is not None and not task.sources and profile.train is None:
+            problems.append(
+                f"clients[{index}].train: task {profile.task!r} names no data of its own, so its clients must name "
+                "their own files"
+            )
     return problems
+
+
+def _task_problems(spec: TaskSpec, where: str) -> list[str]:
+    from .data.sources import FILE_FORMATS, TASK_KINDS
+
+    problems = []
+    if spec.kind not in TASK_KINDS:
+        problems.append(f"{where}.kind: {spec.kind!r} is not one of {list(TASK_KINDS)}")
+    if len(spec.sources) > 1:
+        problems.append(f"{where}: give at most one of dataset, train, hf_dataset (got {spec.sources})")
+    if spec.test is not None and spec.train is None:
+        problems.append(f"{where}.test: a test file needs a train file")
+    for name in ("hf_config", "hf_test_split"):
+        if getattr(spec, name) is not None and spec.hf_dataset is None:
+            problems.append(f"{where}.{name}: only for a task with hf_dataset")
+    for name in ("train", "test"):
+        problems += _data_file_problems(getattr(spec, name), f"{where}.{name}", FILE_FORMATS)
+    if spec.labels is not None:
+        if spec.dataset is not None:
+            problems.append(f"{where}.labels: packaged dataset {spec.dataset!r} has its own label set")
+        elif not spec.labels or len(set(spec.labels)) != len(spec.labels):
+            problems.append(f"{where}.labels: must be distinct and non-empty, got {list(spec.labels)}")
+    if not spec.sources and spec.kind == "classification" and spec.labels is None:
+        problems.append(f"{where}.labels: a task whose data lives only on the devices must declare its labels")
+    return problems
+
+
+def _profile_data_problems(profile: ClientProfile, where: str) -> list[str]:
+    from .data.sources import FILE_FORMATS
+
+    problems = []
+    if profile.test is not None and profile.train is None:
+        problems.append(f"{where}.test: a test file needs a train file")
+    for name in ("train", "test"):
+        problems += _data_file_problems(getattr(profile, name), f"{where}.{name}", FILE_FORMATS)
+    return problems
+
+
+def _data_file_problems(path: str | None, where: str, formats: dict[str, str]) -> list[str]:
+    if path is not None and Path(path).suffix.lower() not in formats:
+        return [f"{where}: {path!r} is not one of the formats {sorted(formats)}"]
+    return []
 
 
 def did_you_mean(value: Any, allowed: Iterable[str]) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from .data import task_labels
 from .preflight import check_scenario
 from .registry import server_class
 from .run_dir import CHECKPOINT_DIR, SUMMARY_FILE, RunRecorder, has_checkpoint, load_checkpoint
@@ -38,6 +39,7 @@ def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_
         "min_clients": server.min_clients or len(scenario.clients),
         "expected_clients": len(scenario.clients),
         "state_scope": state_scope,
+        "task_labels": {key: task_labels(spec) for key, spec in scenario.tasks.items()},
         "node_wait_timeout": server.node_wait_timeout,
         "round_timeout": server.round_timeout,
         "wire_dtype": server.wire_dtype,

@@ -47,6 +47,19 @@ def test_every_builtin_scenario_is_valid(name: str) -> None:
         ("algorithm", "fedsgd", "algorithm: 'fedsgd' is not one of"),
         ("train.lr", -1.0, "train.lr: must be > 0"),
         ("train.learning_rate", 0.1, "train.learning_rate: unknown field"),
+        ("data.partition", "shards", "data.partition: 'shards'"),
+        ("data.partition_params", [1], "data.partition_params: must be a mapping"),
+        ("data.partition_params", {"alpha": 0.5}, "data.partition_params.alpha: not a parameter of partitioner 'iid'"),
+        ("data", {"partition": "dirichlet", "dirichlet_alpha": 0.0}, "data.dirichlet_alpha: must be > 0"),
+        ("data.overlong", "cut", "data.overlong: 'cut' is not one of"),
+        ("data.max_length", 0, "data.max_length: must be >= 2"),
+        ("tasks.bbc.kind", "regression", "tasks.bbc.kind: 'regression' is not one of"),
+        ("tasks.bbc.train", "x.jsonl", r"tasks.bbc: give at most one of dataset, train, hf_dataset"),
+        ("tasks.bbc.labels", ["a"], "tasks.bbc.labels: packaged dataset 'bbc-news' has its own label set"),
+        ("tasks.bbc.test", "t.jsonl", "tasks.bbc.test: a test file needs a train file"),
+        ("tasks.bbc.hf_test_split", "test", "tasks.bbc.hf_test_split: only for a task with hf_dataset"),
+        ("clients.0.train", "data.txt", r"clients\[0\].train: 'data.txt' is not one of the formats"),
+        ("clients.0.test", "t.csv", r"clients\[0\].test: a test file needs a train file"),
         ("server.wire_dtype", "bfloat16", "server.wire_dtype: 'bfloat16'"),
         ("clients.1.layers", 0, r"clients\[1\].layers: a depth budget must be >= 1"),
         ("clients.1.layers", [1, 1], r"clients\[1\].layers: must be distinct"),
@@ -58,6 +71,43 @@ def test_every_builtin_scenario_is_valid(name: str) -> None:
 def test_errors_name_the_field_and_value(path: str, value, message: str) -> None:
     with pytest.raises(ScenarioError, match=message):
         parse_scenario(_with(path, value))
+
+
+def test_data_partition_takes_a_partitioner_and_its_parameters() -> None:
+    # Execute
+    pathological = parse_scenario(
+        _with("data", {"partition": "pathological", "partition_params": {"num_classes_per_partition": 2}})
+    )
+    legacy = parse_scenario(_with("data", {"partition": "dirichlet", "dirichlet_alpha": 0.3}))
+    given = parse_scenario(_with("data", {"partition": "dirichlet", "partition_params": {"alpha": 2}}))
+
+    # Assert
+    assert pathological.data.partitioner_params() == {"num_classes_per_partition": 2}
+    assert legacy.data.partitioner_params() == {"alpha": 0.3}
+    assert given.data.partitioner_params() == {"alpha": 2}
+
+
+def test_file_tasks_and_device_only_tasks() -> None:
+    # Prepare
+    files = _with("tasks.bbc", {"train": "train.jsonl", "test": "test.csv", "text": "body", "labels": [0, 1]})
+    devices = _with("tasks.bbc", {"labels": ["neg", "pos"]})
+    for index, name in enumerate(["a.jsonl", "b.parquet", "c.csv"]):
+        devices["clients"][index]["train"] = name
+    undeclared = _with("tasks.bbc", {"kind": "classification"})
+    missing_file = copy.deepcopy(devices)
+    del missing_file["clients"][1]["train"]
+
+    # Execute
+    by_files = parse_scenario(files)
+    on_devices = parse_scenario(devices)
+
+    # Assert
+    assert by_files.tasks["bbc"].labels == ("0", "1") and by_files.tasks["bbc"].text == "body"
+    assert [c.train for c in on_devices.clients] == ["a.jsonl", "b.parquet", "c.csv"]
+    with pytest.raises(ScenarioError, match="tasks.bbc.labels: a task whose data lives only on the devices"):
+        parse_scenario(undeclared)
+    with pytest.raises(ScenarioError, match=r"clients\[1\].train: task 'bbc' names no data of its own"):
+        parse_scenario(missing_file)
 
 
 def test_models_need_exactly_one_of_source_or_family() -> None:

@@ -7,6 +7,7 @@ lives in the state handle (:mod:`fedbrick_flower.clients.state`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,16 @@ import yaml
 from ..adapters.base import AdapterKind, combined_schema, kind_class
 from ..adapters.lora import LoraKind, LoraSettings, adapter_tensors, head_schema
 from ..adapters.naming import parse_layer_tensor_name
-from ..assembly import LayerFillerFactory, build_classifier, cached_config, num_labels, scenario_lora, task_examples
-from ..data import EncodedExamples
+from ..assembly import (
+    LayerFillerFactory,
+    build_classifier,
+    cached_config,
+    num_labels,
+    scenario_lora,
+    task_examples,
+    task_split,
+)
+from ..data import EncodedExamples, label_mismatch, local_labels, task_labels
 from ..models import (
     ModelDims,
     ModelSpec,
@@ -41,7 +50,7 @@ def resolve_profile(scenario: Scenario, node_config: dict[str, Any]) -> ClientPr
         path = Path(str(node_config["profile"]))
         if not path.is_file():
             raise ScenarioError(f"node_config.profile: file {str(path)!r} does not exist")
-        profile = parse_profile(yaml.safe_load(path.read_text()), where=f"profile {path}")
+        profile = _anchored(parse_profile(yaml.safe_load(path.read_text()), where=f"profile {path}"), path.parent)
         scenario_models, scenario_tasks = scenario.models, scenario.tasks
         if profile.model not in scenario_models or profile.task not in scenario_tasks:
             raise ScenarioError(
@@ -57,6 +66,12 @@ def resolve_profile(scenario: Scenario, node_config: dict[str, Any]) -> ClientPr
             raise ScenarioError(f"node_config.partition-id: {index} is outside 0..{len(scenario.clients) - 1}")
         return scenario.clients[index]
     raise ScenarioError("node_config: give one of 'profile', 'client-id' or 'partition-id'")
+
+
+def _anchored(profile: ClientProfile, folder: Path) -> ClientProfile:
+    """The profile with its data file paths read relative to the profile file's folder."""
+    paths = {name: getattr(profile, name) for name in ("train", "test") if getattr(profile, name) is not None}
+    return dataclasses.replace(profile, **{name: str(folder / path) for name, path in paths.items()})
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,41 @@ class ClientSession:
 
     def examples(self, part: str) -> EncodedExamples:
         """This client's ``train`` or ``test`` examples."""
-        return task_examples(self.scenario, self.profile.task, part, self.profile.id, self.spec.tokenizer_source)
+        return task_examples(self.scenario, self.profile.task, part, self.profile, self.spec.tokenizer_source)
+
+    def data_report(self) -> dict[str, Any]:
+        """Counts and the label set of this client's data, never its examples (part of :meth:`describe`).
+
+        ``labels`` are the distinct labels of the device's own files as written, so that the server can refuse
+        a device whose labels do not fit the task (:func:`fedbrick_flower.data.label_mismatch`); a client that
+        trains on a share of the task's data reports the labels of its share. None for an unlabelled task. A
+        device whose labels do not fit reports no counts: its examples cannot be encoded with the task's ids.
+        """
+        profile, spec = self.profile, self.scenario.tasks[self.profile.task]
+        expected = task_labels(spec)
+        labels = local_labels(spec, profile.train, profile.test) if profile.train is not None else self._share_labels()
+        report: dict[str, Any] = {
+            "labels": list(labels) if labels is not None else None,
+            "own_data": bool(profile.train),
+        }
+        if label_mismatch(expected, labels) is not None:
+            return {**report, "num_train_examples": 0, "num_test_examples": 0, "num_truncated": 0, "num_dropped": 0}
+        train, test = self.examples("train"), self.examples("test")
+        return {
+            **report,
+            "num_train_examples": len(train),
+            "num_test_examples": len(test),
+            "num_truncated": train.truncated + test.truncated,
+            "num_dropped": train.dropped + test.dropped,
+        }
+
+    def _share_labels(self) -> tuple[str, ...] | None:
+        """The task's label names present in this client's share (train and test), in class-id order."""
+        parts = [task_split(self.scenario, self.profile.task, part, self.profile) for part in ("train", "test")]
+        if parts[0].labels is None:
+            return None
+        present = {label for part in parts for label in part.labels or ()}
+        return tuple(name for index, name in enumerate(parts[0].label_names) if index in present)
 
     def build(self, layers: list[int], filler: LayerFillerFactory | None = None) -> SequenceClassifier:
         """The client's network for this round, placed on its device (LoRA and head stay fp32)."""
@@ -149,6 +198,7 @@ class ClientSession:
             parsed = parse_layer_tensor_name(name)
             if parsed is not None:
                 layer_schema[f"{parsed[1]}.{parsed[2]}"] = list(shape)
+        data = self.data_report()
         return {
             "client_id": self.profile.id,
             "model": self.profile.model,
@@ -172,7 +222,8 @@ class ClientSession:
                 name: list(shape)
                 for name, shape in head_schema(num_labels(self.scenario, self.profile.task), dims.hidden_size).items()
             },
-            "num_train_examples": len(self.examples("train")),
+            "num_train_examples": data.pop("num_train_examples"),
+            "extra": data,
         }
 
 

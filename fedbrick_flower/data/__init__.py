@@ -1,45 +1,64 @@
-"""Offline text-classification tasks, federated splits and batching."""
+"""Tasks (packaged datasets, the user's files, Hugging Face datasets), federated splits and batching.
 
-from fedbrick_flower.data.batches import (
-    EncodedExamples,
-    encode_examples,
-    ensure_pad_token,
-    iterate_batches,
-    select,
-)
-from fedbrick_flower.data.partition import (
-    PARTITIONS,
-    ClientSplit,
-    FederatedSplit,
-    dirichlet_partition,
-    iid_partition,
-    split_federated,
-    stratified_holdout,
-)
-from fedbrick_flower.data.tasks import (
-    SENTIMENT_LABELS,
-    TASK_NAMES,
-    TextDataset,
-    load_task,
-    sentiment_label,
-)
+``datasets`` and ``pyarrow`` are imported only where a partitioner, a Parquet file or a Hugging Face dataset is
+used.
 
-__all__ = [
-    "PARTITIONS",
-    "SENTIMENT_LABELS",
-    "TASK_NAMES",
-    "ClientSplit",
-    "EncodedExamples",
-    "FederatedSplit",
-    "TextDataset",
-    "dirichlet_partition",
-    "encode_examples",
-    "ensure_pad_token",
-    "iid_partition",
-    "iterate_batches",
-    "load_task",
-    "select",
-    "sentiment_label",
-    "split_federated",
-    "stratified_holdout",
-]
+Names are loaded from their submodule on first use (PEP 562), so reading a scenario or a device profile
+that only needs the light modules (sources, checks, partitioner names) imports no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "EncodedExamples": "batches",
+    "encode_examples": "batches",
+    "ensure_pad_token": "batches",
+    "iterate_batches": "batches",
+    "select": "batches",
+    "OVERLONG_POLICIES": "checks",
+    "LengthFit": "checks",
+    "fit_lengths": "checks",
+    "label_mismatch": "checks",
+    "report_overlong": "checks",
+    "local_dataset": "loading",
+    "local_labels": "loading",
+    "task_dataset": "loading",
+    "task_labels": "loading",
+    "ClientSplit": "partition",
+    "FederatedSplit": "partition",
+    "split_federated": "partition",
+    "split_local": "partition",
+    "stratified_holdout": "partition",
+    "PARTITIONERS": "partitioners",
+    "PARTITIONS": "partitioners",
+    "check_partition": "partitioners",
+    "partition_pool": "partitioners",
+    "TASK_KINDS": "sources",
+    "Columns": "sources",
+    "DataError": "sources",
+    "RawExamples": "sources",
+    "label_set": "sources",
+    "read_file": "sources",
+    "read_hf_dataset": "sources",
+    "to_dataset": "sources",
+    "SENTIMENT_LABELS": "tasks",
+    "TASK_NAMES": "tasks",
+    "TextDataset": "tasks",
+    "load_task": "tasks",
+    "sentiment_label": "tasks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``name`` from its submodule the first time it is asked for."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

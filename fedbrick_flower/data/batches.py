@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fedbrick_flower.data.checks import fit_lengths, report_overlong
 from fedbrick_flower.data.tasks import TextDataset
 
 if TYPE_CHECKING:
@@ -26,11 +27,17 @@ class EncodedExamples:
         1 for real tokens and 0 for padding, shape ``(N, T)``, dtype long.
     labels : torch.Tensor
         Class ids, shape ``(N,)``, dtype long.
+    truncated : int
+        How many of the examples were cut to ``max_length`` tokens.
+    dropped : int
+        How many examples longer than ``max_length`` were left out (not among the ``N``).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    truncated: int = 0
+    dropped: int = 0
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -89,10 +96,17 @@ def encode_examples(
     texts: Sequence[str],
     labels: Sequence[int],
     max_length: int,
+    *,
+    text_pairs: Sequence[str] | None = None,
+    overlong: str = "truncate",
+    origins: Sequence[str] | None = None,
+    what: str = "examples",
 ) -> EncodedExamples:
-    """Tokenize ``texts`` with truncation, padding to the longest encoded text.
+    """Tokenize ``texts`` (or text pairs), padding to the longest encoded example.
 
-    Calls :func:`ensure_pad_token` on ``tokenizer`` first.
+    Examples longer than ``max_length`` tokens are cut to it or left out (``overlong``), counted in the
+    result and logged (:func:`~fedbrick_flower.data.checks.report_overlong`). Calls :func:`ensure_pad_token`
+    on ``tokenizer`` first.
 
     Parameters
     ----------
@@ -104,25 +118,45 @@ def encode_examples(
         Class id of each example.
     max_length : int
         Truncation length in tokens (special tokens included).
+    text_pairs : sequence of str, optional
+        The second text of each example (pair tasks); the pair is cut longest-first.
+    overlong : {"truncate", "drop"}, default "truncate"
+        What happens to examples longer than ``max_length``.
+    origins : sequence of str, optional
+        Where each example was read, to name the first overlong one in the log.
+    what : str, default "examples"
+        What these examples are, for the log (``"task reviews, client c1, train"``).
 
     Returns
     -------
     EncodedExamples
-        Tensors of width ``min(longest encoded text, max_length)``.
+        Tensors of width ``min(longest encoded example, max_length)``.
     """
     if len(texts) != len(labels):
         raise ValueError(f"texts and labels differ in length: {len(texts)} != {len(labels)}")
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise ValueError(f"texts and text_pairs differ in length: {len(texts)} != {len(text_pairs)}")
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     ensure_pad_token(tokenizer)
-    label_tensor = torch.tensor(list(labels), dtype=torch.long)
     if not texts:
         # Tokenizers reject an empty batch, yet an empty set is valid (a client
         # without a local test split).
         empty = torch.zeros((0, 0), dtype=torch.long)
-        return EncodedExamples(input_ids=empty, attention_mask=empty.clone(), labels=label_tensor)
+        return EncodedExamples(input_ids=empty, attention_mask=empty.clone(), labels=torch.zeros(0, dtype=torch.long))
+    pairs = list(text_pairs) if text_pairs is not None else None
+    lengths = [len(ids) for ids in tokenizer(list(texts), pairs, truncation=False)["input_ids"]]
+    fit = fit_lengths(lengths, max_length, overlong)
+    report_overlong(fit, max_length, what, origins)
+    kept_texts = [texts[i] for i in fit.keep]
+    kept_pairs = [pairs[i] for i in fit.keep] if pairs is not None else None
+    label_tensor = torch.tensor([labels[i] for i in fit.keep], dtype=torch.long)
+    if not kept_texts:
+        empty = torch.zeros((0, 0), dtype=torch.long)
+        return EncodedExamples(empty, empty.clone(), label_tensor, dropped=len(fit.dropped))
     encoded = tokenizer(
-        list(texts),
+        kept_texts,
+        kept_pairs,
         truncation=True,
         max_length=max_length,
         padding="longest",
@@ -132,6 +166,8 @@ def encode_examples(
         input_ids=encoded["input_ids"].long(),
         attention_mask=encoded["attention_mask"].long(),
         labels=label_tensor,
+        truncated=len(fit.truncated),
+        dropped=len(fit.dropped),
     )
 
 
@@ -184,7 +220,7 @@ def select(dataset: TextDataset, indices: Sequence[int]) -> tuple[list[str], lis
     Parameters
     ----------
     dataset : TextDataset
-        Source task.
+        Source task (labelled).
     indices : sequence of int
         Example indices, e.g. a client's ``train`` split.
 
@@ -193,4 +229,5 @@ def select(dataset: TextDataset, indices: Sequence[int]) -> tuple[list[str], lis
     texts, labels : list of str, list of int
         In the order of ``indices``.
     """
-    return [dataset.texts[i] for i in indices], [dataset.labels[i] for i in indices]
+    labels = dataset.strata
+    return [dataset.texts[i] for i in indices], [labels[i] for i in indices]

@@ -3,19 +3,23 @@
 Every process of a federation (the server and each client) calls
 :func:`split_federated` with the same arguments and must get the same indices, so
 everything here draws from a :class:`numpy.random.Generator` built from an explicit
-seed, iterates classes in sorted order and returns sorted index lists.
+seed, iterates classes in sorted order and returns sorted index lists. The clients'
+shares come from a Flower Datasets partitioner (:mod:`.partitioners`); the server's
+stratified proxy and test hold-outs, and each client's train/test split, are here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from fedbrick_flower.data.partitioners import check_partition, partition_pool
 from fedbrick_flower.data.tasks import TextDataset
 
-PARTITIONS: tuple[str, ...] = ("iid", "dirichlet")
 # Seeds derived per split_federated call: subsample, proxy, server test, partition,
 # then one per client. SeedSequence streams are prefix-stable, so the server's splits
 # do not change with the number of clients.
@@ -84,94 +88,6 @@ def stratified_holdout(
     return sorted(held), sorted(index for index in indices if index not in held_set)
 
 
-def iid_partition(indices: Sequence[int], num_partitions: int, seed: int) -> list[list[int]]:
-    """Shuffle ``indices`` and deal them into partitions of near-equal size.
-
-    Parameters
-    ----------
-    indices : sequence of int
-        The examples to distribute.
-    num_partitions : int
-        Number of partitions, at least 1.
-    seed : int
-        Seed of the shuffle.
-
-    Returns
-    -------
-    list of list of int
-        ``num_partitions`` sorted, disjoint partitions whose sizes differ by at most 1.
-    """
-    _check_num_partitions(num_partitions)
-    shuffled = np.random.default_rng(seed).permutation(np.asarray(indices, dtype=np.int64))
-    return [sorted(part.tolist()) for part in np.array_split(shuffled, num_partitions)]
-
-
-def dirichlet_partition(
-    labels: Sequence[int],
-    indices: Sequence[int],
-    num_partitions: int,
-    alpha: float,
-    seed: int,
-    min_partition_size: int = 10,
-    max_tries: int = 100,
-) -> list[list[int]]:
-    """Distribute each class over the partitions with Dirichlet(alpha) proportions.
-
-    Small ``alpha`` gives label-skewed (non-IID) partitions; large ``alpha``
-    approaches IID. Draws are repeated until every partition holds at least
-    ``min_partition_size`` examples.
-
-    Parameters
-    ----------
-    labels : sequence of int
-        Class id of every example of the task (indexed by example index).
-    indices : sequence of int
-        The examples to distribute.
-    num_partitions : int
-        Number of partitions, at least 1.
-    alpha : float
-        Dirichlet concentration, greater than 0.
-    seed : int
-        Seed of the draws.
-    min_partition_size : int, default 10
-        Smallest acceptable partition.
-    max_tries : int, default 100
-        Number of draws before giving up.
-
-    Returns
-    -------
-    list of list of int
-        ``num_partitions`` sorted, disjoint partitions whose union is ``indices``.
-
-    Raises
-    ------
-    ValueError
-        On invalid parameters, or if no draw satisfies ``min_partition_size``.
-    """
-    _check_num_partitions(num_partitions)
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
-    if max_tries < 1:
-        raise ValueError(f"max_tries must be >= 1, got {max_tries}")
-    if len(indices) < num_partitions * min_partition_size:
-        raise ValueError(
-            f"min_partition_size={min_partition_size} is unreachable: "
-            f"{len(indices)} examples cannot give {num_partitions} partitions "
-            f"that many each"
-        )
-    rng = np.random.default_rng(seed)
-    classes = _by_class(labels, indices)
-    for _ in range(max_tries):
-        parts = _dirichlet_draw(classes, num_partitions, alpha, rng)
-        if min(len(part) for part in parts) >= min_partition_size:
-            return [sorted(part) for part in parts]
-    raise ValueError(
-        f"no Dirichlet(alpha={alpha}) draw in max_tries={max_tries} gave every "
-        f"partition min_partition_size={min_partition_size} examples; raise alpha, "
-        f"lower min_partition_size or use fewer partitions"
-    )
-
-
 def split_federated(
     dataset: TextDataset,
     client_ids: Sequence[str],
@@ -181,20 +97,22 @@ def split_federated(
     server_test_fraction: float = 0.2,
     client_test_fraction: float = 0.2,
     partition: str = "iid",
-    dirichlet_alpha: float = 0.5,
+    partition_params: Mapping[str, Any] | None = None,
     max_examples: int | None = None,
+    test_indices: Sequence[int] | None = None,
 ) -> FederatedSplit:
     """Split a task into a server proxy set, a server test set and client shares.
 
     Steps: optional stratified subsample to ``max_examples``; stratified hold-out
     of the proxy split, then of the server test split (both fractions are of the
-    whole, subsampled, task); partition of the remaining pool over ``client_ids``;
-    stratified train/test split of each client's share.
+    whole, subsampled, task) unless ``test_indices`` gives the server test split;
+    partition of the remaining pool over ``client_ids``; stratified train/test
+    split of each client's share.
 
     Parameters
     ----------
     dataset : TextDataset
-        The task to split.
+        The task to split (unlabelled examples are stratified as one class).
     client_ids : sequence of str
         Distinct client ids; partition ``k`` goes to ``client_ids[k]``.
     seed : int
@@ -206,13 +124,18 @@ def split_federated(
     client_test_fraction : float, default 0.2
         Share of each client's data held out for local evaluation (at least 1
         example when > 0).
-    partition : {"iid", "dirichlet"}, default "iid"
-        How the pool is distributed over the clients.
-    dirichlet_alpha : float, default 0.5
-        Concentration for ``partition="dirichlet"``.
+    partition : str, default "iid"
+        The Flower Datasets partitioner that distributes the pool over the clients,
+        one of :data:`~fedbrick_flower.data.partitioners.PARTITIONS`.
+    partition_params : mapping, optional
+        Its parameters (``{"alpha": 0.5}``, ``{"num_classes_per_partition": 2}``...).
     max_examples : int, optional
         Subsample the task to about this many examples first (per-class rounding
-        may shift the total by at most one per class).
+        may shift the total by at most one per class). ``test_indices`` are kept.
+    test_indices : sequence of int, optional
+        The server test split as given (a task's own test file); these examples
+        are kept out of the proxy and the pool, and ``server_test_fraction`` is
+        not used.
 
     Returns
     -------
@@ -224,30 +147,59 @@ def split_federated(
     ValueError
         On invalid parameters, or if a client would get too few examples.
     """
-    _check_split_arguments(
-        client_ids,
-        proxy_fraction,
-        server_test_fraction,
-        client_test_fraction,
-        partition,
-        dirichlet_alpha,
-    )
+    _check_split_arguments(client_ids, proxy_fraction, server_test_fraction, client_test_fraction)
+    params = check_partition(partition, partition_params)
     seeds = _derive_seeds(seed, _NUM_STAGE_SEEDS + len(client_ids))
     subsample_seed, proxy_seed, test_seed, partition_seed = seeds[:_NUM_STAGE_SEEDS]
-    labels = dataset.labels
-    pool = _subsample(labels, max_examples, subsample_seed)
+    labels = dataset.strata
+    fixed_test = sorted(set(test_indices)) if test_indices is not None else None
+    held = set(fixed_test or ())
+    candidates = [index for index in range(len(dataset)) if index not in held]
+    pool = _subsample(labels, candidates, max_examples, subsample_seed)
     proxy, pool = stratified_holdout(labels, pool, proxy_fraction, proxy_seed)
-    # Rescaled so that server_test_fraction is a share of the whole task.
-    server_test, pool = stratified_holdout(labels, pool, server_test_fraction / (1 - proxy_fraction), test_seed)
-    if partition == "iid":
-        shares = iid_partition(pool, len(client_ids), partition_seed)
+    if fixed_test is None:
+        # Rescaled so that server_test_fraction is a share of the whole task.
+        server_test, pool = stratified_holdout(labels, pool, server_test_fraction / (1 - proxy_fraction), test_seed)
     else:
-        shares = dirichlet_partition(labels, pool, len(client_ids), dirichlet_alpha, partition_seed)
+        server_test = fixed_test
+    shares = partition_pool(partition, params, dataset.labels, pool, len(client_ids), partition_seed)
     clients = {
         client_id: _split_client(labels, share, client_test_fraction, client_seed, client_id)
         for client_id, share, client_seed in zip(client_ids, shares, seeds[_NUM_STAGE_SEEDS:], strict=True)
     }
     return FederatedSplit(proxy=tuple(proxy), server_test=tuple(server_test), clients=clients)
+
+
+def split_local(
+    dataset: TextDataset, client_id: str, *, seed: int, test_fraction: float, num_test: int = 0
+) -> ClientSplit:
+    """Train/test split of a device's own examples.
+
+    Parameters
+    ----------
+    dataset : TextDataset
+        The device's examples: its train file, followed by its test file when it has one.
+    client_id : str
+        The device's client id (its split's seed derives from it).
+    seed : int
+        The scenario seed.
+    test_fraction : float
+        Share of the examples held out for local evaluation (stratified) when the device has no test file.
+    num_test : int, default 0
+        How many of the last examples come from the device's test file; when > 0 they are the test split and
+        every other example is for training.
+
+    Returns
+    -------
+    ClientSplit
+        Sorted, disjoint train and test indices into ``dataset``.
+    """
+    if num_test > 0:
+        cut = len(dataset) - num_test
+        return ClientSplit(train=tuple(range(cut)), test=tuple(range(cut, len(dataset))))
+    _check_fraction("client_test_fraction", test_fraction)
+    client_seed = int(np.random.SeedSequence([seed, zlib.crc32(client_id.encode())]).generate_state(1)[0])
+    return _split_client(dataset.strata, list(range(len(dataset))), test_fraction, client_seed, client_id)
 
 
 def _by_class(labels: Sequence[int], indices: Sequence[int]) -> list[list[int]]:
@@ -266,33 +218,15 @@ def _holdout_size(class_size: int, fraction: float) -> int:
     return size
 
 
-def _dirichlet_draw(
-    classes: list[list[int]],
-    num_partitions: int,
-    alpha: float,
-    rng: np.random.Generator,
-) -> list[list[int]]:
-    """One Dirichlet assignment of every class's (shuffled) members to partitions."""
-    parts: list[list[int]] = [[] for _ in range(num_partitions)]
-    for members in classes:
-        proportions = rng.dirichlet(np.full(num_partitions, alpha))
-        cuts = (np.cumsum(proportions)[:-1] * len(members)).astype(int)
-        shuffled = rng.permutation(members)
-        for part, chunk in zip(parts, np.split(shuffled, cuts), strict=True):
-            part.extend(chunk.tolist())
-    return parts
-
-
-def _subsample(labels: Sequence[int], max_examples: int | None, seed: int) -> list[int]:
-    """All example indices, or a stratified sample of about ``max_examples`` of them."""
-    everything = list(range(len(labels)))
+def _subsample(labels: Sequence[int], candidates: list[int], max_examples: int | None, seed: int) -> list[int]:
+    """``candidates``, or a stratified sample of about ``max_examples`` of them."""
     if max_examples is None:
-        return everything
+        return candidates
     if max_examples < 1:
         raise ValueError(f"max_examples must be >= 1 or None, got {max_examples}")
-    if max_examples >= len(everything):
-        return everything
-    sample, _ = stratified_holdout(labels, everything, max_examples / len(everything), seed)
+    if max_examples >= len(candidates):
+        return candidates
+    sample, _ = stratified_holdout(labels, candidates, max_examples / len(candidates), seed)
     return sample
 
 
@@ -329,18 +263,11 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
-def _check_num_partitions(num_partitions: int) -> None:
-    if num_partitions < 1:
-        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
-
-
 def _check_split_arguments(
     client_ids: Sequence[str],
     proxy_fraction: float,
     server_test_fraction: float,
     client_test_fraction: float,
-    partition: str,
-    dirichlet_alpha: float,
 ) -> None:
     """Validate :func:`split_federated` arguments, naming the offending parameter."""
     if not client_ids:
@@ -354,7 +281,3 @@ def _check_split_arguments(
         raise ValueError(
             f"proxy_fraction + server_test_fraction must be < 1, got {proxy_fraction} + {server_test_fraction}"
         )
-    if partition not in PARTITIONS:
-        raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
-    if partition == "dirichlet" and not dirichlet_alpha > 0:
-        raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")

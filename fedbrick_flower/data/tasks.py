@@ -8,6 +8,7 @@ import, and the client import path must stay lean.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import html
 import importlib.util
@@ -42,29 +43,41 @@ _NUM_CHATTERBOT_TOPICS = 8
 
 @dataclass(frozen=True)
 class TextDataset:
-    """An in-memory labelled text-classification dataset.
+    """An in-memory task: classification texts (or text pairs) with labels, or generative prompt/response pairs.
 
     Attributes
     ----------
     name : str
         Task name (one of :data:`TASK_NAMES` for built-in tasks).
     texts : tuple of str
-        The examples, in a deterministic order.
-    labels : tuple of int
-        Class id of each example, in ``range(num_labels)``.
+        The text of each example (the prompt of a generative example), in a deterministic order.
+    labels : tuple of int or None
+        Class id of each example, in ``range(num_labels)``; None for unlabelled (generative) examples.
     label_names : tuple of str
-        Human-readable name of each class id.
+        Human-readable name of each class id (empty when unlabelled).
+    text_pairs : tuple of str or None
+        The second text of each example of a pair task.
+    responses : tuple of str or None
+        The response of each example of a generative task.
+    origins : tuple of str or None
+        Where each example was read (``"<file> row <n>"``), for errors that name the row; None for packaged
+        tasks.
     """
 
     name: str
     texts: tuple[str, ...]
-    labels: tuple[int, ...]
+    labels: tuple[int, ...] | None
     label_names: tuple[str, ...]
+    text_pairs: tuple[str, ...] | None = None
+    responses: tuple[str, ...] | None = None
+    origins: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if len(self.texts) != len(self.labels):
-            raise ValueError(f"texts and labels differ in length: {len(self.texts)} != {len(self.labels)}")
-        bad = [label for label in self.labels if not 0 <= label < len(self.label_names)]
+        for field_name in ("labels", "text_pairs", "responses", "origins"):
+            values = getattr(self, field_name)
+            if values is not None and len(values) != len(self.texts):
+                raise ValueError(f"texts and {field_name} differ in length: {len(self.texts)} != {len(values)}")
+        bad = [label for label in self.labels or () if not 0 <= label < len(self.label_names)]
         if bad:
             raise ValueError(f"labels out of range(num_labels={self.num_labels}): {bad[:5]}")
 
@@ -73,8 +86,47 @@ class TextDataset:
         """Number of classes."""
         return len(self.label_names)
 
+    @property
+    def strata(self) -> tuple[int, ...]:
+        """The labels, or one class for unlabelled examples: what stratified splits group by."""
+        return self.labels if self.labels is not None else (0,) * len(self.texts)
+
     def __len__(self) -> int:
         return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> TextDataset:
+        """The examples at ``indices``, in that order."""
+
+        def pick(values: tuple | None) -> tuple | None:
+            return None if values is None else tuple(values[i] for i in indices)
+
+        return dataclasses.replace(
+            self,
+            texts=pick(self.texts),
+            labels=pick(self.labels),
+            text_pairs=pick(self.text_pairs),
+            responses=pick(self.responses),
+            origins=pick(self.origins),
+        )
+
+    def concat(self, other: TextDataset) -> TextDataset:
+        """These examples followed by ``other``'s (same label names and fields)."""
+        if other.label_names != self.label_names:
+            raise ValueError(f"label names differ: {self.label_names} != {other.label_names}")
+
+        def join(first: tuple | None, second: tuple | None, field_name: str) -> tuple | None:
+            if (first is None) != (second is None):
+                raise ValueError(f"one dataset has {field_name} and the other has none")
+            return None if first is None else first + second
+
+        return dataclasses.replace(
+            self,
+            texts=self.texts + other.texts,
+            labels=join(self.labels, other.labels, "labels"),
+            text_pairs=join(self.text_pairs, other.text_pairs, "text_pairs"),
+            responses=join(self.responses, other.responses, "responses"),
+            origins=join(self.origins, other.origins, "origins"),
+        )
 
 
 @functools.cache

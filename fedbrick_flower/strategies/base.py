@@ -15,7 +15,7 @@ import json
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from logging import ERROR, INFO, WARNING
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
 from ..adapters.naming import names_for_layers
+from ..data.checks import label_mismatch
 from ..records import (
     ADAPTERS_KEY,
     CONFIG_KEY,
@@ -72,8 +73,6 @@ class ClientInfo:
     alpha: float = 0.0
     roles: list[str] = field(default_factory=list)
     adapter_kinds: list[str] = field(default_factory=lambda: ["lora"])
-    labels: list[str] | None = None
-    num_test_examples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     node_id: int = 0
 
@@ -146,6 +145,9 @@ class HeterogeneousStrategy(Strategy):
     resample_layers : bool (default: False)
         Draw each client's layers anew every round within its depth budget (FedRA allocation). Otherwise a
         client holds the layers its profile fixes, or the first ``budget`` layers.
+    task_labels : Mapping[str, Sequence[str] | None], optional
+        Each task's label set. A registering client whose training labels (reported as counts and names, never
+        examples) are not all among its task's labels is refused, with the reason logged under its id.
     state_scope : str (default: "")
         Names the run for the clients' durable state: a device keeps its state file across a restart of its
         SuperNode, or of the server resuming the same run, and ignores one written for another run.
@@ -166,6 +168,7 @@ class HeterogeneousStrategy(Strategy):
         wire_dtype: str = "float32",
         max_update_bytes: int = 64 * 2**20,
         resample_layers: bool = False,
+        task_labels: Mapping[str, Sequence[str] | None] | None = None,
         state_scope: str = "",
         callbacks: Sequence[RoundCallback] = (),
     ) -> None:
@@ -180,6 +183,7 @@ class HeterogeneousStrategy(Strategy):
         self.max_update_bytes = max_update_bytes
         self.resample_layers = resample_layers
         self.state_scope = state_scope
+        self.task_labels = dict(task_labels or {})
         self.callbacks = list(callbacks)
         self.clients: dict[str, ClientInfo] = {}
         self.round_layers: dict[str, list[int]] = {}
@@ -575,8 +579,13 @@ class HeterogeneousStrategy(Strategy):
         self._stop_if_unreachable()
 
     def refuse(self, info: ClientInfo) -> str | None:
-        """Why a registering client cannot take part (None: it can). Subclasses add their own conditions."""
-        return None
+        """Why a registering client cannot take part (None: it can). Subclasses add their own conditions.
+
+        A node whose own training labels are not all labels of its task is refused (device-local data).
+        """
+        if info.task not in self.task_labels:
+            return None
+        return label_mismatch(self.task_labels[info.task], info.extra.get("labels"))
 
     def _registration_failed(self, node: int, reason: str) -> None:
         self._failed_nodes[node] = reason

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from fedbrick_flower.assembly import label_names, task_split
 from fedbrick_flower.clients.profile import ClientSession, resolve_profile
+from fedbrick_flower.data import DataError, label_mismatch
 from fedbrick_flower.scenario import ScenarioError, load_scenario
 
 
@@ -87,3 +91,99 @@ def test_description_carries_sizes_rank_roles_and_kinds_without_building_a_model
     assert info["layer_schema"]["mlp.down_proj.lora_A"] == [8, 512]
     assert len(info["layer_schema"]) == 14  # 7 projections x (A, B); the BRICKs are not per-layer LoRA names
     assert info["head_schema"] == {"head.weight": [5, 256], "head.bias": [5]}
+
+
+def _device_scenario(tmp_path, rows_by_client: dict[str, list[tuple[str, str]]]):
+    """The smoke scenario on a task whose data lives on the devices: each client's own JSONL file."""
+    overrides = {"tasks": {"bbc": {"labels": ["neg", "pos"]}}, "data.client_test_fraction": 0.25}
+    for index, (client_id, rows) in enumerate(rows_by_client.items()):
+        path = tmp_path / f"{client_id}.jsonl"
+        path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
+        overrides[f"clients.{index}.train"] = str(path)
+    return load_scenario("smoke", overrides)
+
+
+def test_a_device_trains_on_its_own_file_and_reports_counts_and_labels_only(tmp_path) -> None:
+    # Prepare
+    rows = {
+        "bert-full": [(f"good {i}", "pos") for i in range(6)] + [(f"bad {i}", "neg") for i in range(2)],
+        "bert-edge": [(f"fine {i}", "pos") for i in range(4)],
+        "llama-edge": [("ok", "pos"), ("meh", "neg")],
+    }
+    scenario = _device_scenario(tmp_path, rows)
+    session = ClientSession(scenario, scenario.client("bert-full"))
+
+    # Execute
+    info = session.describe()
+    edge = ClientSession(scenario, scenario.client("bert-edge")).describe()
+
+    # Assert: 8 rows, a stratified quarter held out (2 of 6 pos, 1 of 2 neg... at least 1 per class)
+    assert info["num_train_examples"] + info["extra"]["num_test_examples"] == 8
+    assert info["extra"]["num_test_examples"] == 3 and info["num_train_examples"] == 5
+    assert info["extra"]["labels"] == ["neg", "pos"] and info["extra"]["own_data"] is True
+    assert edge["extra"]["labels"] == ["pos"] and edge["num_train_examples"] == 3
+    assert "good 0" not in json.dumps(info)
+
+
+def test_a_device_with_labels_outside_the_task_reports_them_without_counts(tmp_path) -> None:
+    # Prepare
+    rows = {"bert-full": [("x", "pos"), ("y", "spam"), ("z", "pos")]}
+    scenario = _device_scenario(tmp_path, rows | {"bert-edge": [("a", "pos")] * 2, "llama-edge": [("b", "neg")] * 2})
+    session = ClientSession(scenario, scenario.client("bert-full"))
+
+    # Execute
+    info = session.describe()
+
+    # Assert
+    assert info["extra"]["labels"] == ["pos", "spam"]
+    assert label_mismatch(("neg", "pos"), info["extra"]["labels"]) is not None
+    assert info["num_train_examples"] == 0
+    with pytest.raises(DataError, match=r"bert-full.jsonl row 2: field 'label': 'spam' is not among"):
+        session.examples("train")
+
+
+def test_a_profile_file_reads_its_data_relative_to_its_folder(tmp_path) -> None:
+    # Prepare
+    scenario = load_scenario("smoke")
+    (tmp_path / "device").mkdir()
+    profile_file = tmp_path / "device" / "phone.yaml"
+    profile_file.write_text("{id: phone, model: tiny-bert, task: bbc, train: mine.jsonl, test: /abs/test.csv}\n")
+
+    # Execute
+    profile = resolve_profile(scenario, {"profile": str(profile_file)})
+
+    # Assert
+    assert profile.train == str(tmp_path / "device" / "mine.jsonl")
+    assert profile.test == "/abs/test.csv"
+
+
+def test_the_server_never_reads_the_devices_files(tmp_path) -> None:
+    # Prepare: the device files are gone, as they are on the server machine
+    scenario = _device_scenario(tmp_path, {"bert-full": [("a", "pos")], "bert-edge": [], "llama-edge": []})
+    for path in tmp_path.glob("*.jsonl"):
+        path.unlink()
+
+    # Execute
+    server_test = task_split(scenario, "bbc", "server_test", None)
+    proxy = task_split(scenario, "bbc", "proxy", None)
+
+    # Assert: no examples, the declared label set
+    assert len(server_test) == len(proxy) == 0
+    assert server_test.label_names == ("neg", "pos")
+
+
+def test_a_client_on_a_pathological_share_reports_the_labels_of_its_share() -> None:
+    # Prepare
+    scenario = load_scenario(
+        "smoke",
+        {"data": {"partition": "pathological", "partition_params": {"num_classes_per_partition": 2}, "max_length": 16}},
+    )
+    sessions = [ClientSession(scenario, profile) for profile in scenario.clients]
+
+    # Execute
+    reports = [session.data_report() for session in sessions]
+
+    # Assert: each reports 2 of the 5 BBC topics, and its counts
+    assert [len(report["labels"]) for report in reports] == [2, 2, 2]
+    assert all(set(report["labels"]) <= set(label_names(scenario, "bbc")) for report in reports)
+    assert all(report["num_train_examples"] > 0 and report["own_data"] is False for report in reports)

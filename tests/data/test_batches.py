@@ -198,3 +198,25 @@ def test_select_and_encode_a_client_split(tokenizer: PreTrainedTokenizerBase) ->
     assert batch["input_ids"].shape[0] == 16
     assert batch["input_ids"].shape[1] <= 64
     assert int(batch["labels"].max()) < dataset.num_labels
+
+
+def test_overlong_examples_are_truncated_or_dropped_and_counted(tokenizer: PreTrainedTokenizerBase) -> None:
+    # Execute: only "word " * 200 is longer than 16 tokens
+    truncated = encode_examples(tokenizer, TEXTS, LABELS, max_length=16)
+    dropped = encode_examples(tokenizer, TEXTS, LABELS, max_length=16, overlong="drop")
+
+    # Assert
+    assert (truncated.truncated, truncated.dropped, len(truncated)) == (1, 0, 5)
+    assert (dropped.truncated, dropped.dropped, len(dropped)) == (0, 1, 4)
+    assert dropped.labels.tolist() == [0, 1, 0, 2]
+    assert int(dropped.attention_mask.sum(dim=1).max()) < 16
+
+
+def test_text_pairs_are_encoded_together(tokenizer: PreTrainedTokenizerBase) -> None:
+    # Execute
+    single = encode_examples(tokenizer, ["is it"], [0], max_length=32)
+    pair = encode_examples(tokenizer, ["is it"], [0], max_length=32, text_pairs=["yes it is"])
+
+    # Assert: [CLS] is it [SEP] yes it is [SEP]
+    assert pair.input_ids.shape[1] == single.input_ids.shape[1] + 4
+    assert pair.input_ids[0, -1] == tokenizer.sep_token_id and (pair.input_ids[0] == tokenizer.sep_token_id).sum() == 2

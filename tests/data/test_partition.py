@@ -1,4 +1,4 @@
-"""Tests for the deterministic stratified, IID and Dirichlet splits."""
+"""Tests for the deterministic federated split: stratified hold-outs, partitioned pool, device-local splits."""
 
 import json
 import math
@@ -15,16 +15,16 @@ import fedbrick_flower
 from fedbrick_flower.data import (
     FederatedSplit,
     TextDataset,
-    dirichlet_partition,
-    iid_partition,
     load_task,
     split_federated,
+    split_local,
     stratified_holdout,
 )
 
 # 50 + 30 + 2 + 1 examples of four classes.
 TOY_LABELS = [0] * 50 + [1] * 30 + [2] * 2 + [3]
 CLIENTS = ["alice", "bob", "carol", "dave"]
+DIRICHLET = {"alpha": 0.5}
 
 
 def _toy_dataset(labels: Sequence[int]) -> TextDataset:
@@ -100,73 +100,6 @@ def test_stratified_holdout_depends_on_seed_only() -> None:
     assert first != other
 
 
-def test_iid_partition_is_balanced_and_complete() -> None:
-    # Execute
-    parts = iid_partition(range(103), num_partitions=4, seed=0)
-
-    # Assert
-    assert sorted(len(part) for part in parts) == [25, 26, 26, 26]
-    assert sorted(i for part in parts for i in part) == list(range(103))
-    assert parts == iid_partition(range(103), num_partitions=4, seed=0)
-    assert parts != iid_partition(range(103), num_partitions=4, seed=1)
-
-
-def test_dirichlet_partition_is_complete_and_respects_min_size() -> None:
-    # Prepare
-    labels = [i % 5 for i in range(500)]
-
-    # Execute
-    parts = dirichlet_partition(labels, range(500), 6, alpha=0.3, seed=0)
-
-    # Assert
-    assert sorted(i for part in parts for i in part) == list(range(500))
-    assert min(len(part) for part in parts) >= 10
-    assert parts == dirichlet_partition(labels, range(500), 6, alpha=0.3, seed=0)
-
-
-def test_small_alpha_skews_labels_more_than_iid() -> None:
-    # Prepare
-    labels = [i % 5 for i in range(1000)]
-
-    # Execute
-    skewed = dirichlet_partition(labels, range(1000), 8, alpha=0.1, seed=0)
-    near_iid = dirichlet_partition(labels, range(1000), 8, alpha=100.0, seed=0)
-    iid = iid_partition(range(1000), 8, seed=0)
-
-    # Assert
-    uniform = math.log(5)
-    assert _mean_label_entropy(labels, iid) > 0.95 * uniform
-    assert _mean_label_entropy(labels, near_iid) > 0.95 * uniform
-    assert _mean_label_entropy(labels, skewed) < 0.7 * uniform
-
-
-def test_dirichlet_partition_rejects_an_unreachable_min_size() -> None:
-    # Execute
-    with pytest.raises(ValueError) as error:
-        dirichlet_partition([0] * 30, range(30), 4, alpha=1.0, seed=0)
-
-    # Assert
-    assert "min_partition_size" in str(error.value)
-
-
-def test_dirichlet_partition_gives_up_after_max_tries() -> None:
-    # Prepare: only an exactly even draw could give 4 partitions of 25 each.
-    labels = [i % 2 for i in range(100)]
-
-    # Execute
-    with pytest.raises(ValueError) as error:
-        dirichlet_partition(labels, range(100), 4, 0.1, seed=0, min_partition_size=25, max_tries=5)
-
-    # Assert
-    assert "max_tries=5" in str(error.value)
-
-
-def test_dirichlet_partition_rejects_non_positive_alpha() -> None:
-    # Execute / Assert
-    with pytest.raises(ValueError, match="alpha"):
-        dirichlet_partition(TOY_LABELS, range(80), 2, alpha=0.0, seed=0)
-
-
 def test_split_federated_is_disjoint_and_complete() -> None:
     # Prepare
     dataset = load_task("bbc-news")
@@ -189,9 +122,9 @@ def test_split_federated_is_deterministic_per_seed() -> None:
     dataset = load_task("chatterbot")
 
     # Execute
-    first = split_federated(dataset, CLIENTS, seed=3, partition="dirichlet")
-    again = split_federated(dataset, CLIENTS, seed=3, partition="dirichlet")
-    other = split_federated(dataset, CLIENTS, seed=4, partition="dirichlet")
+    first = split_federated(dataset, CLIENTS, seed=3, partition="dirichlet", partition_params=DIRICHLET)
+    again = split_federated(dataset, CLIENTS, seed=3, partition="dirichlet", partition_params=DIRICHLET)
+    other = split_federated(dataset, CLIENTS, seed=4, partition="dirichlet", partition_params=DIRICHLET)
 
     # Assert
     assert first == again
@@ -205,7 +138,7 @@ def test_server_splits_do_not_depend_on_the_clients() -> None:
 
     # Execute
     few = split_federated(dataset, CLIENTS[:2], seed=5)
-    many = split_federated(dataset, CLIENTS, seed=5, partition="dirichlet")
+    many = split_federated(dataset, CLIENTS, seed=5, partition="dirichlet", partition_params=DIRICHLET)
 
     # Assert
     assert few.proxy == many.proxy
@@ -218,7 +151,7 @@ def test_split_federated_matches_across_processes() -> None:
     code = (
         "import json; from fedbrick_flower.data import load_task, split_federated\n"
         "s = split_federated(load_task('drug-condition'), "
-        f"{CLIENTS!r}, seed=9, partition='dirichlet', dirichlet_alpha=0.5)\n"
+        f"{CLIENTS!r}, seed=9, partition='dirichlet', partition_params={{'alpha': 0.5}})\n"
         "print(json.dumps([s.proxy, s.server_test, "
         "{k: [c.train, c.test] for k, c in s.clients.items()}]))"
     )
@@ -233,7 +166,9 @@ def test_split_federated_matches_across_processes() -> None:
         text=True,
         check=True,
     )
-    local = split_federated(load_task("drug-condition"), CLIENTS, seed=9, partition="dirichlet")
+    local = split_federated(
+        load_task("drug-condition"), CLIENTS, seed=9, partition="dirichlet", partition_params=DIRICHLET
+    )
 
     # Assert
     proxy, server_test, clients = json.loads(result.stdout)
@@ -248,7 +183,7 @@ def test_dirichlet_clients_are_more_skewed_than_iid_clients() -> None:
 
     # Execute
     iid = split_federated(dataset, CLIENTS, seed=0)
-    skewed = split_federated(dataset, CLIENTS, seed=0, partition="dirichlet", dirichlet_alpha=0.1)
+    skewed = split_federated(dataset, CLIENTS, seed=0, partition="dirichlet", partition_params={"alpha": 0.1})
 
     # Assert
     def shares(split: FederatedSplit) -> list[tuple[int, ...]]:
@@ -305,7 +240,7 @@ def test_too_many_clients_for_the_data_is_an_error() -> None:
             "proxy_fraction + server_test_fraction",
         ),
         ({"partition": "shards"}, "partition"),
-        ({"partition": "dirichlet", "dirichlet_alpha": 0.0}, "dirichlet_alpha"),
+        ({"partition": "dirichlet", "partition_params": {"alpha": 0.0}}, "partition_params.alpha"),
         ({"max_examples": 0}, "max_examples"),
     ],
 )
@@ -319,8 +254,9 @@ def test_invalid_arguments_name_the_parameter(arguments: dict[str, object], para
 
     # Assert
     assert parameter in str(error.value)
-    for value in arguments.values():
-        assert repr(value) in str(error.value) or str(value) in str(error.value)
+    value = list(arguments.values())[-1]
+    shown = next(iter(value.values())) if isinstance(value, dict) else value
+    assert repr(shown) in str(error.value) or str(shown) in str(error.value)
 
 
 @pytest.mark.parametrize("client_ids", [[], ["a", "b", "a"]], ids=["empty", "repeated"])
@@ -328,3 +264,53 @@ def test_client_ids_must_be_distinct_and_non_empty(client_ids: list[str]) -> Non
     # Execute / Assert
     with pytest.raises(ValueError, match="client_ids"):
         split_federated(_toy_dataset(TOY_LABELS), client_ids, seed=0)
+
+
+def test_a_given_test_split_is_the_server_test_and_stays_out_of_the_pool() -> None:
+    # Prepare: 60 train examples, then 10 from a test file
+    dataset = _toy_dataset([0, 1, 2] * 20 + [0, 1] * 5)
+    test_indices = list(range(60, 70))
+
+    # Execute
+    split = split_federated(dataset, CLIENTS[:2], seed=0, server_test_fraction=0.2, test_indices=test_indices)
+
+    # Assert
+    assert split.server_test == tuple(test_indices)
+    client_indices = {i for client in split.clients.values() for i in client.train + client.test}
+    assert not client_indices & set(test_indices) and not set(split.proxy) & set(test_indices)
+    assert len(client_indices) + len(split.proxy) == 60
+
+
+def test_unlabelled_examples_are_split_by_iid_but_not_by_label_partitioners() -> None:
+    # Prepare
+    dataset = TextDataset("gen", tuple(f"p{i}" for i in range(40)), None, (), responses=tuple("r" * 40))
+
+    # Execute
+    split = split_federated(dataset, CLIENTS[:2], seed=0)
+
+    # Assert
+    assert (
+        sum(len(c.train) + len(c.test) for c in split.clients.values()) + len(split.proxy) + len(split.server_test)
+        == 40
+    )
+    with pytest.raises(ValueError, match="partitions by label"):
+        split_federated(
+            dataset, CLIENTS[:2], seed=0, partition="pathological", partition_params={"num_classes_per_partition": 1}
+        )
+
+
+def test_local_split_holds_out_a_stratified_share_or_uses_the_test_file() -> None:
+    # Prepare
+    dataset = _toy_dataset([0] * 10 + [1] * 10)
+
+    # Execute
+    held = split_local(dataset, "alice", seed=0, test_fraction=0.2)
+    again = split_local(dataset, "alice", seed=0, test_fraction=0.2)
+    other = split_local(dataset, "bob", seed=0, test_fraction=0.2)
+    given = split_local(dataset, "alice", seed=0, test_fraction=0.2, num_test=5)
+
+    # Assert
+    assert held == again and held != other
+    assert sorted(dataset.labels[i] for i in held.test) == [0, 0, 1, 1]
+    assert sorted(held.train + held.test) == list(range(20))
+    assert given.train == tuple(range(15)) and given.test == tuple(range(15, 20))

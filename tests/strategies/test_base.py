@@ -160,3 +160,21 @@ def test_state_values_round_trip_through_load_state_dict() -> None:
     assert set(restored.state) == set(strategy.state)
     for key, value in strategy.state.items():
         np.testing.assert_array_equal(restored.state[key], value)
+
+
+def test_a_node_whose_own_labels_do_not_fit_its_task_is_refused_and_the_others_train() -> None:
+    # Prepare: both report counts and label names only; the second device's file holds a label the task lacks
+    fits, stray = client_info("fits", 1), client_info("stray", 2)
+    fits.extra["labels"], stray.extra["labels"] = ["sport", "tech"], ["sport", "weather"]
+    nodes = {1: training_node(fits), 2: training_node(stray)}
+    strategy, grid = _prepare(nodes, min_clients=1, expected_clients=2, task_labels={"t": ["sport", "tech"]})
+    strategy.callbacks = []
+
+    # Execute
+    strategy.start(grid, num_rounds=1)
+
+    # Assert
+    assert set(strategy.clients) == {"fits"}
+    assert grid.sent(2, MessageType.TRAIN) == 0
+    reason = strategy._failed_nodes[2]
+    assert reason.startswith("client stray refused:") and "['weather']" in reason
