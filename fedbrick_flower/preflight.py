@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .cache import default_cache_dir
 from .data import TASK_NAMES
 from .models.families import FAMILIES
-from .models.sources import COMPLETE_MARKER, PACKAGED_MODELS, default_cache_dir
+from .models.sources import COMPLETE_MARKER, PACKAGED_MODELS
 from .registry import algorithm_names, algorithm_parameters
 from .scenario import (
     ClientProfile,

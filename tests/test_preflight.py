@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fedbrick_flower.models.sources import COMPLETE_MARKER, PACKAGED_MODELS, default_cache_dir
+from fedbrick_flower.cache import default_cache_dir
+from fedbrick_flower.models.sources import COMPLETE_MARKER, PACKAGED_MODELS
 from fedbrick_flower.preflight import CONVERTED_MODELS, check_scenario, hub_reachable, source_config
 from fedbrick_flower.scenario import ScenarioError
 

@@ -11,11 +11,16 @@ process of a federation computes the same partitions.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from fedbrick_flower.cache import default_cache_dir
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,33 @@ _LIMITS = {
 
 
 def partition_pool(
+    name: str,
+    params: Mapping[str, Any],
+    labels: Sequence[int] | None,
+    pool: Sequence[int],
+    num_partitions: int,
+    seed: int,
+) -> list[list[int]]:
+    """:func:`split_pool`, memoized in the cache folder.
+
+    The shares are a pure function of the arguments, but computing them imports Flower Datasets (``datasets``
+    and pyarrow: 5 to 6 s on this machine), and in deployment every message is a fresh process. The first
+    process of a node writes the result (atomically); the later ones read a small JSON file instead.
+    """
+    held_labels = None if labels is None else [int(labels[i]) for i in pool]
+    key = json.dumps([name, dict(params), held_labels, [int(i) for i in pool], num_partitions, seed], sort_keys=True)
+    path = default_cache_dir() / "partitions" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    shares = split_pool(name, params, labels, pool, num_partitions, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(shares))
+    os.replace(staging, path)
+    return shares
+
+
+def split_pool(
     name: str,
     params: Mapping[str, Any],
     labels: Sequence[int] | None,

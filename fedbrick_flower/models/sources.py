@@ -27,6 +27,8 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType, ModuleType
 
+from ..cache import default_cache_dir
+
 fcntl: ModuleType | None
 try:
     import fcntl
@@ -35,7 +37,6 @@ except ImportError:  # Windows
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "FEDBRICK_CACHE"
 
 # Written last into a materialized folder; a folder without it is never used.
 COMPLETE_MARKER = ".fedbrick-complete"
@@ -70,14 +71,6 @@ class PackagedModel:
     pip_package: str
     description: str
     materialize: Callable[[Path], Path]
-
-
-def default_cache_dir() -> Path:
-    """Return ``$FEDBRICK_CACHE`` if set, else ``~/.cache/fedbrick-flower``."""
-    configured = os.environ.get(CACHE_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "fedbrick-flower"
 
 
 def resolve_pretrained(source: str, cache_dir: Path | None = None) -> str:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedbrick_flower.data import PARTITIONS, check_partition, partition_pool
+from fedbrick_flower.data import partitioners as partitioners_module
 
 # 5 classes x 40 examples; the pool leaves out the first 10 examples.
 LABELS = [i % 5 for i in range(200)]
@@ -27,9 +28,9 @@ def test_every_partitioner_is_deterministic_disjoint_and_inside_the_pool(name: s
     params = check_partition(name, PARAMS[name])
 
     # Execute
-    first = partition_pool(name, params, LABELS, POOL, 4, seed=7)
-    again = partition_pool(name, params, LABELS, POOL, 4, seed=7)
-    other = partition_pool(name, params, LABELS, POOL, 4, seed=8)
+    first = partitioners_module.split_pool(name, params, LABELS, POOL, 4, seed=7)
+    again = partitioners_module.split_pool(name, params, LABELS, POOL, 4, seed=7)
+    other = partitioners_module.split_pool(name, params, LABELS, POOL, 4, seed=8)
 
     # Assert
     assert first == again
@@ -149,3 +150,18 @@ def test_invalid_names_and_parameters_name_the_field(name: str, params: dict, me
     with pytest.raises(ValueError) as error:
         check_partition(name, params)
     assert message in str(error.value)
+
+
+def test_partition_pool_is_memoized_on_disk_and_equals_the_direct_split(monkeypatch, tmp_path) -> None:
+    # Prepare: an empty cache folder
+    monkeypatch.setenv("FEDBRICK_CACHE", str(tmp_path))
+    direct = partitioners_module.split_pool("dirichlet", {"alpha": 0.5}, LABELS, POOL, 4, seed=3)
+
+    # Execute: the first call computes and writes; the second must not compute (Flower Datasets is not imported)
+    first = partition_pool("dirichlet", {"alpha": 0.5}, LABELS, POOL, 4, seed=3)
+    monkeypatch.setattr(partitioners_module, "split_pool", lambda *args: pytest.fail("recomputed"))
+    second = partition_pool("dirichlet", {"alpha": 0.5}, LABELS, POOL, 4, seed=3)
+
+    # Assert
+    assert first == second == direct
+    assert len(list((tmp_path / "partitions").glob("*.json"))) == 1

@@ -28,12 +28,12 @@ from transformers import (
     MPNetConfig,
 )
 
+from fedbrick_flower.cache import default_cache_dir
 from fedbrick_flower.models import sources
 from fedbrick_flower.models.sources import (
     COMPLETE_MARKER,
     PACKAGED_MODELS,
     PackageNotInstalledError,
-    default_cache_dir,
     materialize_once,
     resolve_pretrained,
 )
