@@ -3,7 +3,7 @@
 
 Run it on a machine with a CUDA GPU (not part of the tests or CI). Models are random-init at MiniLM's shape
 (BERT 6 x 384, the packaged tokenizer's vocabulary) so that no weights need to travel; timings are those of the
-real architecture, accuracies are meaningless (untrained) and not reported. Writes ``gpu-check.json``::
+real architecture, accuracies are meaningless (untrained) and not reported. Writes ``OUT/gpu-check.json``::
 
     python bench/gpu_check.py --tokenizer PATH_TO_MINILM_TOKENIZER --out DIR [--old-code DIR]
 
@@ -102,7 +102,8 @@ def launch(code: Path, scenario: str, out: Path, overrides: list[str], env: dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu-check.json")
+    parser.add_argument("--runs", type=Path, default=Path(tempfile.gettempdir()) / "gpu-check-runs")
     parser.add_argument("--old-code", type=Path)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=150)
@@ -128,11 +129,11 @@ def main() -> None:
         "fedbrick-cpu": ("fedbrick", [minilm_shaped(args.tokenizer), f"rounds={args.rounds}"], cpu_env),
     }
     for name, (scenario, overrides, run_env) in runs.items():
-        results[name] = launch(ROOT, scenario, args.out / name, overrides, run_env, args.timeout)
+        results[name] = launch(ROOT, scenario, args.runs / name, overrides, run_env, args.timeout)
         save()
     if args.old_code is not None:
         results["hetero-depth-cpu-before"] = launch(
-            args.old_code, "hetero-depth", args.out / "before", common, cpu_env, args.timeout
+            args.old_code, "hetero-depth", args.runs / "before", common, cpu_env, args.timeout
         )
         save()
 
