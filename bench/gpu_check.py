@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=150)
     args = parser.parse_args()
+    args.tokenizer = args.tokenizer.resolve()  # the old code's launch runs in another folder
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"rounds": args.rounds}
     path = args.out / "gpu-check.json"
