@@ -101,8 +101,8 @@ def shared_mask(holders: np.ndarray) -> np.ndarray:
 
 def group_mask(groups: Sequence[Hashable]) -> np.ndarray:
     """``(n, n)`` booleans: clients ``i`` and ``k`` belong to the same group (architecture, rank, task...)."""
-    labels = list(groups)
-    return np.array([[a == b for b in labels] for a in labels], dtype=bool).reshape(len(labels), len(labels))
+    _, ids = np.unique(np.array([repr(label) for label in groups], dtype=object), return_inverse=True)
+    return ids[:, None] == ids[None, :]
 
 
 def clipped_weights(
