@@ -26,7 +26,15 @@ import numpy as np
 from ..adapters.naming import is_head, layer_of, parse_layer_tensor_name
 from ..scenario import ScenarioError
 from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
-from .similarity import blockwise_cosine, clipped_weights, group_mask, renormalise, shared_mask, softmax_weights
+from .similarity import (
+    block_grams,
+    clipped_weights,
+    cosine_from_grams,
+    group_mask,
+    renormalise,
+    shared_mask,
+    softmax_weights,
+)
 
 if TYPE_CHECKING:
     from ..scenario import Scenario
@@ -189,19 +197,20 @@ class FedBip(HeterogeneousStrategy):
         scale = None
         if self.staleness_decay is not None:
             scale = np.array([self.staleness_decay**m.age for m in members])
-        similarity = blockwise_cosine(compared, holders)
+        grams = block_grams(compared, holders)
+        similarity = cosine_from_grams(grams, holders)
         flat = self._weigh(similarity, shared_mask(holders), scale)
         receivers = [i for i, m in enumerate(members) if m.age == 0]
         shown = np.zeros_like(flat)  # each receiver's weights, averaged over the layers it holds
         for b, layer in enumerate(layout.layers):
             held = holders[:, b]
             if self.layerwise:
-                cosine = blockwise_cosine([compared[b]], holders[:, [b]])
+                cosine = cosine_from_grams([grams[b]], holders[:, [b]])
                 weights = self._weigh(cosine, np.outer(held, held), scale)
             else:
                 weights = renormalise(flat, np.outer(held, held))
             shown += weights * held[:, None]
-            mixed = weights @ blocks[b]
+            mixed = weights.astype(np.float32) @ blocks[b]
             for i in receivers:
                 if held[i]:
                     self._add(members[i].client.client_id, layout.split(layer, mixed[i]))
