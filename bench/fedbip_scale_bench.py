@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -144,6 +145,8 @@ def main() -> None:
     taus = task_vectors(clients, args.seed)
     per_client = sum(int(np.prod(s)) * 4 for s in clients[0].schema(range(LAYERS)).values())
     results: dict[str, Any] = {
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
         "clients": args.clients,
         "adapter": f"MiniLM-L6 LoRA r={RANK} on q, v of {LAYERS} layers + head (5/3/8/8 labels by task)",
         "adapter_bytes_per_client_5_labels": per_client,
