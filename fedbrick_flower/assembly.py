@@ -13,9 +13,10 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from torch import nn
 
-from .adapters.lora import LoraSettings, attach_lora, load_adapter_tensors, with_ranks_of
+from .adapters.lora import LoraSettings, adapter_tensors, attach_lora, load_adapter_tensors, with_ranks_of
 from .data import (
     EncodedExamples,
     TextDataset,
@@ -171,3 +172,14 @@ def build_global_model(
     model = build_classifier(scenario, model_key, task, None, lora).to(device)
     load_adapter_tensors(model, model_family(model.backbone), tensors)
     return model
+
+
+def initial_adapters(scenario: Scenario, model_key: str, task: str, lora: LoraSettings) -> dict[str, np.ndarray]:
+    """The adapters every client of ``(model_key, task)`` with these LoRA settings starts from, at full depth.
+
+    The same seeds as :func:`build_classifier` (LoRA A per layer and module, B = 0, head per task), so a server
+    that keeps per-client adapters (FedBip's personalized sets) starts them where the clients would.
+    """
+    model = build_classifier(scenario, model_key, task, None, lora)
+    tensors = adapter_tensors(model, model_family(model.backbone))
+    return {name: tensor.detach().cpu().float().numpy().copy() for name, tensor in tensors.items()}

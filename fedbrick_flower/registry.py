@@ -45,6 +45,16 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         client="fedbrick_flower.clients.fedbrick:FedBrickClient",
         description="FedRA allocation + per-group BRICK surrogates for missing layers, distilled on the server",
     ),
+    "fedbip": AlgorithmEntry(
+        server="fedbrick_flower.strategies.fedbip:FedBip",
+        client="fedbrick_flower.clients.fedbip:FedBipClient",
+        description="per-client personalized adapters mixed by task-vector cosine similarity (FedBip)",
+    ),
+    "fedbip-l": AlgorithmEntry(
+        server="fedbrick_flower.strategies.fedbip:FedBipL",
+        client="fedbrick_flower.clients.fedbip:FedBipClient",
+        description="FedBip with one similarity weighting per layer (FedBip-L)",
+    ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",
         client="fedbrick_flower.clients.local:LocalClient",

@@ -16,6 +16,7 @@ from statistics import mean
 from typing import Any
 
 from .run_files import METRICS_FILE, read_metrics
+from .strategies.fedbip import SIMILARITY_PHASE
 
 PLOTS_DIR = "plots"
 ROUND_COLUMNS = (
@@ -67,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"\nper client, round {last_round}:")
     print(format_table(client_table(rows, last_round), CLIENT_COLUMNS))
     for path in write_plots(rows, args.run_dir / PLOTS_DIR):
+        print(f"wrote {path}")
+    for path in write_similarity_plots(rows, args.run_dir / PLOTS_DIR):
         print(f"wrote {path}")
     return 0
 
@@ -290,6 +293,91 @@ def _draw_bytes(axes: Any, rows: Sequence[dict]) -> None:
     axes.set_ylabel("KiB per client (mean)")
     axes.set_ylim(bottom=0)
     axes.set_title("Message bytes per client and round")
+
+
+# ------------------------------------------------------------------------------------------------ similarity
+def similarity_matrix(rows: Iterable[dict], server_round: int, group: str, key: str = "similarity") -> dict[str, Any]:
+    """One round's similarity (or ``key="weights"``) matrix of one group, clients ordered by task then id.
+
+    Parameters
+    ----------
+    rows : Iterable[dict]
+        Rows of ``metrics.jsonl``; the ``similarity`` rows (one per group and round, written by FedBip) are used.
+    server_round : int
+        The round to show.
+    group : str
+        The group label (model and rank, e.g. ``minilm/r8``).
+    key : str (default: "similarity")
+        ``similarity``: the cosine matrix among all compared clients; ``weights``: the weights each of the
+        round's receivers (rows) gave to every compared client (columns).
+
+    Returns
+    -------
+    dict[str, Any]
+        ``rows`` and ``columns`` (client ids), ``row_tasks`` and ``column_tasks``, and ``matrix`` (lists).
+
+    Raises
+    ------
+    ReportError
+        If the run has no similarity row for that round and group.
+    """
+    found = [r for r in rows if r["phase"] == SIMILARITY_PHASE and r["round"] == server_round and r["group"] == group]
+    if not found:
+        raise ReportError(f"no similarity row for round {server_round}, group {group!r}")
+    row = found[0]
+    task_of = dict(zip(row["clients"], row["tasks"], strict=True))
+    row_ids = row["clients"] if key == "similarity" else row["receivers"]
+    columns = sorted(range(len(row["clients"])), key=lambda i: (row["tasks"][i], row["clients"][i]))
+    ordered_rows = sorted(range(len(row_ids)), key=lambda i: (task_of[row_ids[i]], row_ids[i]))
+    return {
+        "rows": [row_ids[i] for i in ordered_rows],
+        "row_tasks": [task_of[row_ids[i]] for i in ordered_rows],
+        "columns": [row["clients"][i] for i in columns],
+        "column_tasks": [row["tasks"][i] for i in columns],
+        "matrix": [[row[key][i][j] for j in columns] for i in ordered_rows],
+    }
+
+
+def write_similarity_plots(rows: Sequence[dict], folder: Path) -> list[Path]:
+    """Heat maps of the similarity and weight matrices (first and last round) per group; none without such rows."""
+    found = [r for r in rows if r["phase"] == SIMILARITY_PHASE]
+    if not found:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for group, group_rows in sorted(_group(found, "group").items()):
+        rounds = sorted({r["round"] for r in group_rows})
+        shown = [rounds[0], rounds[-1]] if len(rounds) > 1 else rounds
+        figure, axes = plt.subplots(2, len(shown), figsize=(5.5 * len(shown), 10), layout="constrained", squeeze=False)
+        for column, server_round in enumerate(shown):
+            for line, (key, colormap, limits) in enumerate(
+                (("similarity", "coolwarm", (-1, 1)), ("weights", "viridis", (0, 1)))
+            ):
+                _draw_matrix(axes[line][column], similarity_matrix(rows, server_round, group, key), colormap, limits)
+                axes[line][column].set_title(f"{key}, round {server_round}")
+        figure.suptitle(f"{group}: task-vector cosine and mixing weights (clients ordered by task)")
+        path = folder / f"similarity-{group.replace('/', '-')}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def _draw_matrix(axes: Any, table: dict[str, Any], colormap: str, limits: tuple[float, float]) -> None:
+    image = axes.imshow(table["matrix"], cmap=colormap, vmin=limits[0], vmax=limits[1])
+    axes.figure.colorbar(image, ax=axes, shrink=0.7)
+    axes.set_xticks(range(len(table["columns"])), table["columns"], rotation=90, fontsize="small")
+    axes.set_yticks(range(len(table["rows"])), table["rows"], fontsize="small")
+    # Lines between task blocks: the diagonal blocks are the weight a client gives to its own task.
+    for tasks, draw in ((table["column_tasks"], axes.axvline), (table["row_tasks"], axes.axhline)):
+        for position in range(1, len(tasks)):
+            if tasks[position] != tasks[position - 1]:
+                draw(position - 0.5, color="white", linewidth=1.5)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
