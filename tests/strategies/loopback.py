@@ -75,17 +75,26 @@ class LoopbackGrid(Grid):
         return sum(1 for m in self.pushed if m.metadata.dst_node_id == node and m.metadata.message_type == message_type)
 
 
-def client_info(client_id: str, node_id: int, *, budget: int = 2, rank: int = 2, examples: int = 10) -> ClientInfo:
-    """A tiny client: 2 layers of a width-4 model, LoRA rank ``rank`` on one module, a 3-class head."""
+def client_info(
+    client_id: str,
+    node_id: int,
+    *,
+    budget: int = 2,
+    rank: int = 2,
+    examples: int = 10,
+    num_layers: int = 2,
+    fixed: list[int] | None = None,
+) -> ClientInfo:
+    """A tiny client: ``num_layers`` layers of a width-4 model, LoRA rank ``rank`` on one module, a 3-class head."""
     return ClientInfo(
         client_id=client_id,
         model="m",
         task="t",
         group="t",
         model_type="bert",
-        num_layers=2,
+        num_layers=num_layers,
         budget=budget,
-        fixed_layers=None,
+        fixed_layers=fixed,
         layer_schema={"q.lora_A": [rank, 4], "q.lora_B": [4, rank]},
         head_schema={"head.weight": [3, 4], "head.bias": [3]},
         num_train_examples=examples,

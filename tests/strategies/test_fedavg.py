@@ -17,20 +17,7 @@ HEAD_SCHEMA = {"head.weight": [3, 4], "head.bias": [3]}
 
 
 def _client(client_id: str, budget: int, fixed: list[int] | None = None, node_id: int = 1) -> ClientInfo:
-    return ClientInfo(
-        client_id=client_id,
-        model="m",
-        task="t",
-        group="t",
-        model_type="bert",
-        num_layers=4,
-        budget=budget,
-        fixed_layers=fixed,
-        layer_schema=LAYER_SCHEMA,
-        head_schema=HEAD_SCHEMA,
-        num_train_examples=10,
-        node_id=node_id,
-    )
+    return client_info(client_id, node_id, budget=budget, num_layers=4, fixed=fixed)
 
 
 def _prepare_strategy(**kwargs) -> LayerwiseFedAvg:
