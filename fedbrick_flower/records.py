@@ -21,6 +21,8 @@ METRICS_KEY = "metrics"
 JSON_KEYS = "json-keys"
 PROFILE_KEY = "profile"  # the query reply's JSON profile (see ``strategies.base.ClientInfo``)
 STATE_SCOPE_KEY = "state-scope"  # the run a client's durable state belongs to
+LORA_RANK_KEY = "lora-rank"  # config: the LoRA rank a client trains at; metric: the rank it reports (pruning)
+SEGMENTS_KEY = "flora-segments"  # config: per layer, the [first round, last round, rank] blocks of FLoRA's stack
 # Framing of one record entry that protobuf adds around the values (tags and length prefixes), counted flat.
 _ENTRY_OVERHEAD = 8
 

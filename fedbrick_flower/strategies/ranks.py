@@ -105,18 +105,20 @@ def tail_share(s: np.ndarray, rank: int) -> float:
     return tail / total if total > 0 else 0.0
 
 
-def product_singular_values(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Singular values of the plain product ``B A`` without forming it when the rank is small.
+def product_svd(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD of the plain product ``B A`` without forming it when the rank is small.
 
-    With ``B = Q_B R_B`` and ``A^T = Q_A R_A``, ``B A = Q_B (R_B R_A^T) Q_A^T``, so the spectrum is that of an
-    r x r matrix: O(d r^2) instead of O(d^2 r) and an SVD of d x d.
+    With ``B = Q_B R_B`` and ``A^T = Q_A R_A``, ``B A = Q_B (R_B R_A^T) Q_A^T``, so only an r x r matrix is
+    decomposed: O(d r^2) instead of O(d^2 r) plus a d x d SVD. From rank ``min(d_out, d_in)`` on, the dense
+    product is cheaper and is decomposed instead.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if rank_of(a) >= min(b.shape[0], a.shape[1]):
-        return np.linalg.svd(b @ a, compute_uv=False)
-    _, r_b = np.linalg.qr(b)
-    _, r_a = np.linalg.qr(a.T)
-    return np.linalg.svd(r_b @ r_a.T, compute_uv=False)
+        return svd(b @ a)
+    q_b, r_b = np.linalg.qr(b)
+    q_a, r_a = np.linalg.qr(a.T)
+    u, s, vt = np.linalg.svd(r_b @ r_a.T)
+    return q_b @ u, s, vt @ q_a.T
 
 
 def product_norm(a: np.ndarray, b: np.ndarray) -> float:

@@ -104,16 +104,17 @@ def test_svd_truncation_error_equals_the_discarded_spectrum() -> None:
     assert error / np.linalg.norm(delta) ** 2 == pytest.approx(ranks.tail_share(s, 2))
 
 
-def test_product_singular_values_and_norm_match_the_dense_product() -> None:
+def test_product_svd_and_norm_match_the_dense_product() -> None:
     # Prepare
     a, b = _random_factors(rank=3, d_out=8, d_in=7)
 
     # Execute
-    s = ranks.product_singular_values(a, b)
+    u, s, vt = ranks.product_svd(a, b)
     norm = ranks.product_norm(a, b)
 
     # Assert
     np.testing.assert_allclose(s, np.linalg.svd(b @ a, compute_uv=False)[:3])
+    np.testing.assert_allclose(u @ np.diag(s) @ vt, b @ a, atol=1e-10)
     assert norm == pytest.approx(np.linalg.norm(b @ a))
 
 
