@@ -58,7 +58,7 @@ def load_leading_components(model: SequenceClassifier, arrays: Mapping[str, np.n
             leading = (slice(0, rank), slice(None)) if name.endswith("lora_A") else (slice(None), slice(0, rank))
             if tuple(target[leading].shape) != tuple(value.shape):
                 raise KeyError(
-                    f"adapter tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(target.shape)}"
+                    f"adapter tensor {name!r} has shape {tuple(value.shape)}, expected at most {tuple(target.shape)}"
                 )
             target[leading] = torch.as_tensor(np.asarray(value)).to(dtype=target.dtype, device=target.device)
     load_adapter_tensors(model, family, exact)
