@@ -190,10 +190,18 @@ def synthetic_aggregation(method: str, num_clients: int, rank_mix: list[int], se
         rank = max(rank_mix) if algorithm == "fedavg" else rank_mix[index % len(rank_mix)]
         schema = {f"{m}.lora_A": [rank, width] for m in modules} | {f"{m}.lora_B": [width, rank] for m in modules}
         info = ClientInfo(
-            client_id=f"c{index}", model="minilm", task="chat", group="chat", model_type="bert", num_layers=depth,
-            budget=depth, fixed_layers=None, layer_schema=schema, head_schema={"head.weight": [8, width], "head.bias": [8]},
+            client_id=f"c{index}",
+            model="minilm",
+            task="chat",
+            group="chat",
+            model_type="bert",
+            num_layers=depth,
+            budget=depth,
+            fixed_layers=None,
+            layer_schema=schema,
+            head_schema={"head.weight": [8, width], "head.bias": [8]},
             num_train_examples=100,
-        )  # fmt: skip
+        )
         strategy.clients[info.client_id] = info
         layers = strategy.layers_for(info, 1, "train")
         arrays = {
