@@ -28,10 +28,16 @@ Writes ``bench/results/ranks.json``.
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread, set before NumPy loads: on a shared 2-core machine OpenBLAS's spinning worker threads made a
+# 384 x 384 SVD 200 times slower (measured here), which would swamp the aggregation seconds this reports.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import statistics
 import sys
@@ -352,8 +358,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=["fedavg-min", "fedavg-max", *MIX_METHODS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--local-steps", type=int, default=8)
-    parser.add_argument("--max-examples", type=int, default=1200, help="per task, before the federated split")
+    parser.add_argument("--local-steps", type=int, default=6)
+    parser.add_argument("--max-examples", type=int, default=1000, help="per task, before the federated split")
     parser.add_argument("--synthetic-clients", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--out", type=Path, default=RESULTS)
