@@ -22,6 +22,7 @@ Usage::
 
     python bench/ranks_bench.py                                     # 3 seeds, the sizes below
     python bench/ranks_bench.py --seeds 0 --rounds 2 --methods hetlora flora --synthetic-clients 100
+    python bench/ranks_bench.py --set train.lr=0.003 --out bench/results/ranks-lr3e-3.json
 
 Writes ``bench/results/ranks.json``.
 """
@@ -57,7 +58,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedbrick_flower import client_app
 from fedbrick_flower.evaluation import GlobalModelEvaluator
 from fedbrick_flower.run_dir import SUMMARY_FILE, RunRecorder, read_metrics
-from fedbrick_flower.scenario import load_scenario, scenario_path
+from fedbrick_flower.scenario import load_scenario, parse_overrides, scenario_path
 from fedbrick_flower.server_app import build_strategy
 from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 
@@ -133,6 +134,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> 
         "rounds": args.rounds,
         "train.local_steps": args.local_steps,
         **{f"tasks.{task}.max_examples": args.max_examples for task in base["tasks"]},
+        **parse_overrides(args.set),
         **method_overrides(method, rank_mix),
     }
     scenario = load_scenario(args.scenario, overrides)
@@ -331,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "local_steps": args.local_steps,
             "max_examples": args.max_examples,
+            "overrides": args.set,
             "seeds": args.seeds,
             "transport": "in-process LoopbackGrid (real strategy round loop and ClientApp; no Flower engine)",
         },
@@ -362,6 +365,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-examples", type=int, default=1000, help="per task, before the federated split")
     parser.add_argument("--synthetic-clients", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more scenario overrides")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 

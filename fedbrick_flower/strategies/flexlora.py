@@ -87,7 +87,9 @@ class FlexLoRA(RankHeterogeneousLoRA):
             self._decompositions[key] = ranks.svd(self.state[key + _DELTA])
         return self._decompositions[key]
 
-    def _log_truncation(self, server_round: int, groups: dict[str, list[Holder]], spectra: dict[str, np.ndarray]):
+    def _log_truncation(
+        self, server_round: int, groups: dict[str, list[Holder]], spectra: dict[str, np.ndarray]
+    ) -> None:
         """One row per client of the round: the share of its modules' spectrum cut by truncating at its rank."""
         energies: dict[str, list[float]] = {}
         for key, holders in groups.items():

@@ -70,8 +70,8 @@ class HetLoRA(RankHeterogeneousLoRA):
         arrays = self.head_payload(client, names)
         scale = ranks.lora_scale(self.alpha, rank)
         for name in names:
-            stored = self.state.get(f"{client.model}/{name}")
-            if stored is None or is_head(name):
+            stored = None if is_head(name) else self.state.get(f"{client.model}/{name}")
+            if stored is None:
                 continue
             # Leading components; A back to the client's own scale. A global of lower rank than the client
             # sends what exists, and the client keeps its own initialisation for the rest.

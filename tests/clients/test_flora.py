@@ -73,3 +73,43 @@ def test_merged_delta_in_the_base_equals_the_lora_that_carried_it(model_type: st
     # Assert
     with torch.no_grad():
         torch.testing.assert_close(twin(ids, mask), model(ids, mask), rtol=1e-4, atol=1e-5)
+
+
+def test_merged_updates_persist_in_client_state_across_messages() -> None:
+    # Prepare: the smoke scenario's bert-edge (layers 1 and 3, width 256) at rank 2; round 2's payload stacks a
+    # rank-3 update for both layers
+    from flwr.app import RecordDict
+
+    from fedbrick_flower.clients.flora import MERGED_STATE, ROUNDS_STATE, FLoRAClient
+    from fedbrick_flower.clients.profile import ClientSession
+    from fedbrick_flower.clients.state import ClientState
+    from fedbrick_flower.records import LORA_RANK_KEY, SEGMENTS_KEY
+    from fedbrick_flower.scenario import load_scenario
+
+    scenario = load_scenario("smoke", {"train.local_steps": 1, "tasks.bbc.max_examples": 60})
+    session = ClientSession(scenario, scenario.client("bert-edge"))
+    records = RecordDict()  # Flower's context.state of this node, kept between messages
+    rng = np.random.default_rng(0)
+    payload = {}
+    for layer in (1, 3):
+        for module in ("attention.self.query", "attention.self.value"):
+            payload[f"layers.{layer}.{module}.lora_A"] = rng.normal(size=(3, 256)).astype(np.float32) * 0.01
+            payload[f"layers.{layer}.{module}.lora_B"] = rng.normal(size=(256, 3)).astype(np.float32) * 0.01
+    config = {"layers": [1, 3], "server-round": 2, LORA_RANK_KEY: 2, SEGMENTS_KEY: {"1": [[1, 1, 3]], "3": [[1, 1, 3]]}}
+    expected = payload["layers.3.attention.self.value.lora_B"] @ payload["layers.3.attention.self.value.lora_A"]
+
+    # Execute: a training message, then a NEW client half on the same state (as the next message would build)
+    update, _ = FLoRAClient(session, ClientState(records)).train(payload, config)
+    later = FLoRAClient(session, ClientState(records))
+    model = later.build_model([1, 3], {"layers": [1, 3], LORA_RANK_KEY: 2})
+    pristine = session.build([1, 3])
+
+    # Assert: the state holds the merged delta and the round; the next message's base carries it
+    state = ClientState(records)
+    np.testing.assert_allclose(state.arrays(MERGED_STATE)["layers.3.attention.self.value"], expected, rtol=1e-5)
+    assert state.get(ROUNDS_STATE) == {"1": 1, "3": 1}
+    assert update["layers.1.attention.self.query.lora_A"].shape == (2, 256)  # a fresh LoRA at its own rank
+    base = dict(model.backbone.named_parameters())
+    original = dict(pristine.backbone.named_parameters())
+    name = next(n for n in base if n.endswith("encoder.layer.1.attention.self.value.base_layer.weight"))
+    torch.testing.assert_close(base[name] - original[name], torch.as_tensor(expected), rtol=1e-4, atol=1e-6)
