@@ -32,6 +32,7 @@ class AlgorithmEntry:
     client: str
     description: str
     mixes_ranks: bool = False
+    """True when clients of different LoRA ranks can federate (the strategy mixes factors of different ranks)."""
 
 
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
@@ -54,6 +55,24 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         server="fedbrick_flower.strategies.fedbip:FedBipL",
         client="fedbrick_flower.clients.fedbip:FedBipClient",
         description="FedBip with one similarity weighting per layer (FedBip-L)",
+    ),
+    "hetlora": AlgorithmEntry(
+        server="fedbrick_flower.strategies.hetlora:HetLoRA",
+        client="fedbrick_flower.clients.hetlora:HetLoRAClient",
+        description="mixed LoRA ranks: zero-pad, norm-weighted mean of factors, truncate; optional rank pruning",
+        mixes_ranks=True,
+    ),
+    "flexlora": AlgorithmEntry(
+        server="fedbrick_flower.strategies.flexlora:FlexLoRA",
+        client="fedbrick_flower.clients.flexlora:FlexLoRAClient",
+        description="mixed LoRA ranks: weighted mean of the products, truncated SVD at each client's rank",
+        mixes_ranks=True,
+    ),
+    "flora": AlgorithmEntry(
+        server="fedbrick_flower.strategies.flora:FLoRA",
+        client="fedbrick_flower.clients.flora:FLoRAClient",
+        description="mixed LoRA ranks: stacked factors (exact sum of products) merged into on-device base weights",
+        mixes_ranks=True,
     ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",

@@ -71,6 +71,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     for path in write_similarity_plots(rows, args.run_dir / PLOTS_DIR):
         print(f"wrote {path}")
+    collapse = write_rank_collapse_plot(rows, args.run_dir / PLOTS_DIR)
+    if collapse is not None:
+        print(f"wrote {collapse}")
     return 0
 
 
@@ -391,3 +394,40 @@ def _group(rows: Iterable[dict], *keys: str) -> dict[Any, list[dict]]:
 def _mean(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(mean(present)) if present else None
+
+
+# ------------------------------------------------------------------------------------------------ ranks
+def write_rank_collapse_plot(rows: Sequence[dict], folder: Path) -> Path | None:
+    """Plot the rank-collapse diagnostic of a rank-heterogeneous run into ``folder/rank-collapse.png``.
+
+    Each round's ``rank-diagnostic`` row holds the share of the aggregate's spectral energy beyond the smallest
+    client rank (see ``strategies/rank_methods.py``); FlexLoRA's per-client ``flexlora-truncation`` rows, when
+    present, add the share each client's truncation discards. Returns None for runs without such rows.
+    """
+    diagnostic = sorted((r["round"], r["energy-beyond-min-rank"]) for r in rows if r["phase"] == "rank-diagnostic")
+    if not diagnostic:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "rank-collapse.png"
+    figure, axes = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    axes.plot(*zip(*diagnostic, strict=True), "k-", marker="o", linewidth=2, label="aggregate: energy beyond min rank")
+    truncation = _group((r for r in rows if r["phase"] == "flexlora-truncation"), "client")
+    for client, client_rows in sorted(truncation.items()):
+        points = sorted((r["round"], r["discarded-energy"]) for r in client_rows)
+        rank = client_rows[-1]["rank"]
+        axes.plot(*zip(*points, strict=True), ":", marker=".", label=f"{client} (r={rank}): discarded by truncation")
+    axes.set_xlabel("round")
+    axes.set_ylabel("share of spectral energy")
+    axes.set_ylim(0, 1)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="best")
+    axes.set_title("Rank-collapse diagnostic (a shrinking share: high-rank components die out)")
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -9,7 +9,7 @@ from typing import Any
 
 # Canonical adapter names: LoRA factors by global layer, the task head, FedBRICK's BRICKs.
 ADAPTER_NAME = re.compile(r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)|bricks\.\d+\.(A1|B1|A2|B2))$")
-# The metric names the ClientApp declares in its replies (clients/base.py, clients/fedbrick.py).
+# The metric names the ClientApp declares in its replies (clients/base.py, clients/fedbrick.py, clients/hetlora.py).
 DECLARED_METRICS = {
     "num-examples",
     "examples-seen",
@@ -24,6 +24,7 @@ DECLARED_METRICS = {
     "peak-memory-mb",
     "model-parameters",
     "brick-parameters",
+    "lora-rank",
     "accuracy",
     "loss",
 }
