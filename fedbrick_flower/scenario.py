@@ -463,7 +463,7 @@ RANGES: dict[str, Range] = {
     "rounds": _AT_LEAST_1,
     "tasks.*.max_examples": _AT_LEAST_1,
     "data.dirichlet_alpha": _POSITIVE,
-    "data.proxy_fraction": _OPEN_UNIT,
+    "data.proxy_fraction": Range(0, 1, high_open=True),  # 0: no public proxy split (nothing to distil on)
     "data.server_test_fraction": _OPEN_UNIT,
     "data.client_test_fraction": _OPEN_UNIT,
     "data.max_length": Range(2),

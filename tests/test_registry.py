@@ -7,7 +7,6 @@ import pytest
 from fedbrick_flower.registry import (
     RUNTIME_ARGUMENTS,
     AlgorithmEntry,
-    algorithm_names,
     algorithm_parameters,
     mixes_ranks,
     rank_mixing_algorithms,
@@ -28,10 +27,10 @@ def test_parameters_come_from_the_strategy_init_chain_minus_runtime_arguments() 
     assert not set(fedbrick) & RUNTIME_ARGUMENTS
 
 
-def test_no_registered_algorithm_mixes_ranks_yet() -> None:
+def test_exactly_the_rank_heterogeneous_methods_mix_ranks() -> None:
     # Assert
-    assert [mixes_ranks(name) for name in algorithm_names()] == [False] * len(algorithm_names())
-    assert rank_mixing_algorithms() == []
+    assert rank_mixing_algorithms() == ["flexlora", "flora", "hetlora"]
+    assert not mixes_ranks("fedavg") and not mixes_ranks("fedbip") and mixes_ranks("flora")
 
 
 def test_registering_a_name_twice_is_refused() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedbrick_flower.registry import algorithm_names
 from fedbrick_flower.runconfig import scenario_overrides
 from fedbrick_flower.scenario import (
     ScenarioError,
@@ -198,7 +199,7 @@ def test_a_missing_required_key_is_named() -> None:
     # Assert
     assert caught.value.problems == [
         "clients[1].task: required field missing (required: id, model, task)",
-        "algorithm: required field missing (one of ['fedavg', 'fedbrick', 'local'])",
+        f"algorithm: required field missing (one of {algorithm_names()})",
     ]
     assert "__init__" not in str(caught.value)
 
@@ -240,7 +241,7 @@ def test_different_ranks_on_one_model_are_refused_under_fedavg() -> None:
     # Assert
     assert caught.value.problems == [
         "clients bert-edge (rank 1) and bert-full (rank 4) share model tiny-bert; fedavg needs one rank per model "
-        "(algorithms that mix ranks: none registered yet)"
+        "(algorithms that mix ranks: flexlora, flora, hetlora)"
     ]
 
 
@@ -258,7 +259,7 @@ def test_an_algorithm_that_mixes_ranks_accepts_them(monkeypatch: pytest.MonkeyPa
 
     # Assert
     assert [c.rank for c in scenario.clients] == [4, 1, None]
-    with pytest.raises(ScenarioError, match="algorithms that mix ranks: mixer"):
+    with pytest.raises(ScenarioError, match="algorithms that mix ranks: flexlora, flora, hetlora, mixer"):
         parse_scenario(apply_overrides(raw, {"algorithm": "fedavg"}))
 
 
