@@ -92,9 +92,14 @@ def test_saved_client_adapter_loads_with_peft(smoke_run: Path) -> None:
     # Execute
     config = LoraConfig.from_pretrained(str(folder))
 
-    # Assert
+    # Assert: addressed to the full-depth model, LoRA on exactly the client's global layers 1 and 3
+    import json
+    import re
+
     assert (folder / "adapter_model.safetensors").exists()
-    assert sorted(config.layers_to_transform) == [1, 3]
+    assert json.loads((folder / "layers.json").read_text()) == [1, 3]
+    targeted = [g for g in range(4) if re.fullmatch(config.target_modules, f"encoder.layer.{g}.attention.self.query")]
+    assert targeted == [1, 3]
 
 
 def test_minilm_mixed_depth_run_learns(tmp_path: Path) -> None:
