@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fedbrick_flower import cli
+from fedbrick_flower.run_dir import CHECKPOINT_DIR, CHECKPOINT_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +98,7 @@ def test_summary_holds_personalized_accuracy_and_checkpoint_every_client(fedbip_
     summary = json.loads((fedbip_run / "summary.json").read_text())
 
     # Execute
-    arrays = load_file(str(fedbip_run / "checkpoint" / "arrays.safetensors"))
+    arrays = load_file(str(fedbip_run / CHECKPOINT_DIR / CHECKPOINT_FILE))
 
     # Assert
     assert summary["rounds_completed"] == 2 and summary["fedbip"]["variant"] == "FedBip-L"
