@@ -110,3 +110,26 @@ def test_summary_holds_personalized_accuracy_and_checkpoint_every_client(fedbip_
         "chat-1",
         "chat-2",
     }
+
+
+def test_fedbip_runs_on_the_deployment_engine(tmp_path: Path) -> None:
+    """The same FedBip-L scenario with two clients as SuperNodes over TLS with node authentication (`launch`)."""
+    # Prepare
+    news_clients = [client for client in SCENARIO["clients"] if client["task"] == "news"]
+    raw = {**SCENARIO, "clients": news_clients}
+    raw["tasks"] = {"news": SCENARIO["tasks"]["news"]}
+    scenario = tmp_path / "fedbip-deploy.yaml"
+    scenario.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+
+    # Execute
+    code = cli.main(["launch", str(scenario), "--out", str(out)])
+
+    # Assert: both rounds mixed the two clients' task vectors, and each got its own personalized adapter
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    similarity = [r for r in rows if r["phase"] == "similarity"]
+    assert [r["round"] for r in similarity] == [1, 2]
+    assert all(sorted(r["clients"]) == ["news-deep", "news-edge"] for r in similarity)
+    assert {r["client"] for r in rows if r["phase"] == "train"} == {"news-deep", "news-edge"}
+    assert (out / "adapters" / "clients" / "news-edge" / "adapter_model.safetensors").exists()
