@@ -175,14 +175,9 @@ class RankHeterogeneousLoRA(LayerwiseFedAvg):
         spectra = self.aggregate_modules(server_round, groups)
         self._log_rows.append(collapse_row(server_round, groups, spectra))
 
-    def global_adapters(self) -> dict[tuple[str, str], dict[str, np.ndarray]]:
-        adapters = {}
-        for model, task in sorted({(info.model, info.task) for info in self.clients.values()}):
-            head_prefix = f"{model}/{task}/"
-            head = {key[len(head_prefix) :]: v for key, v in self.state.items() if key.startswith(head_prefix)}
-            if head:
-                adapters[(model, task)] = {**lora_tensors(self.global_factors(model), self.alpha), **head}
-        return adapters
+    def layer_adapters(self, model: str) -> dict[str, np.ndarray]:
+        """The global LoRA of one model at one rank (from :meth:`global_factors`); the base adds the heads."""
+        return lora_tensors(self.global_factors(model), self.alpha)
 
     def personalized_adapters(self, client: ClientInfo) -> dict[str, np.ndarray]:
         """The client's payload at its own rank (a shorter payload zero-padded: same product, same scale)."""
