@@ -562,10 +562,8 @@ class HeterogeneousStrategy(Strategy):
             for node in new_nodes
         ]
         replies = grid.send_and_receive(messages, timeout=self.round_timeout)
-        answered = set()
         for reply in replies:
             node = reply.metadata.src_node_id
-            answered.add(node)
             if reply.has_error():
                 self._registration_failed(node, reply.error.reason or "no reason given")
                 continue
