@@ -17,7 +17,7 @@ from pathlib import Path
 from . import runtime
 from .deployment import commands as deployment
 from .run_files import LOGS_DIR, SCENARIO_INPUT_FILE, SUMMARY_FILE, print_summary
-from .scenario import ScenarioError, builtin_scenarios, parse_overrides, read_yaml_mapping, scenario_path
+from .scenario import Scenario, ScenarioError, builtin_scenarios, parse_overrides, read_yaml_mapping, scenario_path
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -111,7 +111,13 @@ def run_simulation(args: argparse.Namespace) -> int:
     flwr_home = run_dir / ".flwr-home"
     env = runtime.flower_env(flwr_home)
     http_port = runtime.free_port()
-    runtime.write_connection(flwr_home, "fedbrick-sim", f"127.0.0.1:{http_port}", num_supernodes=len(scenario.clients))
+    runtime.write_connection(
+        flwr_home,
+        "fedbrick-sim",
+        f"127.0.0.1:{http_port}",
+        num_supernodes=len(scenario.clients),
+        num_gpus=simulated_client_gpus(scenario),
+    )
     log_file = run_dir / LOGS_DIR / "superlink.log"
     command = [
         "flower-superlink",
@@ -145,6 +151,24 @@ def run_simulation(args: argparse.Namespace) -> int:
         raise RuntimeError(f"flwr run exited with code {code}; see {log_file}")
     print_summary(run_dir)
     return 0
+
+
+def simulated_client_gpus(scenario: Scenario) -> float:
+    """Each simulated client's share of this machine's GPUs (Ray's ``num-gpus``): 0 when none would use one.
+
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to nothing for an actor that requests no GPU, so without a share a
+    ``device: auto`` client silently trains on the CPU. The GPUs are split evenly, at most one per client.
+    """
+    import torch
+
+    from .models.placement import resolve_device
+
+    if not torch.cuda.is_available():
+        return 0.0
+    wants_gpu = [profile for profile in scenario.clients if resolve_device(profile.device).type == "cuda"]
+    if not wants_gpu:
+        return 0.0
+    return min(1.0, torch.cuda.device_count() / len(scenario.clients))
 
 
 def _dump(raw: dict) -> str:

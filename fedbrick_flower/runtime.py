@@ -76,6 +76,7 @@ def write_connection(
     root_certificates: Path | None = None,
     num_supernodes: int | None = None,
     num_cpus: int = 1,
+    num_gpus: float = 0.0,
 ) -> Path:
     """Write a SuperLink connection named ``name`` into ``$FLWR_HOME/config.toml`` (the file ``flwr run`` reads)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,8 @@ def write_connection(
             f"options.num-supernodes = {num_supernodes}",
             # One CPU per simulated client: on a 2-core machine both then train at once.
             f"options.backend.client-resources.num-cpus = {num_cpus}",
-            "options.backend.client-resources.num-gpus = 0.0",
+            # Ray hides every GPU from an actor that asks for none: a CUDA client needs its share here.
+            f"options.backend.client-resources.num-gpus = {num_gpus}",
         ]
     path = flwr_home / "config.toml"
     path.write_text("\n".join(lines) + "\n")

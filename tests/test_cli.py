@@ -176,3 +176,42 @@ def test_client_imports_no_torch_up_to_starting_the_supernode(tmp_path: Path) ->
 
     # Assert
     assert loaded == []
+
+
+@pytest.mark.parametrize(
+    ("devices", "gpus", "expected"),
+    [(["auto", "auto", "auto", "auto"], 1, 0.25), (["cpu", "cpu"], 1, 0.0), (["auto", "cpu"], 4, 1.0)],
+)
+def test_simulated_clients_get_a_gpu_share_only_when_one_would_use_it(
+    monkeypatch: pytest.MonkeyPatch, devices: list[str], gpus: int, expected: float
+) -> None:
+    import torch
+
+    from fedbrick_flower.scenario import load_scenario
+
+    # Prepare: a machine with `gpus` CUDA devices, and clients on the given devices
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    clients = [
+        {"id": f"c{i}", "model": "minilm", "task": "bbc", "layers": 2, "device": device}
+        for i, device in enumerate(devices)
+    ]
+    scenario = load_scenario("hetero-depth", {"clients": clients})
+
+    # Execute
+    share = cli.simulated_client_gpus(scenario)
+
+    # Assert: Ray gives an actor that asks for no GPU none, so a CUDA client must ask for its share
+    assert share == expected
+
+
+def test_simulated_clients_ask_for_no_gpu_on_a_machine_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from fedbrick_flower.scenario import load_scenario
+
+    # Prepare
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    # Execute / Assert
+    assert cli.simulated_client_gpus(load_scenario("hetero-depth")) == 0.0
