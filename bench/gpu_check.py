@@ -1,14 +1,12 @@
 """GPU placement check: ``device: auto`` resolves to CUDA, a bf16 client trains, and short deployment runs of
-``hetero-depth`` and ``fedbrick`` complete on the GPU and on the same machine's CPU, timed side by side.
+``hetero-depth`` and ``fedbrick`` runs complete on the GPU and on the same machine's CPU, timed side by side (the
+Simulation Engine where Ray is installed, else the Deployment Engine on loopback).
 
 Run it on a machine with a CUDA GPU (not part of the tests or CI). Models are random-init at MiniLM's shape
 (BERT 6 x 384, the packaged tokenizer's vocabulary) so that no weights need to travel; timings are those of the
 real architecture, accuracies are meaningless (untrained) and not reported. Writes ``OUT/gpu-check.json``::
 
-    python bench/gpu_check.py --tokenizer PATH_TO_MINILM_TOKENIZER --out DIR [--old-code DIR]
-
-``--old-code`` names a checkout of an earlier commit whose ``launch hetero-depth`` is timed the same way (on the
-CPU), for a before/after comparison of the round wall time over the slowest client's training time.
+    python bench/gpu_check.py --tokenizer PATH_TO_MINILM_TOKENIZER --out DIR
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,20 +71,45 @@ def client_check(tokenizer: Path, device: str, dtype: str, steps: int) -> dict[s
     }
 
 
-def launch(code: Path, scenario: str, out: Path, overrides: list[str], env: dict[str, str], timeout: float) -> dict:
-    """``fedbrick-flower launch`` (Deployment Engine on loopback, insecure) and its round timing."""
-    command = [sys.executable, "-m", "fedbrick_flower.cli", "launch", scenario, "--out", str(out), "--insecure"]
+def engine() -> str:
+    """``run`` (Simulation Engine) where Ray is installed, else ``launch`` (Deployment Engine on loopback)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "launch"
+    return "run"
+
+
+def launch(
+    code: Path, command_name: str, scenario: str, out: Path, overrides: list[str], env: dict[str, str], timeout: float
+) -> dict:
+    """One ``fedbrick-flower run`` or ``launch`` of a scenario, its round timing, and its logs' tails on failure."""
+    command = [sys.executable, "-m", "fedbrick_flower.cli", command_name, scenario, "--out", str(out)]
+    if command_name == "launch":
+        command.append("--insecure")
     for item in overrides:
         command += ["--set", item]
     env = {**env, "PYTHONPATH": f"{code}{os.pathsep}{env.get('PYTHONPATH', '')}"}
     started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    return {"process": process, "started": started, "out": out, "timeout": timeout, "engine": command_name}
+
+
+def finish(run: dict) -> dict:
+    """Wait for a started run (killing its process group past the timeout) and read its metrics."""
+    process: subprocess.Popen = run["process"]
+    remaining = max(1.0, run["timeout"] - (time.perf_counter() - run["started"]))
     try:
-        result = subprocess.run(command, cwd=code, env=env, capture_output=True, text=True, timeout=timeout)
-        code_ = result.returncode
-        tail = (result.stdout + result.stderr)[-1500:]
+        output, _ = process.communicate(timeout=remaining)
+        code_ = process.returncode
     except subprocess.TimeoutExpired:
-        code_, tail = None, f"timed out after {timeout:.0f}s"
-    wall = time.perf_counter() - started
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate()
+        code_ = None
+    wall = time.perf_counter() - run["started"]
+    out: Path = run["out"]
     rows = []
     metrics = out / "metrics.jsonl"
     if metrics.exists():
@@ -93,10 +117,16 @@ def launch(code: Path, scenario: str, out: Path, overrides: list[str], env: dict
     rounds = []
     for row in (r for r in rows if r["phase"] == "round"):
         train = [r["train-seconds"] for r in rows if r["phase"] == "train" and r["round"] == row["round"]]
+        # peak-memory-mb is CUDA's allocator peak on a GPU client and the process RSS on a CPU one
+        peaks = [r.get("peak-memory-mb") for r in rows if r["phase"] == "train" and r["round"] == row["round"]]
         slowest = max(train, default=float("nan"))
         rounds.append({"round": row["round"], "wall": row["wall_seconds"], "slowest_train": slowest,
-                       "ratio": row["wall_seconds"] / slowest if train else None})  # fmt: skip
-    return {"exit_code": code_, "wall_seconds": wall, "rounds": rounds, "tail": tail if code_ != 0 else ""}
+                       "sum_train": sum(train), "peak_memory_mb": peaks})  # fmt: skip
+    logs = {}
+    if code_ != 0:
+        logs = {path.name: path.read_text(errors="replace")[-3000:] for path in sorted((out / "logs").glob("*.log"))}
+    return {"engine": run["engine"], "exit_code": code_, "wall_seconds": wall, "rounds": rounds,
+            "tail": (output or "")[-2000:] if code_ != 0 else "", "logs": logs}  # fmt: skip
 
 
 def main() -> None:
@@ -104,11 +134,10 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu-check.json")
     parser.add_argument("--runs", type=Path, default=Path(tempfile.gettempdir()) / "gpu-check-runs")
-    parser.add_argument("--old-code", type=Path)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=150)
     args = parser.parse_args()
-    args.tokenizer = args.tokenizer.resolve()  # the old code's launch runs in another folder
+    args.tokenizer = args.tokenizer.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"rounds": args.rounds}
     path = args.out / "gpu-check.json"
@@ -121,21 +150,22 @@ def main() -> None:
     results["client_cpu_fp32"] = client_check(args.tokenizer, "cpu", "float32", 20)
     save()
     env = dict(os.environ)
-    cpu_env = {**env, "CUDA_VISIBLE_DEVICES": ""}
-    common = [minilm_shaped(args.tokenizer), "tasks.bbc.dataset=chatterbot", f"rounds={args.rounds}"]
-    runs = {
-        "hetero-depth-gpu": ("hetero-depth", common, env),
-        "hetero-depth-cpu": ("hetero-depth", common, cpu_env),
-        "fedbrick-gpu": ("fedbrick", [minilm_shaped(args.tokenizer), f"rounds={args.rounds}"], env),
-        "fedbrick-cpu": ("fedbrick", [minilm_shaped(args.tokenizer), f"rounds={args.rounds}"], cpu_env),
+    # The CPU runs see no GPU; their clients' threads split the cores so that two runs side by side do not thrash.
+    cpu_env = {**env, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 4) // 8))}
+    name = engine()
+    results["engine"] = name
+    results["cpu_count"] = os.cpu_count()
+    common = [minilm_shaped(args.tokenizer), f"rounds={args.rounds}"]
+    pairs = {
+        "hetero-depth": ("hetero-depth", [*common, "tasks.bbc.dataset=chatterbot"]),
+        "fedbrick": ("fedbrick", common),
     }
-    for name, (scenario, overrides, run_env) in runs.items():
-        results[name] = launch(ROOT, scenario, args.runs / name, overrides, run_env, args.timeout)
-        save()
-    if args.old_code is not None:
-        results["hetero-depth-cpu-before"] = launch(
-            args.old_code, "hetero-depth", args.runs / "before", common, cpu_env, args.timeout
-        )
+    # GPU and CPU runs of one scenario go side by side (the device's time is short); both are reported as such.
+    for scenario_name, (scenario, overrides) in pairs.items():
+        gpu = launch(ROOT, name, scenario, args.runs / f"{scenario_name}-gpu", overrides, env, args.timeout)
+        cpu = launch(ROOT, name, scenario, args.runs / f"{scenario_name}-cpu", overrides, cpu_env, args.timeout)
+        results[f"{scenario_name}-gpu"] = finish(gpu)
+        results[f"{scenario_name}-cpu"] = finish(cpu)
         save()
 
 
