@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from .registry import algorithm_names, mixes_ranks, rank_mixing_algorithms  # entries only: no strategy import
+from .registry import algorithm_names, mixes_ranks, one_rank, rank_mixing_algorithms  # entries only: no strategy import
 
 if TYPE_CHECKING:  # the models package imports torch; commands that do not train must not
     from .models.backbone import ModelSpec
@@ -546,6 +546,13 @@ def rank_problems(scenario: Scenario) -> list[str]:
     """Clients of one model with different LoRA ranks, under an algorithm that cannot mix ranks."""
     if scenario.algorithm not in algorithm_names() or mixes_ranks(scenario.algorithm):
         return []
+    if one_rank(scenario.algorithm):
+        ranks = sorted({p.rank or scenario.lora.rank for p in scenario.clients})
+        if len(ranks) > 1:
+            ids = [
+                f"clients[{i}].rank={p.rank}" for i, p in enumerate(scenario.clients) if p.rank not in (None, ranks[0])
+            ]
+            return [f"{', '.join(ids)}: {scenario.algorithm} needs one LoRA rank across the federation, got {ranks}"]
     problems = []
     for model in sorted({profile.model for profile in scenario.clients}):
         ranked = [(p.rank or scenario.lora.rank, p.id) for p in scenario.clients if p.model == model]
