@@ -9,8 +9,8 @@ from transformers import AutoConfig, AutoModel
 from fedbrick_flower.adapters.base import make_kind
 from fedbrick_flower.adapters.colora import (
     ColoraKind,
-    ColoraSettings,
     CoLoraLinear,
+    ColoraSettings,
     frozen_tensors,
     gate_tensors,
     global_tensors,
@@ -81,9 +81,7 @@ def test_p_and_q_shapes_and_names_do_not_depend_on_width_or_family() -> None:
     assert pq[0] == pq[1] and pq[0]["colora.1.v.P"] == (4, 4) and pq[0]["colora.1.v.Q"] == (4,)
 
 
-@pytest.mark.parametrize(
-    ("depth", "ends"), [(6, [0, 1, 2, 5]), (12, [2, 5, 8, 11]), (30, [6, 13, 20, 29])]
-)
+@pytest.mark.parametrize(("depth", "ends"), [(6, [0, 1, 2, 5]), (12, [2, 5, 8, 11]), (30, [6, 13, 20, 29])])
 def test_block_end_layers_follow_the_official_rule(depth: int, ends: list[int]) -> None:
     # Execute / Assert
     assert ColoraSettings(n_blocks=4).targets(depth) == ends
