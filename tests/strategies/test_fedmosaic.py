@@ -72,12 +72,14 @@ def test_column_wise_similarity_and_self_excluded_softmax_match_hand_computation
     np.testing.assert_allclose(weights[0], [0.0, np.e / (np.e + 1), 1 / (np.e + 1)])
 
 
-def _node(info: ClientInfo, p_value: float, gradient: np.ndarray, seen: list[dict]) -> object:
+def _node(info: ClientInfo, shapes: dict, p_value: float, gradient: np.ndarray, seen: list[dict]) -> object:
+    """A FedMosaic-like node: every uploaded tensor holds ``p_value``, its descriptor is ``gradient``."""
+
     def answer(message: Message) -> Message:
         if message.metadata.message_type == MessageType.QUERY:
             return Message(RecordDict({CONFIG_KEY: ConfigRecord({PROFILE_KEY: info.to_json()})}), reply_to=message)
         seen.append(from_array_record(message.content[ADAPTERS_KEY]))
-        arrays = {name: np.full(shape, p_value, np.float32) for name, shape in EXPECTED[info.client_id].items()}
+        arrays = {name: np.full(shape, p_value, np.float32) for name, shape in shapes.items()}
         arrays[GRADIENT_NAME] = gradient
         metrics = MetricRecord(
             {"num-examples": 10.0, "train-loss": 1.0, "eval-accuracy": 0.5, "eval-num-examples": 4.0}
@@ -85,9 +87,6 @@ def _node(info: ClientInfo, p_value: float, gradient: np.ndarray, seen: list[dic
         return Message(RecordDict({ADAPTERS_KEY: to_array_record(arrays), METRICS_KEY: metrics}), reply_to=message)
 
     return answer
-
-
-EXPECTED: dict[str, dict[str, tuple[int, ...]]] = {}
 
 
 def test_two_loopback_rounds_mix_p_q_across_families_and_lora_within_a_family() -> None:
@@ -103,13 +102,16 @@ def test_two_loopback_rounds_mix_p_q_across_families_and_lora_within_a_family() 
         np.array([[0, 0, 1.0], [0, 0, 0]]),
     ]
     strategy = _strategy()
+    shapes = {}
     for info in infos:
         strategy.layers_for(info, 1, "train")
-        EXPECTED[info.client_id] = {n: s for n, s in strategy.expected_update(info, 1).items() if n != GRADIENT_NAME}
+        shapes[info.client_id] = {n: s for n, s in strategy.expected_update(info, 1).items() if n != GRADIENT_NAME}
     seen = {info.client_id: [] for info in infos}
     grid = LoopbackGrid(
         {
-            info.node_id: _node(info, float(i + 1), gradients[i].astype(np.float32), seen[info.client_id])
+            info.node_id: _node(
+                info, shapes[info.client_id], float(i + 1), gradients[i].astype(np.float32), seen[info.client_id]
+            )
             for i, info in enumerate(infos)
         }
     )
@@ -118,7 +120,7 @@ def test_two_loopback_rounds_mix_p_q_across_families_and_lora_within_a_family() 
     strategy.start(grid, num_rounds=2)
 
     # Assert: aligned A, B only in each client's first payload
-    for cid, payloads in seen.items():
+    for payloads in seen.values():
         assert any(n.endswith(".A") and n.startswith("colora.") for n in payloads[0])
         assert not any(n.startswith("colora.") and n[-1] in "AB" for n in payloads[1])
     # P_G of bert-a: RELA weights over bert-b (value 2) and llama (value 3), from the column-wise similarity
