@@ -276,8 +276,9 @@ class FedMosaic(HeterogeneousStrategy):
         return columnwise_cosine(stacked)
 
     def personalized_adapters(self, client: ClientInfo) -> dict[str, np.ndarray]:
-        """The latest LOCAL adapters the client uploaded (its gate and head stay on the device)."""
-        return dict(self.local.get(client.client_id, {}))
+        """None to save as a peft adapter: a Co-LoRA model (frozen A/B, P/Q, gates, G and L) has no peft form,
+        and its gates and head never leave the device. The checkpoint keeps every client's latest local adapters."""
+        return {}
 
     # ------------------------------------------------------------------ alignment
     def _frozen(self, client: ClientInfo) -> dict[str, np.ndarray]:
