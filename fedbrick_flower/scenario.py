@@ -547,11 +547,11 @@ def rank_problems(scenario: Scenario) -> list[str]:
     if scenario.algorithm not in algorithm_names() or mixes_ranks(scenario.algorithm):
         return []
     if one_rank(scenario.algorithm):
-        ranks = sorted({p.rank or scenario.lora.rank for p in scenario.clients})
-        if len(ranks) > 1:
-            ids = [
-                f"clients[{i}].rank={p.rank}" for i, p in enumerate(scenario.clients) if p.rank not in (None, ranks[0])
-            ]
+        effective = [p.rank or scenario.lora.rank for p in scenario.clients]
+        if len(set(effective)) > 1:
+            usual = max(sorted(set(effective)), key=effective.count)  # name the clients that differ from most
+            ids = [f"clients[{i}].rank={rank}" for i, rank in enumerate(effective) if rank != usual]
+            ranks = sorted(set(effective))
             return [f"{', '.join(ids)}: {scenario.algorithm} needs one LoRA rank across the federation, got {ranks}"]
     problems = []
     for model in sorted({profile.model for profile in scenario.clients}):
