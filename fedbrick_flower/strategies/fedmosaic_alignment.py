@@ -113,6 +113,8 @@ def pivot_alignment(
         rows = pooled_activations(scenario, model, settings, roles, texts)
         before, after = [], []
         for (block, role), (inputs, outputs) in rows.items():
+            if (block, role) not in pivot_rows:  # a role the pivot's family lacks (BERT has no gate): no partner
+                continue
             pivot_inputs, pivot_outputs = pivot_rows[(block, role)]
             a_name, b_name = block_tensor_name(block, role, "A"), block_tensor_name(block, role, "B")
             target = pivot_inputs @ frozen[pivot][a_name].T
