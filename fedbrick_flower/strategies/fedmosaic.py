@@ -307,11 +307,9 @@ class FedMosaic(HeterogeneousStrategy):
         if self.scenario is None:
             raise RuntimeError("align='pivot_l2_cca' needs the scenario: build FedMosaic with from_scenario(...)")
         started = time.monotonic()
-        client = next(iter(self.clients.values()))
-        settings = self.settings(client)
-        self.frozen, report = pivot_alignment(
-            self.scenario, settings, tuple(client.roles), self.seed, self.align_options
-        )
+        settings = self.settings(next(iter(self.clients.values())))  # one rank and alpha for the federation
+        roles = tuple(self.scenario.lora.roles)  # resolved per family: 'all-linear' differs between families
+        self.frozen, report = pivot_alignment(self.scenario, settings, roles, self.seed, self.align_options)
         self.alignment_report = {**report, "seconds": time.monotonic() - started}
         self._log_rows.append({"round": self.start_round, "phase": "alignment", **self.alignment_report})
 
