@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -173,3 +175,25 @@ def test_a_second_rank_is_refused_at_registration() -> None:
 
     # Assert
     assert reason is not None and "lora.rank" in reason
+
+
+def test_checkpointed_state_restores_every_clients_adapters_gradient_and_deliveries() -> None:
+    # Prepare
+    strategy = _strategy()
+    strategy.local = {"a": {"colora.0.q.P": np.ones((2, 2), np.float32)}}
+    strategy.globals = {"a": {"colora.0.q.P": np.full((2, 2), 2.0, np.float32)}}
+    strategy.gradients = {"a": np.full(GRADIENT_SHAPE, 3.0, np.float32)}
+    strategy.frozen = {"bert": {"colora.0.q.A": np.eye(2, 8, dtype=np.float32)}}
+    strategy.delivered = {"a"}
+    arrays, meta = strategy.algorithm_state()
+
+    # Execute
+    restored = _strategy()
+    restored.load_algorithm_state(arrays, json.loads(json.dumps(meta)))
+
+    # Assert
+    np.testing.assert_array_equal(restored.local["a"]["colora.0.q.P"], 1.0)
+    np.testing.assert_array_equal(restored.globals["a"]["colora.0.q.P"], 2.0)
+    np.testing.assert_array_equal(restored.gradients["a"], 3.0)
+    np.testing.assert_array_equal(restored.frozen["bert"]["colora.0.q.A"], np.eye(2, 8))
+    assert restored.delivered == {"a"}
