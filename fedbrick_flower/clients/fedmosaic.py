@@ -123,6 +123,7 @@ class FedMosaicClient(ClientAlgorithm):
 
 
 def _optimizer_arrays(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """AdamW's per-tensor state (``step``, ``exp_avg``, ``exp_avg_sq``) under ``{tensor name}/{key}``."""
     arrays = {}
     for name, tensor in named.items():
         for key, value in optimizer.state.get(tensor, {}).items():
