@@ -137,13 +137,14 @@ def build_classifier(
     model_key: str,
     task: str,
     layers: list[int] | None,
-    lora: LoraSettings,
+    lora: LoraSettings | None,
     filler: LayerFillerFactory | None = None,
 ) -> SequenceClassifier:
     """A fresh classifier: the cached base, truncated to ``layers`` (None: full depth), LoRA and a seeded head.
 
     LoRA factors and head are initialised from seeds shared by every process, so clients that never received
-    a tensor still agree on its starting value.
+    a tensor still agree on its starting value. ``lora=None`` leaves the backbone bare (and trainable) for an
+    algorithm that injects another adapter kind (FedMosaic's Co-LoRA).
     """
     spec = scenario.models[model_key]
     backbone = copy.deepcopy(cached_backbone(spec, scenario.seed))
@@ -153,7 +154,8 @@ def build_classifier(
         if max(layers) >= depth:
             raise ScenarioError(f"layers: {layers} exceed the {depth} layers of model {model_key!r}")
         keep_layers(backbone, family, layers, filler)
-    attach_lora(backbone, family, lora, stable_seed(scenario.seed, model_key, "lora"))
+    if lora is not None:
+        attach_lora(backbone, family, lora, stable_seed(scenario.seed, model_key, "lora"))
     model = SequenceClassifier(backbone, num_labels(scenario, task))
     model.reset_head(stable_seed(scenario.seed, model_key, task, "head"))
     return model

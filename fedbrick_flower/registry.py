@@ -26,6 +26,9 @@ class AlgorithmEntry:
     mixes_ranks : bool (default: False)
         True if clients of one model may train LoRA of different ranks (HetLoRA, FlexLoRA, FLoRA...). Scenarios
         that give one model several ranks are refused at load under any other algorithm.
+    one_rank : bool (default: False)
+        True if every client of the federation, whatever its model, must train at one rank (FedMosaic averages
+        r x r matrices across models). Scenarios with several ranks are refused at load.
     """
 
     server: str
@@ -33,6 +36,7 @@ class AlgorithmEntry:
     description: str
     mixes_ranks: bool = False
     """True when clients of different LoRA ranks can federate (the strategy mixes factors of different ranks)."""
+    one_rank: bool = False
 
 
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
@@ -73,6 +77,12 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         client="fedbrick_flower.clients.flora:FLoRAClient",
         description="mixed LoRA ranks: stacked factors (exact sum of products) merged into on-device base weights",
         mixes_ranks=True,
+    ),
+    "fedmosaic": AlgorithmEntry(
+        server="fedbrick_flower.strategies.fedmosaic:FedMosaic",
+        client="fedbrick_flower.clients.fedmosaic:FedMosaicClient",
+        description="RELA-weighted Co-LoRA P/Q shared across widths and families, dual LoRA within a model (FedMosaic)",
+        one_rank=True,
     ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",
@@ -124,6 +134,10 @@ def algorithm_entry(name: str) -> AlgorithmEntry:
 
 def mixes_ranks(name: str) -> bool:
     return algorithm_entry(name).mixes_ranks
+
+
+def one_rank(name: str) -> bool:
+    return algorithm_entry(name).one_rank
 
 
 def rank_mixing_algorithms() -> list[str]:

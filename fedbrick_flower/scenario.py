@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from .registry import algorithm_names, mixes_ranks, rank_mixing_algorithms  # entries only: no strategy import
+from .registry import algorithm_names, mixes_ranks, one_rank, rank_mixing_algorithms  # entries only: no strategy import
 
 if TYPE_CHECKING:  # the models package imports torch; commands that do not train must not
     from .models.backbone import ModelSpec
@@ -546,6 +546,13 @@ def rank_problems(scenario: Scenario) -> list[str]:
     """Clients of one model with different LoRA ranks, under an algorithm that cannot mix ranks."""
     if scenario.algorithm not in algorithm_names() or mixes_ranks(scenario.algorithm):
         return []
+    if one_rank(scenario.algorithm):
+        effective = [p.rank or scenario.lora.rank for p in scenario.clients]
+        if len(set(effective)) > 1:
+            usual = max(sorted(set(effective)), key=effective.count)  # name the clients that differ from most
+            ids = [f"clients[{i}].rank={rank}" for i, rank in enumerate(effective) if rank != usual]
+            ranks = sorted(set(effective))
+            return [f"{', '.join(ids)}: {scenario.algorithm} needs one LoRA rank across the federation, got {ranks}"]
     problems = []
     for model in sorted({profile.model for profile in scenario.clients}):
         ranked = [(p.rank or scenario.lora.rank, p.id) for p in scenario.clients if p.model == model]

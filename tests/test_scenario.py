@@ -271,3 +271,18 @@ def test_malformed_yaml_names_the_file_line_and_column(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(ScenarioError, match=rf"scenario {path}: not valid YAML at line 4, column 6: expected ','"):
         load_scenario(str(path))
+
+
+def test_fedmosaic_refuses_two_ranks_even_across_models_naming_the_field() -> None:
+    # Prepare: the two BERT clients keep the scenario's rank, the Llama client asks for another one
+    rank = BASE.get("lora", {}).get("rank", 8)
+    raw = apply_overrides(BASE, {"algorithm": "fedmosaic", "clients.2.rank": rank - 1})
+
+    # Execute
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(raw)
+
+    # Assert
+    assert caught.value.problems == [
+        f"clients[2].rank={rank - 1}: fedmosaic needs one LoRA rank across the federation, got {[rank - 1, rank]}"
+    ]

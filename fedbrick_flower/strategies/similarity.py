@@ -217,3 +217,24 @@ def _normalise_rows(scores: np.ndarray, admissible: np.ndarray, scale: np.ndarra
         weighted = weighted * column_scale[None, :]
     totals = weighted.sum(axis=1, keepdims=True)
     return np.divide(weighted, totals, out=np.zeros_like(weighted), where=totals > _EPS)
+
+
+def columnwise_cosine(matrices: np.ndarray) -> np.ndarray:
+    """FedMosaic's RELA similarity of matrix descriptors: the cosine of each column pair, averaged over columns.
+
+    ``S_ij = (1 / C) sum_c cos(G_i[:, c], G_j[:, c])`` for ``(n, rows, C)`` descriptors (the probe gradients). A
+    zero column has no direction and contributes 0; the diagonal is 1 by definition.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, n)`` in ``[-1, 1]``.
+    """
+    stacked = np.asarray(matrices, dtype=np.float64)
+    if stacked.ndim != 3:
+        raise ValueError(f"column-wise cosine needs (clients, rows, columns) descriptors, got shape {stacked.shape}")
+    norms = np.linalg.norm(stacked, axis=1, keepdims=True)
+    unit = np.divide(stacked, norms, out=np.zeros_like(stacked), where=norms > _EPS)
+    cosine = np.einsum("irc,jrc->ij", unit, unit) / stacked.shape[2]
+    np.fill_diagonal(cosine, 1.0)
+    return np.clip(cosine, -1.0, 1.0)
