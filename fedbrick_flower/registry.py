@@ -26,6 +26,10 @@ class AlgorithmEntry:
     mixes_ranks : bool (default: False)
         True if clients of one model may train LoRA of different ranks (HetLoRA, FlexLoRA, FLoRA...). Scenarios
         that give one model several ranks are refused at load under any other algorithm.
+    robust_aggregation : bool (default: False)
+        True if the strategy combines every tensor over its holders through
+        ``HeterogeneousStrategy.combine_layerwise``, so ``server.aggregation`` (median, trimmed mean) applies.
+        Scenarios asking for a robust aggregation are refused at load under any other algorithm.
     """
 
     server: str
@@ -33,6 +37,7 @@ class AlgorithmEntry:
     description: str
     mixes_ranks: bool = False
     """True when clients of different LoRA ranks can federate (the strategy mixes factors of different ranks)."""
+    robust_aggregation: bool = False
 
 
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
@@ -40,11 +45,13 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         server="fedbrick_flower.strategies.fedavg:LayerwiseFedAvg",
         client="fedbrick_flower.clients.fedavg:FedAvgClient",
         description="layer-wise FedAvg over layer holders (FedIT); FedRA with resample_layers",
+        robust_aggregation=True,
     ),
     "fedbrick": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbrick:FedBRICK",
         client="fedbrick_flower.clients.fedbrick:FedBrickClient",
         description="FedRA allocation + per-group BRICK surrogates for missing layers, distilled on the server",
+        robust_aggregation=True,
     ),
     "fedbip": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbip:FedBip",
@@ -98,6 +105,7 @@ RUNTIME_ARGUMENTS = frozenset(
         "round_timeout",
         "wire_dtype",
         "max_update_bytes",
+        "robustness",
         "callbacks",
     }
 )
@@ -129,6 +137,11 @@ def mixes_ranks(name: str) -> bool:
 def rank_mixing_algorithms() -> list[str]:
     """The algorithms whose clients of one model may use different LoRA ranks."""
     return [name for name in algorithm_names() if _ALGORITHMS[name].mixes_ranks]
+
+
+def robust_aggregation_algorithms() -> list[str]:
+    """The algorithms whose strategies take ``server.aggregation`` (median, trimmed mean) for every tensor."""
+    return [name for name in algorithm_names() if _ALGORITHMS[name].robust_aggregation]
 
 
 def algorithm_parameters(name: str) -> dict[str, inspect.Parameter]:
