@@ -313,10 +313,10 @@ class HeterogeneousStrategy(Strategy):
             if update is not None:
                 validated.append((reply, update))
         updates = self._screen(server_round, [update for _, update in validated])
-        for reply, update in validated:
-            if update.client.client_id in {u.client.client_id for u in updates}:
-                self._log_train(server_round, reply, update)
         self._trained = {u.client.client_id for u in updates}
+        for reply, update in validated:
+            if update.client.client_id in self._trained:
+                self._log_train(server_round, reply, update)
         if updates:
             self.aggregate(server_round, updates)
         weights = [u.num_examples for u in updates]
