@@ -1,8 +1,11 @@
 """Flower ClientApp mods: fault injection and a wire audit, both off unless a run asks for them.
 
-- ``fault_injection_mod``: a scenario's ``faults.nan_update`` lists clients whose training replies get a NaN
-  written into their first tensor after training, as a diverged client would send it. The server must reject
-  such a reply, log it and finish the round with the others.
+- ``fault_injection_mod``: a scenario's ``faults`` lists clients whose training replies are corrupted after
+  training: ``nan_update`` writes a NaN into the first tensor (a diverged client), ``scaled_update`` multiplies
+  every tensor by ``scale_factor`` (default 1000) and ``sign_flip`` negates every tensor (finite but poisoned
+  updates). The update is what the client sends, its trained adapter tensors: flipping both LoRA factors
+  leaves their product unchanged, so a sign flip harms mainly through the head. The server must reject a NaN
+  reply, and with ``server.outlier_norm_multiple`` a scaled one, log it and finish the round with the others.
 - ``wire_audit_mod``: with the run-config key ``audit-wire=true``, every message a client receives and every
   reply it sends is described (record names, array names, shapes, dtypes, metric and config keys; never the
   values) in ``<out-dir>/wire-audit.jsonl``, so a user can check what crosses the link.
@@ -22,23 +25,39 @@ from flwr.clientapp.typing import ClientAppCallable
 from .clients.profile import session_for
 from .records import ADAPTERS_KEY
 from .runconfig import AUDIT_KEY
+from .scenario import FaultSettings
 
 AUDIT_FILE = "wire-audit.jsonl"
 
 
 def fault_injection_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Corrupt the training reply of clients listed in ``faults.nan_update``."""
+    """Corrupt the training reply of the clients listed under the scenario's ``faults``."""
     reply = call_next(msg, context)
     if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
         return reply
     session = session_for(context.run_config, context.node_config)
-    if session.profile.id in session.scenario.faults.nan_update:
-        record = reply.content[ADAPTERS_KEY]
-        name = next(iter(record))
-        values = record[name].numpy().copy()
-        values.flat[0] = np.nan
-        record[name] = Array(values)
+    record = reply.content[ADAPTERS_KEY]
+    tensors = {name: record[name].numpy() for name in record}
+    faulty = apply_faults(tensors, session.scenario.faults, session.profile.id)
+    for name, values in faulty.items():
+        if values is not tensors[name]:
+            record[name] = Array(values)
     return reply
+
+
+def apply_faults(tensors: dict[str, np.ndarray], faults: FaultSettings, client_id: str) -> dict[str, np.ndarray]:
+    """The tensors ``client_id`` sends under ``faults`` (new arrays where a fault applies, the inputs elsewhere)."""
+    result = dict(tensors)
+    if client_id in faults.scaled_update:
+        result = {name: (v * faults.scale_factor).astype(v.dtype) for name, v in result.items()}
+    if client_id in faults.sign_flip:
+        result = {name: -v for name, v in result.items()}
+    if client_id in faults.nan_update and result:
+        name = next(iter(result))
+        values = result[name].copy()
+        values.flat[0] = np.nan
+        result[name] = values
+    return result
 
 
 def wire_audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -29,6 +29,10 @@ class AlgorithmEntry:
     one_rank : bool (default: False)
         True if every client of the federation, whatever its model, must train at one rank (FedMosaic averages
         r x r matrices across models). Scenarios with several ranks are refused at load.
+    robust_aggregation : bool (default: False)
+        True if the strategy combines every tensor over its holders through
+        ``HeterogeneousStrategy.combine_layerwise``, so ``server.aggregation`` (median, trimmed mean) applies.
+        Scenarios asking for a robust aggregation are refused at load under any other algorithm.
     """
 
     server: str
@@ -37,6 +41,7 @@ class AlgorithmEntry:
     mixes_ranks: bool = False
     """True when clients of different LoRA ranks can federate (the strategy mixes factors of different ranks)."""
     one_rank: bool = False
+    robust_aggregation: bool = False
 
 
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
@@ -44,11 +49,13 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         server="fedbrick_flower.strategies.fedavg:LayerwiseFedAvg",
         client="fedbrick_flower.clients.fedavg:FedAvgClient",
         description="layer-wise FedAvg over layer holders (FedIT); FedRA with resample_layers",
+        robust_aggregation=True,
     ),
     "fedbrick": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbrick:FedBRICK",
         client="fedbrick_flower.clients.fedbrick:FedBrickClient",
         description="FedRA allocation + per-group BRICK surrogates for missing layers, distilled on the server",
+        robust_aggregation=True,
     ),
     "fedbip": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbip:FedBip",
@@ -108,6 +115,7 @@ RUNTIME_ARGUMENTS = frozenset(
         "round_timeout",
         "wire_dtype",
         "max_update_bytes",
+        "robustness",
         "callbacks",
     }
 )
@@ -143,6 +151,11 @@ def one_rank(name: str) -> bool:
 def rank_mixing_algorithms() -> list[str]:
     """The algorithms whose clients of one model may use different LoRA ranks."""
     return [name for name in algorithm_names() if _ALGORITHMS[name].mixes_ranks]
+
+
+def robust_aggregation_algorithms() -> list[str]:
+    """The algorithms whose strategies take ``server.aggregation`` (median, trimmed mean) for every tensor."""
+    return [name for name in algorithm_names() if _ALGORITHMS[name].robust_aggregation]
 
 
 def algorithm_parameters(name: str) -> dict[str, inspect.Parameter]:

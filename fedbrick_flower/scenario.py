@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from .registry import algorithm_names, mixes_ranks, one_rank, rank_mixing_algorithms  # entries only: no strategy import
+from .registry import (  # entries only: no strategy import
+    algorithm_names,
+    mixes_ranks,
+    one_rank,
+    rank_mixing_algorithms,
+    robust_aggregation_algorithms,
+)
+from .strategies.aggregation import AGGREGATIONS, NORM_SCOPES  # pure NumPy: no Flower, no torch
 
 if TYPE_CHECKING:  # the models package imports torch; commands that do not train must not
     from .models.backbone import ModelSpec
@@ -165,6 +172,12 @@ class ServerSettings:
     evaluate_global: bool = True
     node_wait_timeout: float = 120.0
     round_timeout: float = 3600.0
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    outlier_norm_multiple: float | None = None
+    norm_scope: str = "layer"
+    clip_norm: float | None = None
+    clip_norm_multiple: float | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,9 @@ class FaultSettings:
     """Fault injection for resilience tests: the listed clients corrupt their training replies."""
 
     nan_update: tuple[str, ...] = ()
+    scaled_update: tuple[str, ...] = ()
+    scale_factor: float = 1000.0
+    sign_flip: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -482,6 +498,10 @@ RANGES: dict[str, Range] = {
     "server.max_update_mb": _POSITIVE,
     "server.node_wait_timeout": _POSITIVE,
     "server.round_timeout": _POSITIVE,
+    "server.trim_fraction": Range(0, 0.5, high_open=True),
+    "server.outlier_norm_multiple": Range(1, low_open=True),
+    "server.clip_norm": _POSITIVE,
+    "server.clip_norm_multiple": _POSITIVE,
     "clients[].rank": _AT_LEAST_1,
     "clients[].batch_size": _AT_LEAST_1,
 }
@@ -492,6 +512,8 @@ WIRE_DTYPES = ("float32", "float16")
 # come from their registries in :mod:`fedbrick_flower.preflight`.
 CHOICES: dict[str, tuple[str, ...]] = {
     "server.wire_dtype": WIRE_DTYPES,
+    "server.aggregation": AGGREGATIONS,
+    "server.norm_scope": NORM_SCOPES,
     "clients[].dtype": DTYPES,
     "clients[].device": DEVICES,
 }
@@ -524,11 +546,30 @@ def semantic_problems(scenario: Scenario, raw_clients: int | None = None) -> lis
         problems.append(f"server.min_clients: must be <= the {len(scenario.clients)} clients, got {server.min_clients}")
     for index, profile in enumerate(scenario.clients):
         problems += _profile_problems(profile, f"clients[{index}]")
-    for client_id in scenario.faults.nan_update:
-        if client_id not in ids:
-            problems.append(f"faults.nan_update: {client_id!r} is not a client id of this scenario {ids}")
-    problems += rank_problems(scenario)
+    for fault in FAULT_LISTS:
+        for client_id in getattr(scenario.faults, fault):
+            if client_id not in ids:
+                problems.append(f"faults.{fault}: {client_id!r} is not a client id of this scenario {ids}")
+    problems += rank_problems(scenario) + aggregation_problems(scenario)
     return problems
+
+
+FAULT_LISTS = ("nan_update", "scaled_update", "sign_flip")
+
+
+def aggregation_problems(scenario: Scenario) -> list[str]:
+    """A robust ``server.aggregation`` under an algorithm that does not combine tensors layer-wise."""
+    aggregation = scenario.server.aggregation
+    if aggregation == "mean" or scenario.algorithm not in algorithm_names():
+        return []
+    supported = robust_aggregation_algorithms()
+    if scenario.algorithm in supported:
+        return []
+    return [
+        f"server.aggregation: {aggregation!r} needs an algorithm that averages each tensor over its holders "
+        f"({', '.join(supported)}); {scenario.algorithm} mixes updates by its own rule, so only 'mean' applies "
+        "(server.outlier_norm_multiple and server.clip_norm apply to every algorithm)"
+    ]
 
 
 def _lora_problems(lora: LoraDefaults) -> list[str]:

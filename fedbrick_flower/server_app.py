@@ -19,6 +19,7 @@ from .registry import server_class
 from .run_dir import CHECKPOINT_DIR, SUMMARY_FILE, RunRecorder, has_checkpoint, load_checkpoint
 from .runconfig import OUT_DIR_KEY, RESUME_KEY, SCENARIO_KEY, scenario_overrides
 from .scenario import Scenario
+from .strategies.aggregation import Robustness
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
 app = ServerApp()
@@ -44,6 +45,14 @@ def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_
         "round_timeout": server.round_timeout,
         "wire_dtype": server.wire_dtype,
         "max_update_bytes": int(server.max_update_mb * 2**20),
+        "robustness": Robustness(
+            aggregation=server.aggregation,
+            trim_fraction=server.trim_fraction,
+            outlier_norm_multiple=server.outlier_norm_multiple,
+            norm_scope=server.norm_scope,
+            clip_norm=server.clip_norm,
+            clip_norm_multiple=server.clip_norm_multiple,
+        ),
         "callbacks": callbacks,
     }
 

@@ -67,6 +67,12 @@ def test_every_builtin_scenario_is_valid(name: str) -> None:
         ("clients.0.model", "gpt-5", r"clients\[0\].model: 'gpt-5'"),
         ("clients.2.device", "gpu", r"clients\[2\].device: 'gpu'"),
         ("faults.nan_update", ["nobody"], "faults.nan_update: 'nobody'"),
+        ("faults.scaled_update", ["nobody"], "faults.scaled_update: 'nobody'"),
+        ("faults.sign_flip", ["nobody"], "faults.sign_flip: 'nobody'"),
+        ("server.aggregation", "mode", r"server.aggregation: 'mode' is not one of mean, median, trimmed-mean"),
+        ("server.trim_fraction", 0.5, r"server.trim_fraction: must be in \[0, 0.5\), got 0.5"),
+        ("server.outlier_norm_multiple", 1.0, r"server.outlier_norm_multiple: must be > 1, got 1.0"),
+        ("server.norm_scope", "tensor", r"server.norm_scope: 'tensor' is not one of layer, update"),
     ],
 )
 def test_errors_name_the_field_and_value(path: str, value, message: str) -> None:
@@ -271,6 +277,32 @@ def test_malformed_yaml_names_the_file_line_and_column(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(ScenarioError, match=rf"scenario {path}: not valid YAML at line 4, column 6: expected ','"):
         load_scenario(str(path))
+
+
+def test_a_robust_aggregation_is_refused_under_an_algorithm_that_mixes_by_its_own_rule() -> None:
+    # Prepare
+    raw = _with("server.aggregation", "median")
+    raw["algorithm"] = "fedbip"
+
+    # Execute
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(raw)
+
+    # Assert
+    [problem] = [p for p in caught.value.problems if p.startswith("server.aggregation")]
+    assert problem.startswith("server.aggregation: 'median' needs an algorithm that averages each tensor")
+    assert "(fedavg, fedbrick)" in problem and "fedbip mixes updates by its own rule" in problem
+
+
+def test_the_norm_check_and_a_robust_mean_are_accepted_under_fedavg() -> None:
+    # Prepare
+    raw = _with("server", {"aggregation": "trimmed-mean", "outlier_norm_multiple": 3, "clip_norm": 5})
+
+    # Execute
+    scenario = parse_scenario(raw)
+
+    # Assert
+    assert (scenario.server.aggregation, scenario.server.outlier_norm_multiple) == ("trimmed-mean", 3.0)
 
 
 def test_fedmosaic_refuses_two_ranks_even_across_models_naming_the_field() -> None:

@@ -11,6 +11,7 @@ state and round hooks. An algorithm subclass implements four verbs: :meth:`paylo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -26,7 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
-from ..adapters.naming import names_for_layers
+from ..adapters.naming import is_head, names_for_layers
 from ..data.checks import label_mismatch
 from ..records import (
     ADAPTERS_KEY,
@@ -43,10 +44,12 @@ from ..records import (
     to_array_record,
     validate_update,
 )
-from .aggregation import random_layer_subset, sample_clients, weighted_mean
+from .aggregation import Contribution, Robustness, random_layer_subset, sample_clients, weighted_mean
 
 if TYPE_CHECKING:
     from ..scenario import Scenario
+
+NO_DEFENCE = Robustness()  # the plain weighted mean, no norm check, no clipping
 
 
 @dataclass
@@ -151,6 +154,11 @@ class HeterogeneousStrategy(Strategy):
     state_scope : str (default: "")
         Names the run for the clients' durable state: a device keeps its state file across a restart of its
         SuperNode, or of the server resuming the same run, and ignores one written for another run.
+    robustness : Robustness (default: plain weighted mean, no checks)
+        Defences against finite but poisoned updates: the round's validated updates are checked against the
+        round's median norm (an outlier is rejected and logged like an invalid reply) and optionally clipped
+        before :meth:`aggregate`; layer-wise methods combine tensors through :meth:`combine_layerwise`, which
+        applies its ``aggregation`` (mean, median or trimmed mean over each tensor's holders).
     callbacks : Sequence[RoundCallback] (default: ())
         Round hooks: metrics files, checkpoints, server-side evaluation.
     """
@@ -170,6 +178,7 @@ class HeterogeneousStrategy(Strategy):
         resample_layers: bool = False,
         task_labels: Mapping[str, Sequence[str] | None] | None = None,
         state_scope: str = "",
+        robustness: Robustness = NO_DEFENCE,
         callbacks: Sequence[RoundCallback] = (),
     ) -> None:
         self.seed = seed
@@ -183,6 +192,7 @@ class HeterogeneousStrategy(Strategy):
         self.max_update_bytes = max_update_bytes
         self.resample_layers = resample_layers
         self.state_scope = state_scope
+        self.robustness = robustness
         self.task_labels = dict(task_labels or {})
         self.callbacks = list(callbacks)
         self.clients: dict[str, ClientInfo] = {}
@@ -280,6 +290,7 @@ class HeterogeneousStrategy(Strategy):
             "min_clients": self.min_clients,
             "wire_dtype": self.wire_dtype,
             "max_update_bytes": self.max_update_bytes,
+            "robustness": self.robustness,
             **self.describe(),
         }
         for key, value in settings.items():
@@ -296,12 +307,16 @@ class HeterogeneousStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates: list[ClientUpdate] = []
+        validated: list[tuple[Message, ClientUpdate]] = []
         for reply, client in self._attributed(replies):
             update = self._accept(reply, client, server_round)
             if update is not None:
-                updates.append(update)
+                validated.append((reply, update))
+        updates = self._screen(server_round, [update for _, update in validated])
         self._trained = {u.client.client_id for u in updates}
+        for reply, update in validated:
+            if update.client.client_id in self._trained:
+                self._log_train(server_round, reply, update)
         if updates:
             self.aggregate(server_round, updates)
         weights = [u.num_examples for u in updates]
@@ -474,6 +489,37 @@ class HeterogeneousStrategy(Strategy):
         except (UpdateRejected, KeyError, TypeError, ValueError) as error:
             self._reject(server_round, client, "train", str(error))
             return None
+        return ClientUpdate(client, arrays, num_examples, metrics)
+
+    def _screen(self, server_round: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """Reject the round's norm outliers and clip the rest, as :attr:`robustness` asks (see :class:`Robustness`).
+
+        Norms are compared among updates of the same model (heads: of the same model and task), through the
+        server-state names :func:`scoped_name` gives.
+        """
+        if not self.robustness.screens:
+            return updates
+        scoped = {u.client.client_id: {scoped_name(u.client, n): v for n, v in u.arrays.items()} for u in updates}
+        rejected, kept, factors = self.robustness.screen(scoped)
+        for update in updates:
+            if update.client.client_id in rejected:
+                self._reject(server_round, update.client, "train", rejected[update.client.client_id])
+        for client_id, factor in sorted(factors.items()):
+            self._log_rows.append({"round": server_round, "phase": "clipped", "client": client_id, "factor": factor})
+        return [
+            dataclasses.replace(u, arrays=dict(zip(u.arrays, kept[u.client.client_id].values(), strict=True)))
+            for u in updates
+            if u.client.client_id in kept
+        ]
+
+    def combine_layerwise(self, contributions: Iterable[Contribution]) -> dict[str, np.ndarray]:
+        """Combine each tensor over the contributions that hold it: the one entry point of every layer-wise
+        method, so ``server.aggregation`` (mean, median, trimmed mean) applies to all of them."""
+        return self.robustness.combine(contributions)
+
+    def _log_train(self, server_round: int, reply: Message, update: ClientUpdate) -> None:
+        """The ``train`` row of an update that is aggregated, and the evaluation it carried."""
+        client, metrics = update.client, update.metrics
         train_metrics = {k: v for k, v in metrics.items() if not k.startswith(EVAL_PREFIX)}
         self._log_rows.append(
             {
@@ -483,14 +529,13 @@ class HeterogeneousStrategy(Strategy):
                 "layers": self.round_layers.get(client.client_id),
                 "bytes_up": content_bytes(reply.content),
                 "bytes_down": self._bytes_down.get((client.client_id, "train")),
-                "adapter_bytes": array_bytes(arrays),
+                "adapter_bytes": array_bytes(update.arrays),
                 **train_metrics,
             }
         )
         evaluation = {k[len(EVAL_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
         if evaluation:
             self._log_evaluation(server_round, client, evaluation, bytes_up=0, inside_train=True)
-        return ClientUpdate(client, arrays, num_examples, metrics)
 
     def _log_evaluation(
         self,
@@ -590,6 +635,11 @@ class HeterogeneousStrategy(Strategy):
         log(ERROR, "node %s failed to register: %s", node, reason)
         row = {"round": self.start_round, "phase": "registration-failed", "node": node, "reason": reason}
         self._log_rows.append(row)
+
+
+def scoped_name(client: ClientInfo, name: str) -> str:
+    """Server-state key of a canonical tensor name: layers are shared per model, heads per model and task."""
+    return f"{client.model}/{client.task}/{name}" if is_head(name) else f"{client.model}/{name}"
 
 
 def _training_set_size(metrics: dict[str, float]) -> int:

@@ -11,14 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters.naming import is_head
-from .aggregation import layerwise_average
-from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
-
-
-def scoped_name(client: ClientInfo, name: str) -> str:
-    """Server-state key of a canonical tensor name: layers are shared per model, heads per model and task."""
-    return f"{client.model}/{client.task}/{name}" if is_head(name) else f"{client.model}/{name}"
+from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy, scoped_name
 
 
 class LayerwiseFedAvg(HeterogeneousStrategy):
@@ -56,7 +49,7 @@ class LayerwiseFedAvg(HeterogeneousStrategy):
             )
             for u in updates
         ]
-        self.state.update(layerwise_average(contributions))
+        self.state.update(self.combine_layerwise(contributions))
 
     def layer_adapters(self, model: str) -> dict[str, np.ndarray]:
         """The global LoRA tensors of one model (every layer anyone has trained), under canonical names."""

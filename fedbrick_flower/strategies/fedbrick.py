@@ -34,7 +34,6 @@ from ..assembly import build_global_model, task_examples
 from ..data import EncodedExamples
 from ..models import layer_stack, model_family, resolve_device, stable_seed
 from ..scenario import Scenario
-from .aggregation import layerwise_average
 from .base import ClientInfo, ClientUpdate
 from .distillation import distill_brick
 from .fedavg import LayerwiseFedAvg
@@ -154,7 +153,7 @@ class FedBRICK(LayerwiseFedAvg):
                 (u.client.client_id, {brick_key(u.client, n): v for n, v in u.arrays.items() if is_brick(n)}, 1.0)
                 for u in updates
             ]
-            self.bricks.update(layerwise_average(contributions))
+            self.bricks.update(self.combine_layerwise(contributions))
         for update in updates:
             self._record_storage(update)
         if self.distill:

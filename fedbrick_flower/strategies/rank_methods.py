@@ -18,7 +18,6 @@ import numpy as np
 
 from ..adapters.naming import is_head, parse_layer_tensor_name
 from . import ranks
-from .aggregation import layerwise_average
 from .base import ClientInfo, ClientUpdate
 from .fedavg import LayerwiseFedAvg, scoped_name
 
@@ -170,7 +169,7 @@ class RankHeterogeneousLoRA(LayerwiseFedAvg):
             )
             for u in updates
         ]
-        self.state.update(layerwise_average(heads))
+        self.state.update(self.combine_layerwise(heads))
         groups = module_groups(updates)
         spectra = self.aggregate_modules(server_round, groups)
         self._log_rows.append(collapse_row(server_round, groups, spectra))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MessageType
 
-from fedbrick_flower.strategies.aggregation import ShapeMismatch
+from fedbrick_flower.strategies.aggregation import Robustness, ShapeMismatch
+from fedbrick_flower.strategies.base import RoundCallback
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
 
 from .loopback import LoopbackGrid, client_info, failing_node, training_node
@@ -178,3 +179,68 @@ def test_a_node_whose_own_labels_do_not_fit_its_task_is_refused_and_the_others_t
     assert grid.sent(2, MessageType.TRAIN) == 0
     reason = strategy._failed_nodes[2]
     assert reason.startswith("client stray refused:") and "['weather']" in reason
+
+
+def test_a_scaled_update_is_rejected_as_a_norm_outlier_and_the_global_is_the_mean_of_the_others() -> None:
+    # Prepare: four clean clients (values 1..4, equal weights) and one sending 1000x
+    infos = [client_info(f"c{i}", node_id=i + 1) for i in range(5)]
+    values = [1.0, 2.0, 3.0, 4.0, 1000.0]
+    nodes = {info.node_id: training_node(info, value=v) for info, v in zip(infos, values, strict=True)}
+    strategy, grid = _prepare(nodes, robustness=Robustness(outlier_norm_multiple=3.0))
+    seen: list[dict] = []
+    strategy.callbacks = [_Collect(seen)]
+
+    # Execute
+    strategy.start(grid, num_rounds=1)
+
+    # Assert: (1 + 2 + 3 + 4) / 4 = 2.5 everywhere; the poisoned client is logged with its reason, not trained
+    np.testing.assert_allclose(strategy.state["m/layers.0.q.lora_A"], np.full((2, 4), 2.5))
+    np.testing.assert_allclose(strategy.state["m/t/head.bias"], np.full(3, 2.5))
+    [rejected] = [row for row in seen if row["phase"] == "rejected"]
+    assert (rejected["client"], rejected["stage"]) == ("c4", "train")
+    assert rejected["reason"].startswith("norm outlier: m/layers.0 has norm 4000")
+    assert "the round's median 12 over 5 updates (limit 3x, server.outlier_norm_multiple)" in rejected["reason"]
+    assert sorted(row["client"] for row in seen if row["phase"] == "train") == ["c0", "c1", "c2", "c3"]
+    assert grid.sent(5, MessageType.EVALUATE) == 1  # rejected: it evaluates the global like a client that sat out
+
+
+def test_a_robust_aggregation_applies_to_the_layerwise_mean_of_the_strategy() -> None:
+    # Prepare: three holders of every tensor, one of them far off; weights 10, 10, 30
+    infos = [client_info("a", 1), client_info("b", 2), client_info("c", 3, examples=30)]
+    nodes = {1: training_node(infos[0], value=1.0), 2: training_node(infos[1], value=2.0)}
+    nodes[3] = training_node(infos[2], value=-50.0)
+    strategy, grid = _prepare(nodes, robustness=Robustness(aggregation="median"))
+    strategy.callbacks = []
+
+    # Execute
+    strategy.start(grid, num_rounds=1)
+
+    # Assert: the coordinate-wise median of 1, 2, -50 is 1, whatever the weights
+    np.testing.assert_allclose(strategy.state["m/layers.1.q.lora_B"], np.full((4, 2), 1.0))
+    np.testing.assert_allclose(strategy.state["m/t/head.weight"], np.full((3, 4), 1.0))
+
+
+def test_clipped_updates_are_logged_with_their_factor_and_aggregated_clipped() -> None:
+    # Prepare: every layer group of a client has 16 entries of its value: norm 4 * value; heads 15 entries
+    infos = [client_info("a", 1), client_info("b", 2)]
+    nodes = {1: training_node(infos[0], value=1.0), 2: training_node(infos[1], value=2.0)}
+    strategy, grid = _prepare(nodes, robustness=Robustness(clip_norm=4.0))
+    seen: list[dict] = []
+    strategy.callbacks = [_Collect(seen)]
+
+    # Execute
+    strategy.start(grid, num_rounds=1)
+
+    # Assert: b's layers (norm 8) and head (norm 2 sqrt(15)) are scaled to norm 4; a's (4, sqrt(15)) are not
+    np.testing.assert_allclose(strategy.state["m/layers.0.q.lora_A"], np.full((2, 4), 1.0))
+    head = (1.0 * min(1.0, 4 / np.sqrt(15)) + 2.0 * 4 / (2 * np.sqrt(15))) / 2
+    np.testing.assert_allclose(strategy.state["m/t/head.bias"], np.full(3, head), rtol=1e-6)
+    assert [(r["client"], r["factor"]) for r in seen if r["phase"] == "clipped"] == [("b", pytest.approx(0.5))]
+
+
+class _Collect(RoundCallback):
+    def __init__(self, sink: list[dict]) -> None:
+        self.sink = sink
+
+    def on_round_end(self, strategy, server_round: int, log_rows: list[dict]) -> None:
+        self.sink.extend(log_rows)

@@ -10,6 +10,7 @@ import pytest
 from fedbrick_flower.adapters.brick import brick_schema
 from fedbrick_flower.clients.profile import client_session
 from fedbrick_flower.scenario import load_scenario
+from fedbrick_flower.strategies.aggregation import Robustness
 from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 from fedbrick_flower.strategies.fedbrick import FedBRICK
 
@@ -112,6 +113,24 @@ def test_aggregation_ignores_non_holders_and_keeps_groups_apart() -> None:
     np.testing.assert_allclose(strategy.bricks["m/g1/bricks.3.A1"], 1.0)
     np.testing.assert_allclose(strategy.bricks["m/g2/bricks.3.A1"], 4.0)
     assert not np.allclose(before_layer3, 1.0)
+
+
+def test_a_median_aggregation_applies_to_the_lora_the_head_and_the_bricks() -> None:
+    # Prepare: three clients of one group holding every layer; one far off and claiming many examples
+    strategy = _strategy(robustness=Robustness(aggregation="median"))
+    clients = [_client(name, LAYERS, fixed=list(range(LAYERS))) for name in ("a", "b", "c")]
+    for client in clients:
+        strategy.payload(client, 1, "train")
+    updates = [_update(strategy, clients[0], 1.0), _update(strategy, clients[1], 2.0)]
+    updates.append(_update(strategy, clients[2], 500.0, examples=1000))
+
+    # Execute
+    strategy.aggregate(1, updates)
+
+    # Assert: the coordinate-wise median of 1, 2 and 500 is 2 for every kind of tensor
+    np.testing.assert_allclose(strategy.state["m/layers.3.attention.self.query.lora_B"], 2.0)
+    np.testing.assert_allclose(strategy.state["m/t/head.bias"], 2.0)
+    np.testing.assert_allclose(strategy.bricks["m/g/bricks.2.B2"], 2.0)
 
 
 def test_global_adapters_hold_no_bricks_and_state_round_trips() -> None:
