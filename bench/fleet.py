@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -56,6 +57,17 @@ def tiny_scenario(path: Path, client_ids: list[str], rounds: int, **server: Any)
     }
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def run_context() -> dict[str, Any]:
+    """What a result file records besides its figures: command, date, cores, load (the machine is shared)."""
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "platform": platform.platform(),
+        "cores": os.cpu_count(),
+        "load_average_at_end": [round(load, 2) for load in os.getloadavg()],
+    }
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, watched: subprocess.Popen | None) -> float:

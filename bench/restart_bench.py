@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from fleet import ROOT, LoopbackFleet, completed_rounds, tiny_scenario, wait_for
+from fleet import ROOT, LoopbackFleet, completed_rounds, run_context, tiny_scenario, wait_for
 
 from fedbrick_flower.run_files import SUMMARY_FILE, read_metrics
 
@@ -109,7 +108,7 @@ def main() -> None:
     result = {
         "what": "SuperLink SIGKILLed after round K with 2 SuperNodes connected; `server --resume --database` on the "
         "same ports; seconds from the restart command to the next completed round",
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, shared 2-core",
+        **run_context(),
         "rounds": args.rounds,
         "crash_after": args.crash_after,
         "restart_to_round_s": {"mean": statistics.mean(times), "std": statistics.pstdev(times), "runs": times},

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import random
 import re
 import statistics
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from fleet import ROOT, LoopbackFleet, completed_rounds, family, tiny_scenario, wait_for
+from fleet import ROOT, LoopbackFleet, completed_rounds, family, run_context, tiny_scenario, wait_for
 
 from fedbrick_flower.run_files import SUMMARY_FILE
 
@@ -162,7 +161,7 @@ def main() -> None:
     result = {
         "what": "loopback soak: SuperNodes of tiny random BERTs, FedAvg, a random node SIGKILLed and restarted every "
         "few rounds; server fds and RSS sampled as each round completes (SuperLink and ServerApp)",
-        "machine": f"{platform.machine()}, shared 2-core",
+        **run_context(),
         "nodes": args.nodes,
         "rounds_planned": args.rounds,
         "kill_every": args.kill_every,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,9 +17,16 @@ import psutil
 import pytest
 
 from fedbrick_flower import runtime
-from tests.integration.test_deployment import fedbrick, smoke_subset, wait_for
+from tests.integration.test_deployment import smoke_subset, wait_for
 
 pytestmark = pytest.mark.integration
+
+
+def fedbrick(args: list[str], log_file: Path, home: Path) -> subprocess.Popen:
+    """``fedbrick-flower ARGS`` of the imported package (this checkout, whatever is installed), in its own session."""
+    env = runtime.flower_env(home, {"PYTHONPATH": str(runtime.app_dir())})
+    return runtime.start([sys.executable, "-m", "fedbrick_flower.cli", *args], log_file, env)
+
 
 FAST = ["--set", "rounds=1", "--set", "train.local_steps=1", "--set", "server.evaluate_global=false"]
 
