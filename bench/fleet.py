@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,26 +88,14 @@ def completed_rounds(run_dir: Path) -> list[int]:
     return [row["round"] for row in read_metrics(run_dir) if row["phase"] == "round"]
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _identity(pid: int) -> tuple[int, float] | None:
     """``(pid, start time)``: tells a process from a later one that reuses its PID."""
-    import psutil
-
     with contextlib.suppress(psutil.NoSuchProcess):
         return pid, psutil.Process(pid).create_time()
     return None
 
 
 def _running(identity: tuple[int, float]) -> bool:
-    import psutil
-
     with contextlib.suppress(psutil.NoSuchProcess):
         process = psutil.Process(identity[0])
         return process.create_time() == identity[1] and process.status() != psutil.STATUS_ZOMBIE
@@ -115,8 +104,6 @@ def _running(identity: tuple[int, float]) -> bool:
 
 def family(pid: int) -> list[int]:
     """``pid`` and every process it started, now (empty if it is gone)."""
-    import psutil
-
     with contextlib.suppress(psutil.NoSuchProcess):
         root = psutil.Process(pid)
         return [pid, *(child.pid for child in root.children(recursive=True))]

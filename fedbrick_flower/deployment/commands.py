@@ -86,7 +86,12 @@ def add_server(commands: argparse._SubParsersAction) -> None:
         "--control-port", type=int, default=8000, help="port of the Control/Runtime API (HTTP(S), on loopback)"
     )
     parser.add_argument("--node-keys", type=Path, help="folder of SuperNode *.key.pub files (default: CERTS/public)")
-    parser.add_argument("--database", default=IN_MEMORY, help="SuperLink state database: a file, or in memory")
+    parser.add_argument(
+        "--database",
+        default=IN_MEMORY,
+        help="SuperLink state database: a file, or in memory. With a file, a server restarted after a crash "
+        "(--resume RUN_DIR, the same file and --fleet-address) keeps the SuperNodes that are still running",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the SuperLink running after the run")
     _add_run_options(parser)
     parser.set_defaults(handler=server)
