@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    runtime.stop_on_signals()  # every command that starts processes stops them by PID in `finally` blocks
     try:
         return int(args.handler(args) or 0)
     except (ScenarioError, RuntimeError) as error:
@@ -145,10 +146,10 @@ def run_simulation(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir} (Flower's log: {log_file})", flush=True)
     with runtime.running([runtime.start(command, log_file, env)]) as processes:
         runtime.wait_for_http(http_port, processes[0], log_file)
-        code = runtime.flwr_run("fedbrick-sim", run_config, env)
-        runtime.wait_for_file(run_dir / SUMMARY_FILE, processes[0], log_file)
-    if code != 0:
-        raise RuntimeError(f"flwr run exited with code {code}; see {log_file}")
+        code, run_id = runtime.flwr_run("fedbrick-sim", run_config, env)
+        if code != 0:
+            raise RuntimeError(f"flwr run exited with code {code}; see {log_file}")
+        runtime.wait_for_run("fedbrick-sim", run_id, env, run_dir / SUMMARY_FILE, processes[0], log_file)
     print_summary(run_dir)
     return 0
 

@@ -8,7 +8,9 @@ and stops exactly the processes it started.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -162,16 +164,20 @@ def wait_for_http(
     raise RuntimeError(f"{process.args[0]} did not become ready within {timeout:.0f}s; see {log_file}")
 
 
-def wait_for_file(path: Path, process: subprocess.Popen, log_file: Path, timeout: float = 120.0) -> None:
-    """Wait for a file that a run writes as it ends.
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGINT end this command through its ``finally`` blocks, which stop what it started by PID.
 
-    ``flwr run --stream`` can return as the log stream closes, a moment before the ServerApp writes its files.
+    The first signal raises ``SystemExit(128 + signum)``; later ones are ignored so that the teardown completes.
+    ``os.exec*`` resets these handlers, so a command that becomes another program gets that program's own.
     """
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError(f"the run ended without writing {path}; see {log_file}")
-        time.sleep(0.5)
+
+    def leave(signum: int, frame: Any) -> None:
+        for other in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(other, signal.SIG_IGN)
+        sys.exit(128 + signum)
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, leave)
 
 
 def run_config_arg(values: Mapping[str, Any]) -> str:
@@ -188,7 +194,70 @@ def run_config_arg(values: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def flwr_run(connection: str, run_config: Mapping[str, Any], env: Mapping[str, str]) -> int:
-    """Submit the app with ``flwr run APP CONNECTION --stream`` and stream its logs to this terminal."""
+RUN_STARTED = re.compile(r"Successfully started run (\d+)")  # what `flwr run` prints once the run exists
+FAILED_STATUSES = ("finished:failed", "finished:stopped")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*$", re.MULTILINE)
+
+
+def flwr_run(connection: str, run_config: Mapping[str, Any], env: Mapping[str, str]) -> tuple[int, int | None]:
+    """Submit the app with ``flwr run APP CONNECTION --stream``, echoing its logs to this terminal.
+
+    Returns the exit code and the run id that ``flwr run`` announced (``None`` if it announced none).
+    """
     command = ["flwr", "run", str(app_dir()), connection, "--stream", "--run-config", run_config_arg(run_config)]
-    return subprocess.run(command, env=dict(env), check=False).returncode
+    run_id = None
+    process = subprocess.Popen(command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout or ():
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            started = RUN_STARTED.search(line)
+            run_id = int(started.group(1)) if started and run_id is None else run_id
+        return process.wait(), run_id
+    finally:
+        if process.poll() is None:  # interrupted (a signal): `flwr run` goes with this command
+            process.kill()
+            process.wait()
+
+
+def run_status(connection: str, run_id: int, env: Mapping[str, str]) -> str | None:
+    """The run's status as ``flwr ls`` reports it (``running``, ``finished:completed``, ``finished:failed``...)."""
+    command = ["flwr", "ls", connection, "--run-id", str(run_id), "--format", "json"]
+    result = subprocess.run(command, env=dict(env), capture_output=True, text=True, check=False)
+    with contextlib.suppress(json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return str(json.loads(result.stdout)["runs"][0]["status"])
+    return None
+
+
+def failure_cause(server_log: Path) -> str:
+    """The last exception line of the ServerApp's log, or a pointer to the log when it holds none."""
+    text = server_log.read_text(errors="replace") if server_log.is_file() else ""
+    lines = _EXCEPTION_LINE.findall(text)
+    return lines[-1].strip() if lines else f"no exception recorded in {server_log}"
+
+
+def wait_for_run(
+    connection: str,
+    run_id: int | None,
+    env: Mapping[str, str],
+    summary: Path,
+    superlink: subprocess.Popen,
+    log_file: Path,
+    timeout: float = 120.0,
+) -> None:
+    """After ``flwr run --stream`` returned: wait for the run's ``summary`` file, or fail at once with the cause.
+
+    A ServerApp that failed writes no summary; its status says so, and its log (``RUN_DIR/logs/server.log``, next
+    to the summary) holds the exception, which the error message repeats.
+    """
+    server_log = summary.parent / "logs" / "server.log"
+    deadline = time.monotonic() + timeout
+    while not summary.exists():
+        if superlink.poll() is not None:
+            raise RuntimeError(f"the SuperLink exited with code {superlink.returncode}; see {log_file}")
+        status = run_status(connection, run_id, env) if run_id is not None else None
+        if status in FAILED_STATUSES:
+            raise RuntimeError(f"the ServerApp {status.split(':')[1]}: {failure_cause(server_log)}; see {server_log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the run ended without writing {summary}; see {log_file}")
+        time.sleep(0.5)

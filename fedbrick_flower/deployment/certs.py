@@ -2,9 +2,14 @@
 
 Layout of a certificate folder::
 
-    DIR/ca.crt  DIR/ca.key             the certificate authority (keep ca.key off the devices)
+    DIR/ca.crt  DIR/ca.key             the certificate authority (keep ca.key off the devices and containers)
     DIR/server.pem  DIR/server.key     the SuperLink's certificate, subjectAltName DNS:localhost, IP:127.0.0.1, ...
-    DIR/nodes/node{i}.key(.pub)        one ECDSA P-384 key pair per SuperNode (the .pub is registered)
+    DIR/nodes/node{i}.key              one ECDSA P-384 private key per SuperNode: that device's only secret
+    DIR/public/node{i}.key.pub         its public key, registered with the SuperLink
+
+Private and public node keys live in separate folders so that whatever registers the keys can be given the
+public ones alone (least privilege: see docker-compose.yml). Every file is created owner-only (umask 077) and the
+certificates and public keys are then opened to 0644; private keys stay 0600.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ CA_KEY = "ca.key"
 SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
 NODE_DIR = "nodes"
+PUBLIC_DIR = "public"
 _DAYS = "365"
 
 
@@ -45,12 +51,19 @@ class CertificateSet:
     def node_dir(self) -> Path:
         return self.folder / NODE_DIR
 
+    @property
+    def public_dir(self) -> Path:
+        return self.folder / PUBLIC_DIR
+
     def node_key(self, name: str) -> Path:
         return self.node_dir / f"{name}.key"
 
+    def node_public_key(self, name: str) -> Path:
+        return self.public_dir / f"{name}.key.pub"
+
     def node_public_keys(self) -> list[Path]:
-        """Every ``*.key.pub`` in the node folder, sorted by name."""
-        return sorted(self.node_dir.glob("*.key.pub"))
+        """Every ``*.key.pub`` in the public key folder, sorted by name."""
+        return sorted(self.public_dir.glob("*.key.pub"))
 
     def check_server(self) -> None:
         """Fail with a clear message when a file the SuperLink needs is missing."""
@@ -95,7 +108,8 @@ def make_certificates(
     (delete ``server.pem`` to re-issue it with other ``sans``).
     """
     certs = CertificateSet(folder.resolve())
-    certs.node_dir.mkdir(parents=True, exist_ok=True)
+    for sub in (certs.node_dir, certs.public_dir):
+        sub.mkdir(parents=True, exist_ok=True)
     if not certs.ca_cert.is_file():
         subject = "/CN=fedbrick-flower CA"
         _openssl("req", "-x509", "-newkey", "rsa:3072", "-nodes", "-days", _DAYS, "-subj", subject,
@@ -106,8 +120,11 @@ def make_certificates(
         key = certs.node_key(name)
         if not key.is_file():
             _run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", key.stem, "-f", str(key)])
+            key.with_suffix(".key.pub").replace(certs.node_public_key(name))
     for private in [*certs.node_dir.glob("*.key"), certs.server_key, certs.folder / CA_KEY]:
         private.chmod(0o600)
+    for public in [*certs.public_dir.glob("*.key.pub"), certs.server_cert, certs.ca_cert]:
+        public.chmod(0o644)
     return certs
 
 
@@ -130,6 +147,7 @@ def _openssl(*args: str) -> None:
 
 
 def _run(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    # umask 077: a private key is owner-only from the moment it exists, not after a later chmod.
+    result = subprocess.run(command, capture_output=True, text=True, check=False, umask=0o077)
     if result.returncode != 0:
         raise RuntimeError(f"{command[0]} failed ({result.returncode}): {result.stderr.strip()}")

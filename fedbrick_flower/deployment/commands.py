@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -56,7 +55,8 @@ def certs(args: argparse.Namespace) -> int:
     print(f"CA certificate:     {result.ca_cert}  (copy to every device)")
     print(f"server certificate: {result.server_cert}, key {result.server_key}")
     for key in result.node_public_keys():
-        print(f"SuperNode key:      {key.with_suffix('')}  (public key {key.name} is registered by the server)")
+        name = key.name.removesuffix(".key.pub")
+        print(f"SuperNode key:      {result.node_key(name)}  (public key {key} is registered by the server)")
     return 0
 
 
@@ -85,8 +85,13 @@ def add_server(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--control-port", type=int, default=8000, help="port of the Control/Runtime API (HTTP(S), on loopback)"
     )
-    parser.add_argument("--node-keys", type=Path, help="folder of SuperNode *.key.pub files (default: CERTS/nodes)")
-    parser.add_argument("--database", default=IN_MEMORY, help="SuperLink state database: a file, or in memory")
+    parser.add_argument("--node-keys", type=Path, help="folder of SuperNode *.key.pub files (default: CERTS/public)")
+    parser.add_argument(
+        "--database",
+        default=IN_MEMORY,
+        help="SuperLink state database: a file, or in memory. With a file, a server restarted after a crash "
+        "(--resume RUN_DIR, the same file and --fleet-address) keeps the SuperNodes that are still running",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the SuperLink running after the run")
     _add_run_options(parser)
     parser.set_defaults(handler=server)
@@ -99,13 +104,12 @@ def server(args: argparse.Namespace) -> int:
     certs = None if args.insecure else _certificate_folder(args.certs)
     settings = SuperLinkSettings(args.fleet_address, args.control_port, certs=certs, database=args.database)
     env = runtime.flower_env(run_dir / ".flwr-home")
-    _stop_on_sigterm()
     superlink = start_superlink(settings, run_dir, env)
     try:
         if certs is not None:
-            keys = sorted((args.node_keys or certs.node_dir).glob("*.key.pub"))
+            keys = sorted((args.node_keys or certs.public_dir).glob("*.key.pub"))
             if not keys:
-                raise RuntimeError(f"no SuperNode public keys (*.key.pub) in {args.node_keys or certs.node_dir}")
+                raise RuntimeError(f"no SuperNode public keys (*.key.pub) in {args.node_keys or certs.public_dir}")
             register_node_keys(keys, env)
         _write_deployment(run_dir, settings, superlink.pid, {})
         print(f"SuperLink pid {superlink.pid}: Fleet API {settings.fleet_address}, waiting for SuperNodes", flush=True)
@@ -266,10 +270,9 @@ def launch(args: argparse.Namespace) -> int:
     certs = None if args.insecure else make_certificates(run_dir / "certs", client_ids)
     settings = SuperLinkSettings(f"127.0.0.1:{runtime.free_port()}", runtime.free_port(), certs=certs)
     env = runtime.flower_env(run_dir / ".flwr-home")
-    _stop_on_sigterm()
     with runtime.running([start_superlink(settings, run_dir, env)]) as processes:
         if certs is not None:
-            register_node_keys([certs.node_key(cid).with_suffix(".key.pub") for cid in client_ids], env, client_ids)
+            register_node_keys([certs.node_public_key(cid) for cid in client_ids], env, client_ids)
         nodes = {cid: _start_supernode(cid, settings, certs, run_dir, args.heartbeat) for cid in client_ids}
         processes.extend(nodes.values())
         _write_deployment(run_dir, settings, processes[0].pid, {cid: node.pid for cid, node in nodes.items()})
@@ -317,11 +320,6 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 def _default_run_dir(name: str | None) -> Path:
     stem = Path(name).stem if name else "run"
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _stop_on_sigterm() -> None:
-    # SIGTERM ends this command like Ctrl-C: the `finally` blocks stop the processes it started, by PID.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _write_deployment(run_dir: Path, settings: SuperLinkSettings, superlink_pid: int, nodes: dict[str, int]) -> None:

@@ -62,6 +62,10 @@ def test_node_keys_are_ecdsa_384_and_private_keys_are_owner_only(certificates: C
     assert all(key.read_text().startswith("ecdsa-sha2-nistp384 ") for key in public_keys)
     assert (certificates.node_key("edge").stat().st_mode & 0o777) == 0o600
     assert (certificates.server_key.stat().st_mode & 0o777) == 0o600
+    assert ((certificates.folder / "ca.key").stat().st_mode & 0o777) == 0o600
+    assert all((key.stat().st_mode & 0o777) == 0o644 for key in public_keys)
+    # A device gets nodes/NAME.key alone; the public keys that the server registers live apart from it.
+    assert sorted(path.name for path in certificates.node_dir.iterdir()) == ["edge.key", "node0.key"]
 
 
 def test_second_call_adds_nodes_and_keeps_the_ca(certificates: CertificateSet) -> None:
