@@ -48,8 +48,8 @@ def _scenario(algorithm: str, model: dict, clients: list[dict], **extra) -> dict
         "seed": 0,
         "models": {"lm": model},
         "tasks": {
-            "sentiment": {"dataset": "drug-sentiment-gen", "kind": "generative", "max_examples": 60},
-            "chat": {"dataset": "chat-pairs", "kind": "generative", "max_examples": 60},
+            "sentiment": {"dataset": "drug-sentiment-gen", "kind": "generative", "max_examples": 40},
+            "chat": {"dataset": "chat-pairs", "kind": "generative", "max_examples": 40},
         },
         "data": {"max_length": 112, "server_test_fraction": 0.1, "proxy_fraction": 0.1},
         "train": {"local_steps": 2, "batch_size": 4, "lr": 0.003, "eval_batch_size": 16},

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedbrick_flower.adapters.lora import LoraSettings, adapter_tensors, attach_lora
 from fedbrick_flower.models import ModelSpec, causal_lm, keep_layers, model_family
+from fedbrick_flower.objectives import response_loss
 from tests.conftest import tiny_model
 
 SPEC = ModelSpec(key="m", family="llama", tokenizer="minilm")
@@ -72,3 +74,29 @@ def test_untied_head_is_seeded_identically_and_frozen() -> None:
     assert a.lm_head.weight is not first.get_input_embeddings().weight
     assert torch.equal(a.lm_head.weight, b.lm_head.weight)
     assert not a.lm_head.weight.requires_grad
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text", "gpt2"])
+def test_every_decoder_family_trains_lora_of_its_held_layers_on_the_response_loss(model_type: str) -> None:
+    # Prepare: layers 1 and 3 of a tiny model of the family, LoRA on q and v, its LM head; one prompt -> response.
+    backbone = tiny_model(model_type)
+    family = model_family(backbone)
+    keep_layers(backbone, family, [1, 3])
+    attach_lora(backbone, family, LoraSettings(rank=2), seed=0)
+    model = causal_lm(backbone, ModelSpec(key="m", family=model_type, tokenizer="minilm"), seed=0)
+    with torch.no_grad():  # B = 0 at start would give A no gradient
+        for name, tensor in adapter_tensors(model, family).items():
+            if name.endswith("lora_B"):
+                tensor.normal_(0, 0.1)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([[-100] * 3 + [8, 9]])}
+
+    # Execute
+    loss = response_loss(model, batch)
+    loss.backward()
+
+    # Assert: a finite loss, gradients on every LoRA factor of the held layers and on nothing else.
+    tensors = adapter_tensors(model, family)
+    assert torch.isfinite(loss) and {int(name.split(".")[1]) for name in tensors} == {1, 3}
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in tensors.values())
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
