@@ -10,10 +10,10 @@ Why: with ``layers: 8`` a client holds layers 0-7, an early exit through the fin
 learns to make those layers act as the last ones, and the global model it is averaged into gets worse. Results go
 to ``bench/results/generative-depth-probe.json``.
 
-Usage::
+Usage (from the repository root; ``PYTHONPATH=.`` imports this checkout's package)::
 
-    python bench/generative_depth_probe.py                 # prefix / spread / top / ends, 8 layers each
-    python bench/generative_depth_probe.py --steps 8 --sets prefix8 top8
+    PYTHONPATH=. python bench/generative_depth_probe.py                 # prefix / spread / top / ends, 8 layers
+    PYTHONPATH=. python bench/generative_depth_probe.py --steps 8 --sets prefix8 top8
 """
 
 from __future__ import annotations

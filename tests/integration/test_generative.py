@@ -89,14 +89,17 @@ def _drive(tmp_path: Path, raw: dict) -> tuple[list[dict], object]:
     return rows.rows, strategy
 
 
+# FedAvg/FedRA, local and FedBRICK run two rounds (a payload built from aggregated generative LoRA comes back in
+# round 2). The others run one, to keep CI short: what is particular to a generative task (updates and global
+# adapters without a head, the server's perplexity) happens in round 1.
 ALGORITHMS = {
     "fedavg": {},
     "local": {},
     "fedbrick": {"algorithm_params": FEDBRICK_PARAMS},
-    "fedbip": {},
-    "hetlora": {},
-    "flexlora": {},
-    "flora": {},
+    "fedbip": {"rounds": 1},
+    "hetlora": {"rounds": 1},
+    "flexlora": {"rounds": 1},
+    "flora": {"rounds": 1},
 }
 
 
@@ -113,23 +116,24 @@ def test_every_algorithm_trains_a_tiny_llama_on_generative_tasks(tmp_path: Path,
     # Execute
     rows, strategy = _drive(tmp_path, _scenario(algorithm, TINY_LLAMA, clients, **ALGORITHMS[algorithm]))
 
-    # Assert: every update accepted; each client reports response-token loss and perplexity = exp(loss) in both
-    # rounds; the label task (answers of 2-3 tokens) is also scored by generation.
+    # Assert: every update accepted; each client reports response-token loss and perplexity = exp(loss) in every
+    # round; the label task (answers of 2-3 tokens) is also scored by generation.
+    rounds = range(1, ALGORITHMS[algorithm].get("rounds", 2) + 1)
     assert not [r for r in rows if r["phase"] == "rejected"]
     train = [r for r in rows if r["phase"] == "train"]
-    assert sorted((r["round"], r["client"]) for r in train) == [(n, c) for n in (1, 2) for c in ("deep", "shallow")]
+    assert sorted((r["round"], r["client"]) for r in train) == [(n, c) for n in rounds for c in ("deep", "shallow")]
     assert all(math.isfinite(r["train-loss"]) and {"data-truncated", "data-dropped"} <= set(r) for r in train)
     evaluations = [r for r in rows if r["phase"] == "evaluate"]
-    assert {(r["round"], r["client"]) for r in evaluations} == {(n, c) for n in (1, 2) for c in ("deep", "shallow")}
+    assert {(r["round"], r["client"]) for r in evaluations} == {(n, c) for n in rounds for c in ("deep", "shallow")}
     assert all(r["perplexity"] == pytest.approx(math.exp(r["loss"]), rel=1e-6) for r in evaluations)
     assert all("exact-match" in r for r in evaluations if r["client"] == "deep")
     server = [r for r in rows if r["phase"] == "server-eval"]
     if strategy.global_adapters():
-        assert {(r["round"], r["task"]) for r in server} == {(n, t) for n in (1, 2) for t in ("sentiment", "chat")}
+        assert {(r["round"], r["task"]) for r in server} == {(n, t) for n in rounds for t in ("sentiment", "chat")}
         assert all(r["perplexity"] == pytest.approx(math.exp(r["loss"]), rel=1e-6) for r in server)
     if algorithm == "fedbrick":
         distill = [r for r in rows if r["phase"] == "distill"]
-        assert {(r["round"], r["layer"]) for r in distill} >= {(n, g) for n in (1, 2) for g in range(4)}
+        assert {(r["round"], r["layer"]) for r in distill} >= {(n, g) for n in rounds for g in range(4)}
 
 
 def test_smollm2_at_4_of_30_layers_under_fedbrick(tmp_path: Path) -> None:
