@@ -20,24 +20,14 @@ from .adapters.lora import LoraSettings, adapter_tensors, attach_lora, load_adap
 from .data import (
     EncodedExamples,
     TextDataset,
-    encode_examples,
     local_dataset,
     split_federated,
     split_local,
     task_dataset,
     task_labels,
 )
-from .models import (
-    ModelSpec,
-    SequenceClassifier,
-    keep_layers,
-    load_backbone,
-    load_config,
-    load_tokenizer,
-    model_family,
-    num_layers,
-    stable_seed,
-)
+from .models import ModelSpec, keep_layers, load_backbone, load_config, model_family, num_layers, stable_seed
+from .objectives import task_objective
 from .scenario import ClientProfile, Scenario, ScenarioError
 
 LayerFillerFactory = Callable[[int], nn.Module]
@@ -100,28 +90,18 @@ def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile |
 def task_examples(
     scenario: Scenario, task: str, part: str, client: ClientProfile | None, tokenizer_source: str
 ) -> EncodedExamples:
-    """Encoded examples of :func:`task_split`, cut or dropped at ``data.max_length`` as ``data.overlong`` says."""
+    """Encoded examples of :func:`task_split`, cut or dropped at ``data.max_length`` as ``data.overlong`` says.
+
+    Encoded by the task's objective: class labels, or response-masked prompt -> response pairs.
+    """
     rows = task_split(scenario, task, part, client)
-    settings = scenario.data
-    return encode_examples(
-        load_tokenizer(tokenizer_source),
-        rows.texts,
-        rows.strata,
-        settings.max_length,
-        text_pairs=rows.text_pairs,
-        overlong=settings.overlong,
-        origins=rows.origins,
-        what=f"task {task}, {client.id if client is not None else 'server'}, {part}",
-    )
+    what = f"task {task}, {client.id if client is not None else 'server'}, {part}"
+    return task_objective(scenario, task, tokenizer_source).encode(rows, what)
 
 
 def label_names(scenario: Scenario, task: str) -> tuple[str, ...]:
     """The task's class names in class-id order (declared, packaged, or found in the task's data)."""
     return task_labels(scenario.tasks[task]) or ()
-
-
-def num_labels(scenario: Scenario, task: str) -> int:
-    return len(label_names(scenario, task))
 
 
 def scenario_lora(scenario: Scenario, rank: int | None = None) -> LoraSettings:
@@ -132,19 +112,20 @@ def scenario_lora(scenario: Scenario, rank: int | None = None) -> LoraSettings:
     )
 
 
-def build_classifier(
+def build_network(
     scenario: Scenario,
     model_key: str,
     task: str,
     layers: list[int] | None,
     lora: LoraSettings | None,
     filler: LayerFillerFactory | None = None,
-) -> SequenceClassifier:
-    """A fresh classifier: the cached base, truncated to ``layers`` (None: full depth), LoRA and a seeded head.
+) -> nn.Module:
+    """A fresh network: the cached base, truncated to ``layers`` (None: full depth), LoRA, and the task's output.
 
-    LoRA factors and head are initialised from seeds shared by every process, so clients that never received
-    a tensor still agree on its starting value. ``lora=None`` leaves the backbone bare (and trainable) for an
-    algorithm that injects another adapter kind (FedMosaic's Co-LoRA).
+    The output follows the task's kind (:mod:`~fedbrick_flower.objectives`): a seeded classification head, or the
+    frozen LM head of a generative task. LoRA factors and heads are initialised from seeds shared by every
+    process, so clients that never received a tensor still agree on its starting value. ``lora=None`` leaves
+    the backbone bare (and trainable) for an algorithm that injects another adapter kind (FedMosaic's Co-LoRA).
     """
     spec = scenario.models[model_key]
     backbone = copy.deepcopy(cached_backbone(spec, scenario.seed))
@@ -156,14 +137,12 @@ def build_classifier(
         keep_layers(backbone, family, layers, filler)
     if lora is not None:
         attach_lora(backbone, family, lora, stable_seed(scenario.seed, model_key, "lora"))
-    model = SequenceClassifier(backbone, num_labels(scenario, task))
-    model.reset_head(stable_seed(scenario.seed, model_key, task, "head"))
-    return model
+    return task_objective(scenario, task, spec.tokenizer_source).network(backbone, spec)
 
 
 def build_global_model(
     scenario: Scenario, model_key: str, task: str, tensors: Mapping[str, Any], device: Any
-) -> SequenceClassifier:
+) -> nn.Module:
     """The full-depth model of ``model_key`` with global adapters loaded, for server-side evaluation and teachers.
 
     Each layer's LoRA rank is the rank of the tensors held for it (clients of ranks 2 and 8 may hold different
@@ -171,7 +150,7 @@ def build_global_model(
     (B = 0) at the scenario's rank.
     """
     lora = with_ranks_of(scenario_lora(scenario), tensors)
-    model = build_classifier(scenario, model_key, task, None, lora).to(device)
+    model = build_network(scenario, model_key, task, None, lora).to(device)
     load_adapter_tensors(model, model_family(model.backbone), tensors)
     return model
 
@@ -179,9 +158,9 @@ def build_global_model(
 def initial_adapters(scenario: Scenario, model_key: str, task: str, lora: LoraSettings) -> dict[str, np.ndarray]:
     """The adapters every client of ``(model_key, task)`` with these LoRA settings starts from, at full depth.
 
-    The same seeds as :func:`build_classifier` (LoRA A per layer and module, B = 0, head per task), so a server
+    The same seeds as :func:`build_network` (LoRA A per layer and module, B = 0, head per task), so a server
     that keeps per-client adapters (FedBip's personalized sets) starts them where the clients would.
     """
-    model = build_classifier(scenario, model_key, task, None, lora)
+    model = build_network(scenario, model_key, task, None, lora)
     tensors = adapter_tensors(model, model_family(model.backbone))
     return {name: tensor.detach().cpu().float().numpy().copy() for name, tensor in tensors.items()}

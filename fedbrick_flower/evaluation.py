@@ -11,8 +11,8 @@ from typing import Any
 
 from .assembly import build_global_model, task_examples
 from .models import resolve_device
+from .objectives import task_objective
 from .scenario import Scenario
-from .scoring import evaluate
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
 logger = logging.getLogger(__name__)
@@ -35,22 +35,19 @@ class GlobalModelEvaluator(RoundCallback):
 
     def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
         for (model_key, task), tensors in strategy.global_adapters().items():
-            accuracy, loss = self.evaluate(model_key, task, tensors)
-            logger.info("round %d: global %s on %s: accuracy %.4f", server_round, model_key, task, accuracy)
-            log_rows.append(
-                {
-                    "round": server_round,
-                    "phase": "server-eval",
-                    "model": model_key,
-                    "task": task,
-                    "accuracy": accuracy,
-                    "loss": loss,
-                }
-            )
+            scores = self.evaluate(model_key, task, tensors)
+            logger.info("round %d: global %s on %s: %s", server_round, model_key, task, _describe(scores))
+            log_rows.append({"round": server_round, "phase": "server-eval", "model": model_key, "task": task, **scores})
 
-    def evaluate(self, model_key: str, task: str, tensors: dict[str, Any]) -> tuple[float, float]:
-        """Accuracy and loss of the full-depth model with ``tensors`` loaded, on the task's server test split."""
+    def evaluate(self, model_key: str, task: str, tensors: dict[str, Any]) -> dict[str, float]:
+        """The task objective's metrics (``accuracy``, ``loss``; ``perplexity`` and more for a generative task) of
+        the full-depth model with ``tensors`` loaded, on the task's server test split."""
         model = build_global_model(self.scenario, model_key, task, tensors, self.device)
-        spec = self.scenario.models[model_key]
-        examples = task_examples(self.scenario, task, "server_test", None, spec.tokenizer_source)
-        return evaluate(model, examples, self.scenario.train.eval_batch_size, self.device)
+        tokenizer = self.scenario.models[model_key].tokenizer_source
+        examples = task_examples(self.scenario, task, "server_test", None, tokenizer)
+        objective = task_objective(self.scenario, task, tokenizer)
+        return objective.score(model, examples, self.scenario.train.eval_batch_size, self.device)
+
+
+def _describe(scores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in scores.items())

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import default_cache_dir
-from .data import TASK_NAMES
+from .data import DATASET_NAMES
 from .models.families import FAMILIES
 from .models.sources import COMPLETE_MARKER, PACKAGED_MODELS
 from .registry import algorithm_names, algorithm_parameters
@@ -99,10 +99,10 @@ def environment_problems(scenario: Scenario, *, local_clients: bool) -> list[str
 # ------------------------------------------------------------------------------------------------ data
 def dataset_problems(scenario: Scenario) -> list[str]:
     problems = [
-        f"tasks.{key}.dataset: {task.dataset!r} is not a known dataset (one of: {', '.join(TASK_NAMES)})"
-        f"{did_you_mean(task.dataset, TASK_NAMES)}"
+        f"tasks.{key}.dataset: {task.dataset!r} is not a known dataset (one of: {', '.join(DATASET_NAMES)})"
+        f"{did_you_mean(task.dataset, DATASET_NAMES)}"
         for key, task in scenario.tasks.items()
-        if task.dataset is not None and task.dataset not in TASK_NAMES
+        if task.dataset is not None and task.dataset not in DATASET_NAMES
     ]
     return problems
 

@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .data import PARTITIONS, TASK_NAMES
+from .data import DATASET_NAMES, PARTITIONS
 from .models.families import FAMILIES
 from .models.sources import PACKAGED_MODELS
 from .registry import algorithm_entry, algorithm_names, algorithm_parameters, rank_mixing_algorithms
@@ -133,7 +133,7 @@ def _models() -> str:
 
 def _section(title: str, cls: type, path: str) -> str:
     hints = typing.get_type_hints(cls)
-    choices = {**CHOICES, "tasks.*.dataset": tuple(TASK_NAMES), "data.partition": tuple(PARTITIONS)}
+    choices = {**CHOICES, "tasks.*.dataset": tuple(DATASET_NAMES), "data.partition": tuple(PARTITIONS)}
     rows = []
     for spec in dataclasses.fields(cls):
         key = f"{path}.{spec.name}"

@@ -110,7 +110,10 @@ class DataSettings:
     ``partition`` names a Flower Datasets partitioner (``iid``, ``dirichlet``, ``pathological``, ``shard``,
     ``linear``, ``square``, ``exponential``) and ``partition_params`` its parameters; ``dirichlet_alpha`` is
     the Dirichlet ``alpha`` when ``partition_params`` gives none. ``overlong`` says what happens to an example
-    longer than ``max_length`` tokens: ``truncate`` or ``drop`` (both counted and logged).
+    longer than ``max_length`` tokens: ``truncate`` or ``drop`` (both counted and logged); a generative example
+    is truncated by cutting its response, and dropped under either policy when its prompt alone fills
+    ``max_length``. Generative test splits whose answers are all at most ``short_answer_tokens`` tokens long (end of
+    turn included) are also scored by greedy generation (exact match); 0 turns that off.
     """
 
     partition: str = "iid"
@@ -121,6 +124,7 @@ class DataSettings:
     client_test_fraction: float = 0.2
     max_length: int = 64
     overlong: str = "truncate"
+    short_answer_tokens: int = 8
 
     def partitioner_params(self) -> dict[str, Any]:
         """The partitioner's parameters as given, with ``alpha`` from ``dirichlet_alpha`` for ``dirichlet``."""
@@ -483,6 +487,7 @@ RANGES: dict[str, Range] = {
     "data.server_test_fraction": _OPEN_UNIT,
     "data.client_test_fraction": _OPEN_UNIT,
     "data.max_length": Range(2),
+    "data.short_answer_tokens": Range(0),
     "train.local_steps": _AT_LEAST_1,
     "train.batch_size": _AT_LEAST_1,
     "train.lr": _POSITIVE,
@@ -679,11 +684,16 @@ def _data_problems(scenario: Scenario) -> list[str]:
 
 
 def _task_problems(spec: TaskSpec, where: str) -> list[str]:
+    from .data.instructions import packaged_kind
     from .data.sources import FILE_FORMATS, TASK_KINDS
 
     problems = []
     if spec.kind not in TASK_KINDS:
         problems.append(f"{where}.kind: {spec.kind!r} is not one of {list(TASK_KINDS)}")
+    # A packaged dataset has one kind (the generative twin of a label set is its own dataset, ``NAME-gen``).
+    packaged = packaged_kind(spec.dataset) if spec.dataset is not None else None
+    if packaged is not None and packaged != spec.kind:
+        problems.append(f"{where}.kind: dataset {spec.dataset!r} is a {packaged} task; set kind: {packaged}")
     if len(spec.sources) > 1:
         problems.append(f"{where}: give at most one of dataset, train, hf_dataset (got {spec.sources})")
     if spec.test is not None and spec.train is None:

@@ -1,20 +1,29 @@
 """Scoring a network on examples: one definition for the clients' own test splits and the server's held-out split.
 
 Both halves import it, so the accuracy a client reports and the one the server computes are the same function.
+Classification: accuracy and mean cross-entropy. Generation: mean response-token cross-entropy, perplexity (its
+exponential), top-1 response-token accuracy, and where answers are short, exact match of greedy answers.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .data import EncodedExamples, iterate_batches
+from .data.generative import IGNORE_INDEX, normalize_answer
+from .models import CausalLM
+
+Batch = dict[str, torch.Tensor]
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, examples: EncodedExamples, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy over all ``examples``."""
+    """Accuracy and mean cross-entropy of a classifier over all ``examples``."""
     model.eval()
     correct, loss_sum = 0, 0.0
     for batch in iterate_batches(examples, batch_size, shuffle=False):
@@ -24,3 +33,133 @@ def evaluate(model: nn.Module, examples: EncodedExamples, batch_size: int, devic
         correct += int((logits.argmax(dim=-1) == batch["labels"]).sum())
     total = max(1, len(examples))
     return correct / total, loss_sum / total
+
+
+def response_logits(model: CausalLM, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits (float32) at the positions that predict a response token, and those tokens.
+
+    Position ``t`` predicts token ``t + 1``; only targets that are not -100 count, so the LM head runs on the
+    response positions alone (the prompt and the padding never reach the vocabulary projection).
+    """
+    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    return model.logits(hidden[:, :-1][keep]).float(), targets[keep]
+
+
+@torch.no_grad()
+def evaluate_generative(
+    model: CausalLM,
+    examples: EncodedExamples,
+    batch_size: int,
+    device: torch.device,
+    *,
+    end_token: int,
+    short_answer_tokens: int,
+    decode: Callable[[Sequence[int]], str],
+) -> dict[str, float]:
+    """Response-token loss, perplexity and token accuracy; exact match of greedy answers where answers are short.
+
+    Parameters
+    ----------
+    model : CausalLM
+        The network to score.
+    examples : EncodedExamples
+        Generative examples (labels ``(N, T)``, -100 off the response).
+    batch_size : int
+        Sequences per forward pass.
+    device : torch.device
+        Where the model runs.
+    end_token : int
+        The token that ends an answer; greedy decoding stops there.
+    short_answer_tokens : int
+        If no reference answer is longer than this (end token included), answers are generated greedily and
+        ``accuracy`` is their exact match after :func:`~fedbrick_flower.data.normalize_answer`; otherwise
+        ``accuracy`` is the top-1 response-token accuracy under teacher forcing.
+    decode : callable
+        Token ids -> text (special tokens skipped).
+
+    Returns
+    -------
+    dict of str to float
+        ``loss`` (mean over response tokens), ``perplexity`` (``exp(loss)``), ``token-accuracy`` and ``accuracy``;
+        plus ``exact-match`` (equal to ``accuracy``) where answers are short.
+    """
+    model.eval()
+    loss_sum, correct, tokens = 0.0, 0, 0
+    for batch in iterate_batches(examples, batch_size, shuffle=False):
+        logits, targets = response_logits(model, {key: value.to(device) for key, value in batch.items()})
+        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+        correct += int((logits.argmax(dim=-1) == targets).sum())
+        tokens += int(targets.numel())
+    loss = loss_sum / max(1, tokens)
+    token_accuracy = correct / max(1, tokens)
+    answer_lengths = (examples.labels != IGNORE_INDEX).sum(dim=1)
+    longest = int(answer_lengths.max()) if len(examples) else 0
+    scores = {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),  # exp overflows a float beyond ~709
+        "token-accuracy": token_accuracy,
+        "accuracy": token_accuracy,
+    }
+    if 0 < longest <= short_answer_tokens:
+        predictions = greedy_answers(model, examples, batch_size, device, longest, end_token)
+        references = [row[row != IGNORE_INDEX].tolist() for row in examples.labels]
+        scores["exact-match"] = scores["accuracy"] = exact_match(
+            [decode(p) for p in predictions], [decode(r) for r in references]
+        )
+    return scores
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions equal to their reference after :func:`normalize_answer`."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
+    return hits / max(1, len(references))
+
+
+@torch.no_grad()
+def greedy_answers(
+    model: CausalLM,
+    examples: EncodedExamples,
+    batch_size: int,
+    device: torch.device,
+    max_new_tokens: int,
+    end_token: int,
+) -> list[list[int]]:
+    """Greedy answers to the prompts of ``examples`` (the tokens before the first labelled one), end token excluded.
+
+    Decoding runs without a KV cache (a truncated stack breaks the cache's layer indexing) and in place on right
+    padding: row ``i`` writes its next token at its own length, so every real token keeps its position and never
+    attends to padding.
+    """
+    model.eval()
+    answers: list[list[int]] = []
+    prompt_lengths = (examples.labels != IGNORE_INDEX).int().argmax(dim=1)
+    for start in range(0, len(examples), batch_size):
+        lengths = prompt_lengths[start : start + batch_size].clone().to(device)
+        rows = len(lengths)
+        width = int(lengths.max()) + max_new_tokens
+        ids = torch.zeros((rows, width), dtype=torch.long, device=device)
+        mask = torch.zeros((rows, width), dtype=torch.long, device=device)
+        source = examples.input_ids[start : start + batch_size, : int(lengths.max())].to(device)
+        positions = torch.arange(width, device=device)
+        prompt = positions[None, : source.shape[1]] < lengths[:, None]
+        ids[:, : source.shape[1]] = torch.where(prompt, source, 0)
+        mask[:, : source.shape[1]] = prompt.long()
+        first = lengths.clone()
+        active = torch.ones(rows, dtype=torch.bool, device=device)
+        index = torch.arange(rows, device=device)
+        for _ in range(max_new_tokens):
+            current = int(lengths.max())
+            hidden = model.hidden_states(ids[:, :current], mask[:, :current])
+            token = model.logits(hidden[index, lengths - 1]).argmax(dim=-1)
+            active &= token != end_token
+            ids[index[active], lengths[active]] = token[active]
+            mask[index[active], lengths[active]] = 1
+            lengths = lengths + active.long()
+            if not bool(active.any()):
+                break
+        answers.extend(ids[i, int(first[i]) : int(lengths[i])].tolist() for i in range(rows))
+    return answers

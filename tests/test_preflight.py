@@ -65,7 +65,8 @@ def test_the_valid_file_passes(tmp_path: Path) -> None:
             "dataset: bbc-news",
             "dataset: bbc",
             "tasks.news.dataset: 'bbc' is not a known dataset (one of: bbc-news, drug-sentiment, drug-condition, "
-            "chatterbot) (did you mean 'bbc-news'?)",
+            "chatterbot, chat-pairs, bbc-news-gen, drug-sentiment-gen, drug-condition-gen, chatterbot-gen) "
+            "(did you mean 'bbc-news'?)",
         ),
         (
             "source: minilm",

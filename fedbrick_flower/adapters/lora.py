@@ -21,7 +21,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from ..models.backbone import SequenceClassifier, model_family, stable_seed
+from ..models.backbone import model_family, stable_seed
 from ..models.families import DEFAULT_ROLES, FamilySpec, family_of, resolve_roles
 from ..models.stack import LayerShim, global_layer_indices, layer_stack
 from .base import AdapterKind, Shape, load_named
@@ -234,11 +234,15 @@ def lora_tensors(backbone: nn.Module, family: FamilySpec) -> dict[str, torch.Ten
     return tensors
 
 
-def adapter_tensors(model: SequenceClassifier, family: FamilySpec) -> dict[str, torch.Tensor]:
-    """Everything a client trains and may send: LoRA factors plus the task head."""
+def adapter_tensors(model: nn.Module, family: FamilySpec) -> dict[str, torch.Tensor]:
+    """Everything a client trains and may send: LoRA factors plus the task head's parameters (``head.*``).
+
+    A generative network has no ``head`` (its LM head is frozen and never sent), so it gives LoRA alone.
+    """
     tensors = lora_tensors(model.backbone, family)
-    tensors[head_tensor_name("weight")] = model.head.weight
-    tensors[head_tensor_name("bias")] = model.head.bias
+    head = getattr(model, "head", None)
+    if head is not None:
+        tensors.update({head_tensor_name(name): parameter for name, parameter in head.named_parameters()})
     return tensors
 
 
@@ -247,7 +251,7 @@ def head_schema(num_labels: int, hidden_size: int) -> dict[str, Shape]:
     return {head_tensor_name("weight"): (num_labels, hidden_size), head_tensor_name("bias"): (num_labels,)}
 
 
-def load_adapter_tensors(model: SequenceClassifier, family: FamilySpec, values: Mapping[str, TensorLike]) -> None:
+def load_adapter_tensors(model: nn.Module, family: FamilySpec, values: Mapping[str, TensorLike]) -> None:
     """Copy canonical-named values into the model's adapters; unknown names or shapes raise ``KeyError``."""
     load_named(adapter_tensors(model, family), values)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from ..adapters.lora import adapter_tensors, load_adapter_tensors
-from ..models import SequenceClassifier, model_family, stable_seed
+from ..models import model_family, stable_seed
 from ..records import EVAL_PREFIX
-from ..scoring import evaluate
 from .profile import ClientSession
 from .state import ClientState
 from .trainer import TrainResult, make_optimizer, peak_memory_mb, seed_torch, train_steps
@@ -41,11 +41,11 @@ class ClientAlgorithm:
         self.session = session
         self.state = state
 
-    def build_model(self, layers: list[int], config: dict[str, Any]) -> SequenceClassifier:
+    def build_model(self, layers: list[int], config: dict[str, Any]) -> nn.Module:
         """This round's network: the held layers only (missing layers are skipped)."""
         return self.session.build(layers)
 
-    def receive(self, model: SequenceClassifier, arrays: dict[str, np.ndarray]) -> None:
+    def receive(self, model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
         """Load the payload into the model's adapters."""
         load_adapter_tensors(model, model_family(model.backbone), arrays)
 
@@ -54,7 +54,7 @@ class ClientAlgorithm:
         scenario = self.session.scenario
         return stable_seed(scenario.seed, self.session.profile.id, int(config.get("server-round", 0)), purpose)
 
-    def local_training(self, model: SequenceClassifier, config: dict[str, Any]) -> TrainResult:
+    def local_training(self, model: nn.Module, config: dict[str, Any]) -> TrainResult:
         """The local objective; by default the task loss for ``train.local_steps`` steps."""
         settings = self.session.scenario.train
         steps = int(config.get("local-steps", settings.local_steps))
@@ -67,11 +67,12 @@ class ClientAlgorithm:
             optimizer=optimizer,
             device=self.session.device,
             seed=self.round_seed(config, "batches"),
+            loss_fn=self.session.objective.loss,
             label=f"{self.session.profile.id} train",
         )
 
-    def update(self, model: SequenceClassifier, config: dict[str, Any]) -> dict[str, Any]:
-        """The tensors sent back: every adapter tensor of the held layers plus the head."""
+    def update(self, model: nn.Module, config: dict[str, Any]) -> dict[str, Any]:
+        """The tensors sent back: every adapter tensor of the held layers plus the head (classification)."""
         return adapter_tensors(model, model_family(model.backbone))
 
     def train(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -86,14 +87,18 @@ class ClientAlgorithm:
         self.receive(model, arrays)
         result = self.local_training(model, config)
         update = self.update(model, config)
+        train = self.session.examples("train")
         metrics = {
-            "num-examples": float(len(self.session.examples("train"))),
+            "num-examples": float(len(train)),
             "examples-seen": float(result.examples),
             "train-loss": result.loss_mean,
             "train-loss-first": result.loss_first,
             "train-loss-last": result.loss_last,
             "train-seconds": result.seconds,
             "model-parameters": float(sum(p.numel() for p in model.parameters())),
+            # Training examples longer than data.max_length: cut (a generative response is cut), or left out.
+            "data-truncated": float(train.truncated),
+            "data-dropped": float(train.dropped),
         }
         metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
         metrics["local-rounds"] = float(self.count_local_round())
@@ -112,8 +117,12 @@ class ClientAlgorithm:
         self.receive(model, arrays)
         return self.score(model)
 
-    def score(self, model: SequenceClassifier) -> dict[str, float]:
-        """Accuracy and loss of ``model`` on this client's own test split."""
+    def score(self, model: nn.Module) -> dict[str, float]:
+        """The task objective's metrics on this client's own test split: accuracy and loss; for a generative task
+        also perplexity, token accuracy and, where answers are short, exact match
+        (:func:`~fedbrick_flower.scoring.evaluate_generative`)."""
         examples = self.session.examples("test")
-        accuracy, loss = evaluate(model, examples, self.session.scenario.train.eval_batch_size, self.session.device)
-        return {"accuracy": accuracy, "loss": loss, "num-examples": float(len(examples))}
+        scores = self.session.objective.score(
+            model, examples, self.session.scenario.train.eval_batch_size, self.session.device
+        )
+        return {**scores, "num-examples": float(len(examples))}

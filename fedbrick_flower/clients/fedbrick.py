@@ -37,7 +37,7 @@ from ..adapters.lora import adapter_tensors, lora_tensors
 from ..losses import masked_squared_error
 from ..models import SequenceClassifier, layer_stack, model_family
 from .base import ClientAlgorithm
-from .trainer import Batch, TrainResult, classification_loss, make_optimizer, train_steps
+from .trainer import Batch, TrainResult, make_optimizer, train_steps
 
 
 class BlendedLayer(nn.Module):
@@ -108,8 +108,11 @@ class FedBrickClient(ClientAlgorithm):
         return dataclasses.replace(first, steps=first.steps + second.steps, seconds=first.seconds + second.seconds)
 
     def stage_one(self, model: SequenceClassifier, config: dict[str, Any], steps: int) -> TrainResult:
-        """Eq. 21: CE + lambda_w sum ||w - w_recv||^2 (kept LoRA) + lambda_theta sum ||theta - theta_recv||^2
-        (missing BRICKs). Trainable: kept-layer LoRA, head, missing-layer BRICKs."""
+        """Eq. 21: task loss + lambda_w sum ||w - w_recv||^2 (kept LoRA) + lambda_theta sum ||theta - theta_recv||^2
+        (missing BRICKs). Trainable: kept-layer LoRA, head (classification only), missing-layer BRICKs.
+
+        The task loss is the objective's (cross-entropy over the labels, or over the response tokens of a
+        generative task), so the same two stages serve both kinds."""
         family = model_family(model.backbone)
         kept = set(config["layers"])
         missing_bricks = {g: b for g, b in model_bricks(model).items() if g not in kept}
@@ -118,25 +121,27 @@ class FedBrickClient(ClientAlgorithm):
         anchors_theta = _snapshot(brick_tensors(missing_bricks))
         set_trainable(model, [*adapter_tensors(model, family).values(), *brick_tensors(missing_bricks).values()])
         lambda_w, lambda_theta = float(config["lambda-w"]), float(config["lambda-theta"])
+        task_loss = self.session.objective.loss
 
         def loss_fn(net: nn.Module, batch: Batch, step: int) -> torch.Tensor:
-            loss = classification_loss(net, batch, step)
+            loss = task_loss(net, batch, step)
             loss = loss + lambda_w * _proximal(lora, anchors_w)
             return loss + lambda_theta * _proximal(brick_tensors(missing_bricks), anchors_theta)
 
         return self._run(model, config, steps, loss_fn, "stage I")
 
     def stage_two(self, model: SequenceClassifier, config: dict[str, Any], steps: int) -> TrainResult:
-        """Eqs. 22-24: kept layers blended with their BRICKs, alpha(e) = 1 - e/E2; loss CE + (lambda_d/|S|)
+        """Eqs. 22-24: kept layers blended with their BRICKs, alpha(e) = 1 - e/E2; loss task + (lambda_d/|S|)
         sum_l masked MSE(E_l(x_l), f_l(x_l)). Only the kept layers' BRICKs are trained."""
         lambda_d = float(config["lambda-d"])
+        task_loss = self.session.objective.loss
         with blended_layers(model, config["layers"]) as shims:
             set_trainable(model, [p for shim in shims for p in shim.brick.parameters()])
 
             def loss_fn(net: nn.Module, batch: Batch, step: int) -> torch.Tensor:
                 for shim in shims:
                     shim.alpha = blend_alpha(step, steps)
-                loss = classification_loss(net, batch, step)
+                loss = task_loss(net, batch, step)
                 mask = batch["attention_mask"]
                 distill = sum(masked_squared_error(*shim.last_pair, mask) for shim in shims)
                 return loss + lambda_d / max(1, len(shims)) * distill

@@ -24,7 +24,7 @@ from ..adapters.colora import (
     local_tensors,
     parse_block_tensor_name,
 )
-from ..assembly import build_classifier, cached_backbone, task_examples
+from ..assembly import build_network, cached_backbone, task_examples
 from ..data import iterate_batches
 from ..models import SequenceClassifier, model_family
 from ..models.probe import check_probe, down_projection_gradient, ema, probe_rows, probe_spec, sanitize
@@ -43,7 +43,7 @@ class FedMosaicClient(ClientAlgorithm):
     def build_model(self, layers: list[int], config: dict[str, Any]) -> SequenceClassifier:
         """The full-depth model with Co-LoRA at the block ends and dual LoRA elsewhere (no peft LoRA)."""
         scenario, profile = self.session.scenario, self.session.profile
-        model = build_classifier(scenario, profile.model, profile.task, None, lora=None)
+        model = build_network(scenario, profile.model, profile.task, None, lora=None)
         kind = ColoraKind(ColoraSettings(**config["colora"]))
         kind.inject(model.backbone, model_family(model.backbone), None, self.session.lora.roles, scenario.seed)
         return model.to(self.session.device)

@@ -19,7 +19,7 @@ from ..adapters.lora import ADAPTER_NAME, lora_modules
 from ..models import SequenceClassifier, model_family
 from ..records import LORA_RANK_KEY
 from .rank_methods import RankClient
-from .trainer import Batch, TrainResult, classification_loss, make_optimizer, train_steps
+from .trainer import Batch, TrainResult, make_optimizer, train_steps
 
 RANK_STATE = "lora-rank"
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -34,9 +34,10 @@ class HetLoRAClient(RankClient):
             return super().local_training(model, config)
         pairs = lora_pairs(model)
         keep = pruned_rank(self.rank(config), float(config["prune-gamma"]))
+        task_loss = self.session.objective.loss
 
         def loss_fn(net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
-            return classification_loss(net, batch, step) + weight * tail_penalty(pairs, keep)
+            return task_loss(net, batch, step) + weight * tail_penalty(pairs, keep)
 
         settings = self.session.scenario.train
         return train_steps(

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 from ..adapters.base import AdapterKind, combined_schema, kind_class
-from ..adapters.lora import LoraKind, LoraSettings, adapter_tensors, head_schema
+from ..adapters.lora import LoraKind, LoraSettings, adapter_tensors
 from ..adapters.naming import parse_layer_tensor_name
 from ..assembly import (
     LayerFillerFactory,
-    build_classifier,
+    build_network,
     cached_config,
-    num_labels,
     scenario_lora,
     task_examples,
     task_split,
@@ -32,7 +32,6 @@ from ..data import EncodedExamples, label_mismatch, local_labels, task_labels
 from ..models import (
     ModelDims,
     ModelSpec,
-    SequenceClassifier,
     family_of,
     model_dims,
     model_family,
@@ -40,6 +39,7 @@ from ..models import (
     resolve_dtype,
     resolve_roles,
 )
+from ..objectives import TaskObjective, task_objective
 from ..runconfig import scenario_from_run_config
 from ..scenario import ClientProfile, Scenario, ScenarioError, parse_profile
 
@@ -125,6 +125,11 @@ class ClientSession:
             raise ScenarioError(f"profile {self.profile.id}.layers: {layers} exceeds the {depth} layers of its model")
         return held
 
+    @property
+    def objective(self) -> TaskObjective:
+        """The task's encoding, network, loss and scoring (classification or generative)."""
+        return task_objective(self.scenario, self.profile.task, self.spec.tokenizer_source)
+
     def examples(self, part: str) -> EncodedExamples:
         """This client's ``train`` or ``test`` examples."""
         return task_examples(self.scenario, self.profile.task, part, self.profile, self.spec.tokenizer_source)
@@ -163,9 +168,9 @@ class ClientSession:
         present = {label for part in parts for label in part.labels or ()}
         return tuple(name for index, name in enumerate(parts[0].label_names) if index in present)
 
-    def build(self, layers: list[int], filler: LayerFillerFactory | None = None) -> SequenceClassifier:
+    def build(self, layers: list[int], filler: LayerFillerFactory | None = None) -> nn.Module:
         """The client's network for this round, placed on its device (LoRA and head stay fp32)."""
-        model = build_classifier(self.scenario, self.profile.model, self.profile.task, layers, self.lora, filler)
+        model = build_network(self.scenario, self.profile.model, self.profile.task, layers, self.lora, filler)
         model.backbone.to(device=self.device, dtype=self.dtype)
         for tensor in adapter_tensors(model, model_family(model.backbone)).values():
             tensor.data = tensor.data.float()
@@ -218,10 +223,7 @@ class ClientSession:
             "budget": self.budget,
             "fixed_layers": list(layers) if isinstance(layers, tuple) else None,
             "layer_schema": layer_schema,
-            "head_schema": {
-                name: list(shape)
-                for name, shape in head_schema(num_labels(self.scenario, self.profile.task), dims.hidden_size).items()
-            },
+            "head_schema": {name: list(shape) for name, shape in self.objective.head_schema(dims.hidden_size).items()},
             "num_train_examples": data.pop("num_train_examples"),
             "extra": data,
         }

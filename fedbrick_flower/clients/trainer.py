@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..data import EncodedExamples, iterate_batches
+from ..objectives import classification_loss
 
 Batch = dict[str, torch.Tensor]
+# (network, batch, step) -> scalar loss; the step lets an objective follow a schedule (FedBRICK Stage II).
 LossFn = Callable[[nn.Module, Batch, int], torch.Tensor]
 
 
@@ -28,12 +29,6 @@ class TrainResult:
     loss_last: float
     loss_mean: float
     seconds: float
-
-
-def classification_loss(model: nn.Module, batch: Batch, step: int) -> torch.Tensor:
-    """Cross-entropy of the model's logits: the task loss every algorithm starts from."""
-    logits = model(batch["input_ids"], batch["attention_mask"])
-    return F.cross_entropy(logits, batch["labels"])
 
 
 def make_optimizer(model: nn.Module, lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -66,7 +61,11 @@ def train_steps(
     loss_fn: LossFn = classification_loss,
     label: str = "train",
 ) -> TrainResult:
-    """Run ``steps`` optimizer steps of ``loss_fn`` and report the losses and the pure compute time."""
+    """Run ``steps`` optimizer steps of ``loss_fn`` and report the losses and the pure compute time.
+
+    ``loss_fn`` is the task objective's loss (``session.objective.loss``), or an algorithm's objective built on
+    it; the default suits classification tasks only.
+    """
     model.train()
     losses: list[float] = []
     started = time.perf_counter()

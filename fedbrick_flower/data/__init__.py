@@ -1,4 +1,4 @@
-"""Tasks (packaged datasets, the user's files, Hugging Face datasets), federated splits and batching.
+"""Tasks (packaged datasets of both kinds, the user's files, Hugging Face datasets), federated splits and batching.
 
 ``datasets`` and ``pyarrow`` are imported only where a partitioner, a Parquet file or a Hugging Face dataset is
 used.
@@ -22,6 +22,13 @@ _EXPORTS: dict[str, str] = {
     "LengthFit": "checks",
     "fit_lengths": "checks",
     "label_mismatch": "checks",
+    "IGNORE_INDEX": "generative",
+    "encode_generative": "generative",
+    "normalize_answer": "generative",
+    "DATASET_NAMES": "instructions",
+    "GENERATIVE_TASK_NAMES": "instructions",
+    "load_packaged": "instructions",
+    "packaged_kind": "instructions",
     "report_overlong": "checks",
     "local_dataset": "loading",
     "local_labels": "loading",

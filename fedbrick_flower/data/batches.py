@@ -26,7 +26,7 @@ class EncodedExamples:
     attention_mask : torch.Tensor
         1 for real tokens and 0 for padding, shape ``(N, T)``, dtype long.
     labels : torch.Tensor
-        Class ids, shape ``(N,)``, dtype long.
+        Class ids, shape ``(N,)``, or per-token targets ``(N, T)`` of a generative task (-100: no loss), long.
     truncated : int
         How many of the examples were cut to ``max_length`` tokens.
     dropped : int
@@ -194,7 +194,7 @@ def iterate_batches(
     ------
     dict of str to torch.Tensor
         ``input_ids`` and ``attention_mask`` of shape ``(B, T_batch)`` and
-        ``labels`` of shape ``(B,)``.
+        ``labels`` of shape ``(B,)`` (``(B, T_batch)`` for generative examples).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -207,10 +207,12 @@ def iterate_batches(
         rows = order[start : start + batch_size]
         mask = examples.attention_mask[rows]
         width = int(mask.sum(dim=1).max())
+        labels = examples.labels[rows]
         yield {
             "input_ids": examples.input_ids[rows, :width],
             "attention_mask": mask[:, :width],
-            "labels": examples.labels[rows],
+            # Generative examples label every position (N, T); class labels are one per row.
+            "labels": labels[:, :width] if labels.ndim == 2 else labels,
         }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from fedbrick_flower.data.instructions import load_packaged
 from fedbrick_flower.data.sources import (
     Columns,
     DataError,
@@ -18,7 +19,7 @@ from fedbrick_flower.data.sources import (
     read_hf_dataset,
     to_dataset,
 )
-from fedbrick_flower.data.tasks import TextDataset, load_task
+from fedbrick_flower.data.tasks import TextDataset
 
 
 def task_labels(spec: Any) -> tuple[str, ...] | None:
@@ -34,7 +35,7 @@ def task_labels(spec: Any) -> tuple[str, ...] | None:
     if spec.labels is not None:
         return tuple(spec.labels)
     if spec.dataset is not None:
-        return load_task(spec.dataset).label_names or None
+        return load_packaged(spec.dataset).label_names or None
     if Columns.of(spec).label is None:
         return None
     if not spec.sources:
@@ -67,7 +68,7 @@ def task_dataset(name: str, spec: Any) -> tuple[TextDataset, tuple[int, ...] | N
         For a task without data of its own, and every file and row error.
     """
     if spec.dataset is not None:
-        return load_task(spec.dataset), None
+        return load_packaged(spec.dataset), None
     if not spec.sources:
         raise DataError(f"task {name!r} names no data of its own: its examples live on the devices")
     train, test = _raw_parts(spec)

@@ -1,4 +1,4 @@
-"""Backbones: loading, family registry, depth truncation, task head and device placement. No Flower imports."""
+"""Backbones: loading, family registry, depth truncation, task or LM head, device placement. No Flower imports."""
 
 from .backbone import (
     ModelSpec,
@@ -11,6 +11,7 @@ from .backbone import (
     num_layers,
     stable_seed,
 )
+from .causal_lm import CausalLM, causal_lm
 from .depth import block_end_layers, relative_depth_map, relative_depth_positions
 from .families import ALL_LINEAR, FAMILIES, ROLES, FamilySpec, ModelDims, family_of, model_dims, resolve_roles
 from .placement import resolve_device, resolve_dtype
@@ -18,6 +19,8 @@ from .stack import LayerShim, global_layer_indices, keep_layers, layer_stack
 
 __all__ = [
     "ALL_LINEAR",
+    "CausalLM",
+    "causal_lm",
     "FAMILIES",
     "ROLES",
     "FamilySpec",

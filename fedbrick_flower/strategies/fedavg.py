@@ -60,11 +60,14 @@ class LayerwiseFedAvg(HeterogeneousStrategy):
 
     def global_adapters(self) -> dict[tuple[str, str], dict[str, np.ndarray]]:
         adapters = {}
-        for model, task in sorted({(info.model, info.task) for info in self.clients.values()}):
+        # A generative task's clients report no head: its global model is the model's shared LoRA alone.
+        headed = {(info.model, info.task): bool(info.head_schema) for info in self.clients.values()}
+        for (model, task), has_head in sorted(headed.items()):
             head_prefix = f"{model}/{task}/"
             head = {key[len(head_prefix) :]: v for key, v in self.state.items() if key.startswith(head_prefix)}
-            if head:
-                adapters[(model, task)] = {**self.layer_adapters(model), **head}
+            layers = self.layer_adapters(model)
+            if head if has_head else layers:
+                adapters[(model, task)] = {**layers, **head}
         return adapters
 
     def algorithm_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -295,8 +295,8 @@ def brick_key(client: ClientInfo, name: str) -> str:
 
 
 def client_width(client: ClientInfo) -> int:
-    """The model width d, read off the reported head shape ``(num_labels, d)``."""
-    return int(client.head_schema["head.weight"][1])
+    """The model width d, as the client reported it (a generative network has no head whose shape would say)."""
+    return int(client.hidden_size)
 
 
 @torch.no_grad()
@@ -305,8 +305,8 @@ def layer_activations(model: torch.nn.Module, examples: EncodedExamples, batch_s
 
     Parameters
     ----------
-    model : SequenceClassifier
-        A full-depth classifier (the teacher).
+    model : nn.Module
+        A full-depth network (the teacher): a classifier or a causal LM, read through its ``backbone``.
     examples : EncodedExamples
         Right-padded examples; the caches keep their full width so that every batch lines up.
     batch_size : int
@@ -334,9 +334,10 @@ def layer_activations(model: torch.nn.Module, examples: EncodedExamples, batch_s
     try:
         model.eval()
         for start in range(0, len(examples), batch_size):
-            model(
-                examples.input_ids[start : start + batch_size].to(device),
-                examples.attention_mask[start : start + batch_size].to(device),
+            # The backbone alone: the hooks sit on its layers, and an LM head's logits would cost (N, T, vocab).
+            model.backbone(
+                input_ids=examples.input_ids[start : start + batch_size].to(device),
+                attention_mask=examples.attention_mask[start : start + batch_size].to(device),
             )
     finally:
         for handle in handles:

@@ -31,6 +31,7 @@ def _client(client_id: str, budget: int, group: str = "g", fixed: list[int] | No
         layer_schema=LAYER_SCHEMA,
         head_schema={"head.weight": [3, D], "head.bias": [3]},
         num_train_examples=10,
+        hidden_size=D,
     )
 
 
