@@ -31,6 +31,15 @@ DECLARED_METRICS = {
     "lora-rank",
     "accuracy",
     "loss",
+    "data-truncated",
+    "data-dropped",
+    # generative tasks (scoring.evaluate_generative), as sent by a client evaluating its own test split
+    "eval-perplexity",
+    "eval-token-accuracy",
+    "eval-exact-match",
+    "perplexity",
+    "token-accuracy",
+    "exact-match",
 }
 
 
