@@ -136,6 +136,7 @@ def combined_schema(
 _KINDS: dict[str, str] = {
     "lora": "fedbrick_flower.adapters.lora:LoraKind",
     "brick": "fedbrick_flower.adapters.brick:BrickKind",
+    "triple": "fedbrick_flower.adapters.triple:TripleKind",
 }
 
 
