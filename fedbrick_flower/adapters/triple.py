@@ -134,7 +134,10 @@ def select(full: torch.Tensor, positions: torch.Tensor, rank: int) -> torch.Tens
 
 
 def mix_bank(relation: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Download: ``Ť_l = sum_g Π[g, l] G[g]`` for every client layer; (L_max x L_k), (L_max x R x R) -> (L_k x R x R)."""
+    """Download: ``Ť_l = sum_g Π[g, l] G[g]`` for every client layer.
+
+    (L_max x L_k) relation and (L_max x R x R) bank give (L_k x R x R) full middles.
+    """
     return torch.einsum("gl,gij->lij", relation, bank)
 
 
@@ -363,7 +366,8 @@ def _held_layers(backbone: nn.Module, family: FamilySpec, layers: Iterable[int] 
     wanted = set(layers)
     missing = sorted(wanted - {g for g, _ in real})
     if missing:
-        raise ValueError(f"triple layers {missing} are not real layers of this backbone (it holds {[g for g, _ in real]})")
+        held = [g for g, _ in real]
+        raise ValueError(f"triple layers {missing} are not real layers of this backbone (it holds {held})")
     return [(g, layer) for g, layer in real if g in wanted]
 
 
