@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from .adapters.base import AdapterKind
 from .adapters.lora import LoraSettings, adapter_tensors, attach_lora, load_adapter_tensors, with_ranks_of
 from .data import (
     EncodedExamples,
@@ -139,11 +140,13 @@ def build_classifier(
     layers: list[int] | None,
     lora: LoraSettings,
     filler: LayerFillerFactory | None = None,
+    kind: AdapterKind | None = None,
 ) -> SequenceClassifier:
     """A fresh classifier: the cached base, truncated to ``layers`` (None: full depth), LoRA and a seeded head.
 
     LoRA factors and head are initialised from seeds shared by every process, so clients that never received
-    a tensor still agree on its starting value.
+    a tensor still agree on its starting value. ``kind`` injects another adapter kind instead of LoRA (on
+    ``lora.roles``, with the same seed).
     """
     spec = scenario.models[model_key]
     backbone = copy.deepcopy(cached_backbone(spec, scenario.seed))
@@ -153,7 +156,11 @@ def build_classifier(
         if max(layers) >= depth:
             raise ScenarioError(f"layers: {layers} exceed the {depth} layers of model {model_key!r}")
         keep_layers(backbone, family, layers, filler)
-    attach_lora(backbone, family, lora, stable_seed(scenario.seed, model_key, "lora"))
+    seed = stable_seed(scenario.seed, model_key, "lora")
+    if kind is None:
+        attach_lora(backbone, family, lora, seed)
+    else:
+        kind.inject(backbone, family, None, lora.roles, seed)
     model = SequenceClassifier(backbone, num_labels(scenario, task))
     model.reset_head(stable_seed(scenario.seed, model_key, task, "head"))
     return model

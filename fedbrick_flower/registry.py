@@ -74,6 +74,12 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="mixed LoRA ranks: stacked factors (exact sum of products) merged into on-device base weights",
         mixes_ranks=True,
     ),
+    "h2tune": AlgorithmEntry(
+        server="fedbrick_flower.strategies.h2tune:H2Tune",
+        client="fedbrick_flower.clients.h2tune:H2TuneClient",
+        description="hybrid heterogeneity: triple-matrix LoRA whose middles share one layer-aligned bank (H2Tune)",
+        mixes_ranks=True,
+    ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",
         client="fedbrick_flower.clients.local:LocalClient",

@@ -301,17 +301,8 @@ class TripleKind(AdapterKind):
         return backbone
 
     def tensors(self, backbone: nn.Module) -> dict[str, torch.Tensor]:
-        """Every tensor of the kind: per module A, B, D (and M), the relation Π, and the bank (a buffer)."""
-        family = model_family(backbone)
-        tensors: dict[str, torch.Tensor] = {}
-        for (g, path), module in triple_modules(backbone, family).items():
-            for param in ("triple_A", "triple_B", "triple_D", "triple_M"):
-                if hasattr(module, param):
-                    tensors[layer_tensor_name(g, path, param)] = getattr(module, param)
-        bank: TripleBank = getattr(backbone, BANK_ATTRIBUTE)
-        tensors[RELATION_NAME] = bank.relation
-        tensors.update({bank_tensor_name(role): bank.bank(role) for role in bank.roles})
-        return tensors
+        """Every tensor of the kind (see :func:`triple_tensors`)."""
+        return triple_tensors(backbone)
 
     def load(self, backbone: nn.Module, values: Mapping[str, Any]) -> None:
         load_named(self.tensors(backbone), values, self.name)
@@ -333,12 +324,30 @@ class TripleKind(AdapterKind):
         return shapes
 
 
+def triple_tensors(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """Per module A, B, D (and M), the relation Π, and the bank (a buffer), under canonical names (views)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for (g, path), module in triple_modules(backbone, model_family(backbone)).items():
+        for param in ("triple_A", "triple_B", "triple_D", "triple_M"):
+            if hasattr(module, param):
+                tensors[layer_tensor_name(g, path, param)] = getattr(module, param)
+    bank = triple_bank(backbone)
+    tensors[RELATION_NAME] = bank.relation
+    tensors.update({bank_tensor_name(role): bank.bank(role) for role in bank.roles})
+    return tensors
+
+
 def bank_paths(family: FamilySpec, roles: Sequence[str]) -> dict[str, str]:
     """Module path -> bank role of the projections ``roles`` adapt (a fused projection takes its first role)."""
     paths: dict[str, str] = {}
     for role in resolve_roles(roles, family):
         paths.setdefault(family.module_path(role), role)
     return paths
+
+
+def bank_roles(model_type: str, roles: Sequence[str]) -> tuple[str, ...]:
+    """The bank roles a client of ``model_type`` adapting ``roles`` uses (from its profile alone)."""
+    return tuple(bank_paths(family_of(model_type), roles).values())
 
 
 def triple_modules(backbone: nn.Module, family: FamilySpec) -> dict[tuple[int, str], TripleLinear]:
