@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-# Canonical adapter names: LoRA factors by global layer, the task head, FedBRICK's BRICKs.
-ADAPTER_NAME = re.compile(r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)|bricks\.\d+\.(A1|B1|A2|B2))$")
+# Canonical adapter names: LoRA factors by global layer, the task head, FedBRICK's BRICKs, H2Tune's middle bank.
+ADAPTER_NAME = re.compile(
+    r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)|bricks\.\d+\.(A1|B1|A2|B2)|bank\.\w+|bank-mass)$"
+)
 # The metric names the ClientApp declares in its replies (clients/base.py, clients/fedbrick.py, clients/hetlora.py).
 DECLARED_METRICS = {
     "num-examples",

@@ -82,6 +82,10 @@ class H2Tune(HeterogeneousStrategy):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if self.resample_layers:
+            raise ValueError(
+                "resample_layers: H2Tune keeps each device's relation matrix per held layer; keep them fixed"
+            )
         for name, value, allowed in (
             ("alternation", alternation, ALTERNATIONS),
             ("selection", selection, SELECTIONS),
