@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 import yaml
+from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ranks_bench import LoopbackGrid  # noqa: E402 - the bench folder is not a package
@@ -156,14 +157,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--local-steps", type=int, default=8)
+    parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--max-examples", type=int, default=240, help="per task, before the client splits")
-    parser.add_argument("--mpnet-layers", type=int, default=4, help="first layers MPNet clients hold (of 12)")
-    parser.add_argument("--smollm2-layers", type=int, default=6, help="first layers SmolLM2 clients hold (of 30)")
+    parser.add_argument("--mpnet-layers", type=int, default=2, help="first layers MPNet clients hold (of 12)")
+    parser.add_argument("--smollm2-layers", type=int, default=3, help="first layers SmolLM2 clients hold (of 30)")
     parser.add_argument("--set", nargs="*", default=[], help="more scenario overrides, KEY=VALUE")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0  # what a ServerApp process sets
     started = time.monotonic()
     runs = []
     with tempfile.TemporaryDirectory(prefix="h2tune-bench-") as folder:

@@ -47,8 +47,9 @@ from .trainer import Batch, TrainResult, make_optimizer, train_steps
 LOCAL_STATE = "h2tune-local"
 PREVIOUS_STATE = "h2tune-previous-t"
 BANK_MASS_NAME = "bank-mass"
+# What a device keeps between rounds (never sent): its factors, scores, relation matrix and task head.
 _LOCAL_PARAMS = ("triple_A", "triple_B", "triple_M")
-_SHARED_PARAMS = ("triple_D", "triple_M", "relation")
+_LOCAL_NAMES = (RELATION_NAME, head_tensor_name("weight"), head_tensor_name("bias"))
 
 
 class H2TuneClient(ClientAlgorithm):
@@ -127,9 +128,6 @@ class H2TuneClient(ClientAlgorithm):
         return update
 
 
-_LOCAL_NAMES = (RELATION_NAME, head_tensor_name("weight"), head_tensor_name("bias"))
-
-
 class Objective:
     """The losses of one local round, over the model's triple modules.
 
@@ -144,7 +142,6 @@ class Objective:
     """
 
     def __init__(self, model: SequenceClassifier, config: dict[str, Any], previous: dict[str, np.ndarray]) -> None:
-        self.model = model
         self.modules = triple_modules(model.backbone, model_family(model.backbone))
         self.relation = triple_bank(model.backbone).relation
         self.norm_weight = float(config.get("h2tune-norm-weight", 1.0))

@@ -6,7 +6,7 @@ https://arxiv.org/abs/2507.22633 (``ALGORITHMS.md`` §4).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -16,9 +16,6 @@ from ..models.backbone import stable_seed
 from ..models.families import ROLES
 from ..records import array_bytes
 from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
-
-if TYPE_CHECKING:
-    from ..scenario import Scenario
 
 BANK_MASS_NAME = "bank-mass"  # a client's relation mass per slot; sent only under relation-mass weighting
 ALTERNATIONS: tuple[str, ...] = ("sequential", "joint_step", "off")
@@ -112,10 +109,6 @@ class H2Tune(HeterogeneousStrategy):
         self.max_rank = max_rank
         self.slots = slots
         self.bank: dict[str, np.ndarray] = {}  # role -> (L_max, R, R); empty until the first payload seeds it
-
-    @classmethod
-    def from_scenario(cls, scenario: Scenario, **kwargs: Any) -> H2Tune:
-        return cls(**kwargs)
 
     # ------------------------------------------------------------------ the bank
     def seed_bank(self) -> None:
