@@ -16,6 +16,7 @@ from ..models.backbone import stable_seed
 from ..models.families import ROLES
 from ..records import array_bytes
 from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
+from .similarity import blockwise_cosine, group_mask
 
 BANK_MASS_NAME = "bank-mass"  # a client's relation mass per slot; sent only under relation-mass weighting
 ALTERNATIONS: tuple[str, ...] = ("sequential", "joint_step", "off")
@@ -179,6 +180,7 @@ class H2Tune(HeterogeneousStrategy):
                     [u.arrays[name] for u in holders], [self.slot_weights(u) for u in holders], self.bank[role]
                 )
         change = sum(float(np.square(self.bank[r] - before[r]).sum()) for r in self.bank)
+        same, cross = update_agreement(updates, before)
         self._log_rows.append(
             {
                 "round": server_round,
@@ -187,6 +189,8 @@ class H2Tune(HeterogeneousStrategy):
                 "bank-change": float(np.sqrt(change)),
                 "bank-norm": float(np.sqrt(sum(float(np.square(v).sum()) for v in self.bank.values()))),
                 "uploads": len(updates),
+                "update-cosine-same-model": same,
+                "update-cosine-cross-model": cross,
             }
         )
 
@@ -232,6 +236,25 @@ class H2Tune(HeterogeneousStrategy):
 def held_depth(client: ClientInfo) -> int:
     """How many layers a client holds (its Π has that many columns)."""
     return len(client.fixed_layers) if client.fixed_layers is not None else int(client.budget)
+
+
+def update_agreement(updates: list[ClientUpdate], received: dict[str, np.ndarray]) -> tuple[float | None, float | None]:
+    """Mean cosine of the clients' moves ``Ĝ_k - G`` between clients of the same model and of different models.
+
+    A diagnostic of what the bank can carry: where clients of different families push it in unrelated directions
+    (cosine near 0), averaging their moves transfers little and mostly shrinks each one.
+    """
+    roles = sorted(received)
+    blocks = [
+        np.stack([u.arrays.get(bank_tensor_name(r), received[r]).ravel() - received[r].ravel() for u in updates])
+        for r in roles
+    ]
+    holders = np.array([[bank_tensor_name(r) in u.arrays for r in roles] for u in updates])
+    cosine = blockwise_cosine(blocks, holders)
+    same = group_mask([u.client.model for u in updates])
+    off_diagonal = ~np.eye(len(updates), dtype=bool)
+    pairs = (cosine[same & off_diagonal], cosine[~same])
+    return tuple(float(p.mean()) if p.size else None for p in pairs)
 
 
 def slot_mean(banks: list[np.ndarray], weights: list[np.ndarray], previous: np.ndarray) -> np.ndarray:

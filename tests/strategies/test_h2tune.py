@@ -14,7 +14,7 @@ from flwr.app import Context, Message, RecordDict
 from fedbrick_flower import client_app
 from fedbrick_flower.records import ADAPTERS_KEY, from_array_record
 from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate, RoundCallback
-from fedbrick_flower.strategies.h2tune import BANK_MASS_NAME, H2Tune, slot_mean
+from fedbrick_flower.strategies.h2tune import BANK_MASS_NAME, H2Tune, slot_mean, update_agreement
 from tests.hybrid import TINY_HYBRID
 from tests.strategies.loopback import LoopbackGrid
 
@@ -111,6 +111,20 @@ def test_relation_mass_weights_each_slot_and_a_slot_nobody_relates_to_keeps_its_
     assert strategy.expected_update(a, 1)[BANK_MASS_NAME] == (3,)
 
 
+def test_update_agreement_separates_same_model_and_cross_model_pairs() -> None:
+    # Prepare: from a zero bank, a1 and a2 (model m1) move alike, b (model m2) moves orthogonally to them
+    a1, a2, b = _info("a1", 2, 3), _info("a2", 2, 3), _info("b", 2, 3, model_type="llama")
+    received = {"q": np.zeros((3, 4, 4), np.float32)}
+    moves = [np.eye(4)[None].repeat(3, 0), 2 * np.eye(4)[None].repeat(3, 0), np.fliplr(np.eye(4))[None].repeat(3, 0)]
+    updates = [ClientUpdate(c, {"bank.q": m}, 1, {}) for c, m in zip((a1, a2, b), moves, strict=True)]
+
+    # Execute
+    same, cross = update_agreement(updates, received)
+
+    # Assert
+    assert same == pytest.approx(1.0) and cross == pytest.approx(0.0)
+
+
 def test_slot_mean_by_hand() -> None:
     banks = [np.ones((2, 1, 1)), np.full((2, 1, 1), 3.0)]
     result = slot_mean(banks, [np.array([1.0, 0.0]), np.array([3.0, 0.0])], np.full((2, 1, 1), -1.0))
@@ -155,6 +169,7 @@ def test_a_loopback_round_with_the_real_client_halves_sends_only_the_bank(tmp_pa
     assert {name for m in downloads for name in from_array_record(m.content[ADAPTERS_KEY])} == {"bank.q", "bank.v"}
     bank_rows = [r for r in rows if r["phase"] == "h2tune"]
     assert [r["uploads"] for r in bank_rows] == [6, 6] and all(r["bank-change"] > 0 for r in bank_rows)
+    assert all(-1.0 <= r["update-cosine-cross-model"] <= 1.0 for r in bank_rows)
     assert {role: value.shape for role, value in strategy.bank.items()} == {"q": (5, 8, 8), "v": (5, 8, 8)}
     state = contexts[4].state  # llama-b holds 3 of 5 layers: its Π is 5 x 3, kept on the device
     assert any(key.endswith("h2tune-local") for key in state)
