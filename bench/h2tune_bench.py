@@ -152,6 +152,26 @@ def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def write_results(args: argparse.Namespace, runs: list[dict[str, Any]], seconds: float, planned: int) -> dict:
+    """The results file as it stands (``complete`` once every planned run is in)."""
+    clients = {c.id: c.model for c in load_scenario("h2tune").clients}
+    result = {
+        "benchmark": "h2tune",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, CPU",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "scenario_overrides": scenario_overrides(args, args.seeds[0]),
+        "models": "pretrained MiniLM-L6 (6 layers), MPNet and SmolLM2 truncated to their first layers (see settings)",
+        "complete": len(runs) == planned,
+        "summary": summarize(runs, clients),
+        "runs": runs,
+        "total_seconds": seconds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -167,29 +187,15 @@ def main() -> None:
     torch.set_num_threads(1)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0  # what a ServerApp process sets
     started = time.monotonic()
-    runs = []
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="h2tune-bench-") as folder:
         for seed in args.seeds:
             for method in args.methods:
                 runs.append(run_method(method, seed, args, Path(folder)))
-                done = runs[-1]
-                print(
-                    f"{method:24s} seed {seed}: {done['mean_accuracy']:.4f} ({done['wall_seconds']:.0f}s)", flush=True
-                )
-    clients = {c.id: c.model for c in load_scenario("h2tune").clients}
-    result = {
-        "benchmark": "h2tune",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, CPU",
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "scenario_overrides": scenario_overrides(args, args.seeds[0]),
-        "models": "pretrained MiniLM-L6 (6 layers), MPNet and SmolLM2 truncated to their first layers (see settings)",
-        "summary": summarize(runs, clients),
-        "runs": runs,
-        "total_seconds": time.monotonic() - started,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+                accuracy, seconds = runs[-1]["mean_accuracy"], runs[-1]["wall_seconds"]
+                print(f"{method:24s} seed {seed}: {accuracy:.4f} ({seconds:.0f}s)", flush=True)
+                # Written after every run, so an interrupted benchmark still leaves what it measured.
+                result = write_results(args, runs, time.monotonic() - started, len(args.seeds) * len(args.methods))
     for method, figures in result["summary"].items():
         if method != "target":
             print(f"{method:24s} {figures['accuracy']['mean']:.4f} ± {figures['accuracy']['std']:.4f}")

@@ -108,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--local-steps-list", type=int, nargs="+", default=[5, 15])
+    parser.add_argument("--methods", nargs="+", default=["local", "fedavg", "h2tune"], choices=list(METHODS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-examples", type=int, default=240)
     parser.add_argument("--mpnet-layers", type=int, default=2)
@@ -122,15 +123,16 @@ def main() -> None:
         for steps in args.local_steps_list:
             args.local_steps = steps
             entry: dict[str, Any] = {"local_steps": steps, "accuracy": {}}
-            for method in ("local", "fedavg", "h2tune"):
+            for method in args.methods:
                 strategy, grid, rows, scenario = run(method, args, Path(folder))
                 entry["accuracy"][method] = final_accuracy(rows)
                 if method == "h2tune":
                     entry["devices"] = device_figures(grid, scenario)
                     entry["bank_rows"] = [r for r in rows if r["phase"] == "h2tune"]
                 print(steps, method, statistics.mean(entry["accuracy"][method].values()), flush=True)
-            local, h2 = entry["accuracy"]["local"], entry["accuracy"]["h2tune"]
-            entry["same_accuracy_as_local"] = sum(local[c] == h2[c] for c in local) / len(local)
+            if {"local", "h2tune"} <= set(entry["accuracy"]):
+                local, h2 = entry["accuracy"]["local"], entry["accuracy"]["h2tune"]
+                entry["same_accuracy_as_local"] = sum(local[c] == h2[c] for c in local) / len(local)
             results.append(entry)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
