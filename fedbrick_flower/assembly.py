@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from .adapters.base import AdapterKind
 from .adapters.lora import LoraSettings, adapter_tensors, attach_lora, load_adapter_tensors, with_ranks_of
 from .data import (
     EncodedExamples,
@@ -119,13 +120,15 @@ def build_network(
     layers: list[int] | None,
     lora: LoraSettings | None,
     filler: LayerFillerFactory | None = None,
+    kind: AdapterKind | None = None,
 ) -> nn.Module:
-    """A fresh network: the cached base, truncated to ``layers`` (None: full depth), LoRA, and the task's output.
+    """A fresh network: the cached base, truncated to ``layers`` (None: full depth), its adapters and the task's output.
 
     The output follows the task's kind (:mod:`~fedbrick_flower.objectives`): a seeded classification head, or the
     frozen LM head of a generative task. LoRA factors and heads are initialised from seeds shared by every
-    process, so clients that never received a tensor still agree on its starting value. ``lora=None`` leaves
-    the backbone bare (and trainable) for an algorithm that injects another adapter kind (FedMosaic's Co-LoRA).
+    process, so clients that never received a tensor still agree on its starting value. ``kind`` injects another
+    adapter kind instead of LoRA (on ``lora.roles``, with the same seed: H2Tune's triple matrices); ``lora=None``
+    and no ``kind`` leave the backbone bare for an algorithm that injects its adapters itself (FedMosaic's Co-LoRA).
     """
     spec = scenario.models[model_key]
     backbone = copy.deepcopy(cached_backbone(spec, scenario.seed))
@@ -135,8 +138,11 @@ def build_network(
         if max(layers) >= depth:
             raise ScenarioError(f"layers: {layers} exceed the {depth} layers of model {model_key!r}")
         keep_layers(backbone, family, layers, filler)
-    if lora is not None:
-        attach_lora(backbone, family, lora, stable_seed(scenario.seed, model_key, "lora"))
+    seed = stable_seed(scenario.seed, model_key, "lora")
+    if kind is not None:
+        kind.inject(backbone, family, None, lora.roles, seed)
+    elif lora is not None:
+        attach_lora(backbone, family, lora, seed)
     return task_objective(scenario, task, spec.tokenizer_source).network(backbone, spec)
 
 

@@ -91,6 +91,12 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="RELA-weighted Co-LoRA P/Q shared across widths and families, dual LoRA within a model (FedMosaic)",
         one_rank=True,
     ),
+    "h2tune": AlgorithmEntry(
+        server="fedbrick_flower.strategies.h2tune:H2Tune",
+        client="fedbrick_flower.clients.h2tune:H2TuneClient",
+        description="hybrid heterogeneity: triple-matrix LoRA whose middles share one layer-aligned bank (H2Tune)",
+        mixes_ranks=True,
+    ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",
         client="fedbrick_flower.clients.local:LocalClient",

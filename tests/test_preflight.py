@@ -193,7 +193,7 @@ def test_ranks_8_4_1_under_fedavg_are_refused_naming_both_ends(tmp_path: Path) -
     # Assert
     assert problem == (
         "clients r1 (rank 1) and r8 (rank 8) share model minilm; fedavg needs one rank per model "
-        "(algorithms that mix ranks: flexlora, flora, hetlora)"
+        "(algorithms that mix ranks: flexlora, flora, h2tune, hetlora)"
     )
 
 

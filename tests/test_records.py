@@ -138,8 +138,8 @@ def test_declared_schema_names_an_unregistered_kind() -> None:
     from fedbrick_flower.records import declared_schema
 
     _, info = _described("bert-edge", ("lora",))
-    info.adapter_kinds = ["lora", "triple"]
+    info.adapter_kinds = ["lora", "unregistered"]
 
     # Execute / Assert
-    with pytest.raises(ValueError, match="adapter kind 'triple' is not one of"):
+    with pytest.raises(ValueError, match="adapter kind 'unregistered' is not one of"):
         declared_schema(info, [1])

@@ -29,7 +29,7 @@ def test_parameters_come_from_the_strategy_init_chain_minus_runtime_arguments() 
 
 def test_exactly_the_rank_heterogeneous_methods_mix_ranks() -> None:
     # Assert
-    assert rank_mixing_algorithms() == ["flexlora", "flora", "hetlora"]
+    assert rank_mixing_algorithms() == ["flexlora", "flora", "h2tune", "hetlora"]
     assert not mixes_ranks("fedavg") and not mixes_ranks("fedbip") and mixes_ranks("flora")
 
 

@@ -247,7 +247,7 @@ def test_different_ranks_on_one_model_are_refused_under_fedavg() -> None:
     # Assert
     assert caught.value.problems == [
         "clients bert-edge (rank 1) and bert-full (rank 4) share model tiny-bert; fedavg needs one rank per model "
-        "(algorithms that mix ranks: flexlora, flora, hetlora)"
+        "(algorithms that mix ranks: flexlora, flora, h2tune, hetlora)"
     ]
 
 
@@ -265,7 +265,7 @@ def test_an_algorithm_that_mixes_ranks_accepts_them(monkeypatch: pytest.MonkeyPa
 
     # Assert
     assert [c.rank for c in scenario.clients] == [4, 1, None]
-    with pytest.raises(ScenarioError, match="algorithms that mix ranks: flexlora, flora, hetlora, mixer"):
+    with pytest.raises(ScenarioError, match="algorithms that mix ranks: flexlora, flora, h2tune, hetlora, mixer"):
         parse_scenario(apply_overrides(raw, {"algorithm": "fedavg"}))
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 # Canonical adapter names: LoRA factors by global layer, the task head, FedBRICK's BRICKs, FedMosaic's Co-LoRA
-# tensors by block and role, and its sanitised probe gradient.
+# tensors by block and role and its sanitised probe gradient, H2Tune's middle bank.
 ADAPTER_NAME = re.compile(
     r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)|bricks\.\d+\.(A1|B1|A2|B2)"
-    r"|colora\.\d+\.\w+\.(P|Q|A|B)|rela\.gradient)$"
+    r"|colora\.\d+\.\w+\.(P|Q|A|B)|rela\.gradient|bank\.\w+|bank-mass)$"
 )
 # The metric names the ClientApp declares in its replies (clients/base.py, clients/fedbrick.py, clients/hetlora.py).
 DECLARED_METRICS = {

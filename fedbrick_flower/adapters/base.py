@@ -137,6 +137,7 @@ _KINDS: dict[str, str] = {
     "lora": "fedbrick_flower.adapters.lora:LoraKind",
     "brick": "fedbrick_flower.adapters.brick:BrickKind",
     "colora": "fedbrick_flower.adapters.colora:ColoraKind",
+    "triple": "fedbrick_flower.adapters.triple:TripleKind",
 }
 
 

@@ -1,9 +1,10 @@
 """Canonical adapter tensor names, keyed by GLOBAL layer index.
 
 ``layers.{g}.{module}.{param}`` names a tensor of layer ``g`` of the full-depth model (``module`` is the
-projection's path inside the layer, e.g. ``attention.self.query``), and ``head.{param}`` the task head. A
-2-layer client holding layers 1 and 4 therefore sends ``layers.1.*`` and ``layers.4.*``; the names alone say
-where each tensor belongs, the way PEFT's parameter prefixes say which tensors are adapter tensors.
+projection's path inside the layer, e.g. ``attention.self.query``), ``head.{param}`` the task head, and
+``bank.{role}`` a middle-matrix bank shared across layers and families (H2Tune's G). A 2-layer client holding
+layers 1 and 4 therefore sends ``layers.1.*`` and ``layers.4.*``; the names alone say where each tensor
+belongs, the way PEFT's parameter prefixes say which tensors are adapter tensors.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections.abc import Iterable
 
 HEAD_PREFIX = "head."
+BANK_PREFIX = "bank."
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)\.([^.]+)$")
 
 
@@ -23,6 +25,11 @@ def layer_tensor_name(global_index: int, module: str, param: str) -> str:
 def head_tensor_name(param: str) -> str:
     """Canonical name of one task-head tensor (``weight`` or ``bias``)."""
     return f"{HEAD_PREFIX}{param}"
+
+
+def bank_tensor_name(role: str) -> str:
+    """Canonical name of a shared middle-matrix bank of one module role (H2Tune's G, all slots)."""
+    return f"{BANK_PREFIX}{role}"
 
 
 def parse_layer_tensor_name(name: str) -> tuple[int, str, str] | None:

@@ -168,11 +168,19 @@ class ClientSession:
         present = {label for part in parts for label in part.labels or ()}
         return tuple(name for index, name in enumerate(parts[0].label_names) if index in present)
 
-    def build(self, layers: list[int], filler: LayerFillerFactory | None = None) -> nn.Module:
-        """The client's network for this round, placed on its device (LoRA and head stay fp32)."""
-        model = build_network(self.scenario, self.profile.model, self.profile.task, layers, self.lora, filler)
+    def build(
+        self, layers: list[int], filler: LayerFillerFactory | None = None, kind: AdapterKind | None = None
+    ) -> nn.Module:
+        """The client's network for this round, placed on its device (adapters and head stay fp32).
+
+        ``kind`` replaces LoRA by another adapter kind (see :func:`~fedbrick_flower.assembly.build_network`).
+        """
+        model = build_network(self.scenario, self.profile.model, self.profile.task, layers, self.lora, filler, kind)
         model.backbone.to(device=self.device, dtype=self.dtype)
-        for tensor in adapter_tensors(model, model_family(model.backbone)).values():
+        adapters = adapter_tensors(model, model_family(model.backbone))
+        if kind is not None:
+            adapters.update(kind.tensors(model.backbone))
+        for tensor in adapters.values():
             tensor.data = tensor.data.float()
         return model.to(self.device)
 

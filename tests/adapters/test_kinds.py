@@ -20,9 +20,9 @@ def test_registry_finds_kinds_by_name_and_refuses_unknown_or_duplicate_names() -
     assert {"lora", "brick"} <= set(kind_names())
     assert kind_class("lora") is LoraKind and kind_class("brick") is BrickKind
     assert make_kind("brick", rank=3).settings == BrickConfig(rank=3)
-    assert {"colora"} <= set(kind_names())
-    with pytest.raises(ValueError, match=r"'triple' is not one of \[.*'brick'.*'colora'.*'lora'"):
-        kind_class("triple")
+    assert {"colora", "triple"} <= set(kind_names())
+    with pytest.raises(ValueError, match=r"'quad' is not one of \[.*'brick'.*'colora'.*'lora'.*'triple'"):
+        kind_class("quad")
     with pytest.raises(ValueError, match="already registered"):
         register_kind("lora", "somewhere:Else")
     with pytest.raises(ValueError, match="module:Class"):

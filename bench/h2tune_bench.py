@@ -1,0 +1,206 @@
+"""H2Tune benchmark: each client's accuracy on its own test split under hybrid heterogeneity, mean ± std over seeds.
+
+The federation is the built-in ``h2tune`` scenario (pretrained MiniLM-L6 at rank 4 on chatterbot topics, MPNet at
+rank 16 on drug conditions, SmolLM2-135M at rank 8 on BBC News; two clients per family), SIZED DOWN to fit about
+20 minutes on this 2-core machine: MPNet and SmolLM2 clients hold only their first layers (``--mpnet-layers``,
+``--smollm2-layers``; the weights stay pretrained), and rounds, local steps and examples are small. Methods:
+
+- ``local``: every client alone;
+- ``fedavg``: layer-wise FedAvg, which federates within each family only (tensors of different models never mix);
+- ``hetlora``: HetLoRA, also within each family (one rank per family here);
+- ``h2tune``: H2Tune, the one method here that shares across families (the middle-matrix bank);
+- ``h2tune-joint``: H2Tune without alternation (every round trains jointly, ``alternation: off``);
+- ``h2tune-fixed-relation``: H2Tune with Π fixed at its relative-depth initialisation.
+
+Add a method by a line in :data:`METHODS` (scenario overrides); FedMosaic is added by itself once an algorithm of
+that name is registered. The runs go through the package's real round loop and ClientApp, with messages delivered
+in this process (``ranks_bench.LoopbackGrid``) instead of Ray.
+
+Usage::
+
+    python bench/h2tune_bench.py                           # 3 seeds, the sizes below
+    python bench/h2tune_bench.py --seeds 0 --methods local h2tune --rounds 2
+
+Writes ``bench/results/h2tune.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from flwr.supercore.task_identity import TaskIdentity
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ranks_bench import LoopbackGrid  # noqa: E402 - the bench folder is not a package
+
+from fedbrick_flower.registry import algorithm_names  # noqa: E402
+from fedbrick_flower.run_dir import RunRecorder, read_metrics  # noqa: E402
+from fedbrick_flower.scenario import load_scenario, parse_overrides  # noqa: E402
+from fedbrick_flower.server_app import build_strategy  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "h2tune.json"
+METHODS: dict[str, dict[str, Any]] = {
+    "local": {"algorithm": "local"},
+    "fedavg": {"algorithm": "fedavg"},
+    "hetlora": {"algorithm": "hetlora"},
+    "h2tune": {"algorithm": "h2tune"},
+    "h2tune-joint": {"algorithm": "h2tune", "algorithm_params.alternation": "off"},
+    "h2tune-fixed-relation": {"algorithm": "h2tune", "algorithm_params.learn_relation": False},
+}
+if "fedmosaic" in algorithm_names():  # the hook: FedMosaic joins the table once it is registered
+    METHODS["fedmosaic"] = {"algorithm": "fedmosaic"}
+BASELINES = ("local", "fedavg", "hetlora", "fedmosaic")
+
+
+def scenario_overrides(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The bench's size on top of the built-in scenario (see the module docstring)."""
+    base = load_scenario("h2tune")
+    overrides: dict[str, Any] = {
+        "seed": seed,
+        "rounds": args.rounds,
+        "train.local_steps": args.local_steps,
+        "server.evaluate_global": False,
+        **{f"tasks.{task}.max_examples": args.max_examples for task in base.tasks},
+    }
+    for index, client in enumerate(base.clients):
+        depth = {"mpnet": args.mpnet_layers, "smollm2": args.smollm2_layers}.get(client.model)
+        if depth:
+            overrides[f"clients.{index}.layers"] = depth
+    return {**overrides, **parse_overrides(args.set)}
+
+
+def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One in-process run; each client's accuracy on its own test split after the last round."""
+    scenario = load_scenario("h2tune", {**scenario_overrides(args, seed), **METHODS[method]})
+    path = work / f"{method}-{seed}.yaml"
+    path.write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
+    run_dir = work / f"{method}-{seed}"
+    strategy = build_strategy(scenario, [RunRecorder(run_dir, scenario)])
+    started = time.monotonic()
+    strategy.start(LoopbackGrid({"scenario": str(path)}, len(scenario.clients)), num_rounds=scenario.rounds)
+    rows = read_metrics(run_dir)
+    evaluations = [r for r in rows if r["phase"] == "evaluate"]
+    last = max(r["round"] for r in evaluations)
+    accuracy = {r["client"]: r["accuracy"] for r in evaluations if r["round"] == last}
+    trained = [r for r in rows if r["phase"] == "train"]
+    return {
+        "method": method,
+        "seed": seed,
+        "client_accuracy": accuracy,
+        "mean_accuracy": statistics.mean(accuracy.values()),
+        "accuracy_by_round": [
+            statistics.mean(r["accuracy"] for r in evaluations if r["round"] == n) for n in range(1, last + 1)
+        ],
+        "bytes_up_per_client_round": statistics.mean(r["bytes_up"] for r in trained),
+        "bytes_down_per_client_round": statistics.mean(r["bytes_down"] for r in trained),
+        "rejected": sum(1 for r in rows if r["phase"] == "rejected"),
+        "wall_seconds": time.monotonic() - started,
+    }
+
+
+def summarize(runs: list[dict[str, Any]], clients: dict[str, str]) -> dict[str, Any]:
+    """Per method: mean ± std over seeds of the client-mean accuracy, per family and per client; the target."""
+    summary: dict[str, Any] = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        done = [r for r in runs if r["method"] == method]
+        families = sorted(set(clients.values()))
+        summary[method] = {
+            "accuracy": _mean_std([r["mean_accuracy"] for r in done]),
+            "by_family": {
+                family: _mean_std(
+                    [statistics.mean(a for c, a in r["client_accuracy"].items() if clients[c] == family) for r in done]
+                )
+                for family in families
+            },
+            "by_client": {c: _mean_std([r["client_accuracy"][c] for r in done]) for c in sorted(clients)},
+            "bytes_up_per_client_round": statistics.mean(r["bytes_up_per_client_round"] for r in done),
+            "wall_seconds": statistics.mean(r["wall_seconds"] for r in done),
+            "seeds": [r["seed"] for r in done],
+        }
+    baselines = {m: s for m, s in summary.items() if m in BASELINES}
+    if "h2tune" in summary and baselines:
+        best = max(baselines, key=lambda m: baselines[m]["accuracy"]["mean"])
+        h2, base = summary["h2tune"]["accuracy"], baselines[best]["accuracy"]
+        margin = h2["mean"] - base["mean"]
+        summary["target"] = {
+            "rule": "h2tune mean above the best baseline mean by more than one std (the larger of the two stds)",
+            "best_baseline": best,
+            "margin": margin,
+            "std": max(h2["std"], base["std"]),
+            "met": margin > max(h2["std"], base["std"]),
+        }
+    return summary
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def write_results(args: argparse.Namespace, runs: list[dict[str, Any]], seconds: float, planned: int) -> dict:
+    """The results file as it stands (``complete`` once every planned run is in)."""
+    clients = {c.id: c.model for c in load_scenario("h2tune").clients}
+    result = {
+        "benchmark": "h2tune",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, CPU",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "scenario_overrides": scenario_overrides(args, args.seeds[0]),
+        "models": "pretrained MiniLM-L6 (6 layers), MPNet and SmolLM2 truncated to their first layers (see settings)",
+        "complete": len(runs) == planned,
+        "summary": summarize(runs, clients),
+        "runs": runs,
+        "total_seconds": seconds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument("--max-examples", type=int, default=240, help="per task, before the client splits")
+    parser.add_argument("--mpnet-layers", type=int, default=2, help="first layers MPNet clients hold (of 12)")
+    parser.add_argument("--smollm2-layers", type=int, default=3, help="first layers SmolLM2 clients hold (of 30)")
+    parser.add_argument("--set", nargs="*", default=[], help="more scenario overrides, KEY=VALUE")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0  # what a ServerApp process sets
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="h2tune-bench-") as folder:
+        for seed in args.seeds:
+            for method in args.methods:
+                runs.append(run_method(method, seed, args, Path(folder)))
+                accuracy, seconds = runs[-1]["mean_accuracy"], runs[-1]["wall_seconds"]
+                print(f"{method:24s} seed {seed}: {accuracy:.4f} ({seconds:.0f}s)", flush=True)
+                # Written after every run, so an interrupted benchmark still leaves what it measured.
+                result = write_results(args, runs, time.monotonic() - started, len(args.seeds) * len(args.methods))
+    for method, figures in result["summary"].items():
+        if method != "target":
+            print(f"{method:24s} {figures['accuracy']['mean']:.4f} ± {figures['accuracy']['std']:.4f}")
+    print(json.dumps(result["summary"].get("target"), indent=2))
+
+
+if __name__ == "__main__":
+    main()
