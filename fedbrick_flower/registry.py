@@ -29,6 +29,9 @@ class AlgorithmEntry:
     one_rank : bool (default: False)
         True if every client of the federation, whatever its model, must train at one rank (FedMosaic averages
         r x r matrices across models). Scenarios with several ranks are refused at load.
+    classification_only : bool (default: False)
+        True if the client half trains with its own classification loss rather than the task objective's
+        (``session.objective``), so scenarios with a generative task are refused at load.
     robust_aggregation : bool (default: False)
         True if the strategy combines every tensor over its holders through
         ``HeterogeneousStrategy.combine_layerwise``, so ``server.aggregation`` (median, trimmed mean) applies.
@@ -42,6 +45,7 @@ class AlgorithmEntry:
     """True when clients of different LoRA ranks can federate (the strategy mixes factors of different ranks)."""
     one_rank: bool = False
     robust_aggregation: bool = False
+    classification_only: bool = False
 
 
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
@@ -90,12 +94,14 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         client="fedbrick_flower.clients.fedmosaic:FedMosaicClient",
         description="RELA-weighted Co-LoRA P/Q shared across widths and families, dual LoRA within a model (FedMosaic)",
         one_rank=True,
+        classification_only=True,
     ),
     "h2tune": AlgorithmEntry(
         server="fedbrick_flower.strategies.h2tune:H2Tune",
         client="fedbrick_flower.clients.h2tune:H2TuneClient",
         description="hybrid heterogeneity: triple-matrix LoRA whose middles share one layer-aligned bank (H2Tune)",
         mixes_ranks=True,
+        classification_only=True,
     ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",
@@ -157,6 +163,10 @@ def one_rank(name: str) -> bool:
 def rank_mixing_algorithms() -> list[str]:
     """The algorithms whose clients of one model may use different LoRA ranks."""
     return [name for name in algorithm_names() if _ALGORITHMS[name].mixes_ranks]
+
+
+def classification_only(name: str) -> bool:
+    return algorithm_entry(name).classification_only
 
 
 def robust_aggregation_algorithms() -> list[str]:

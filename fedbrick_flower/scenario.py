@@ -27,6 +27,7 @@ import yaml
 
 from .registry import (  # entries only: no strategy import
     algorithm_names,
+    classification_only,
     mixes_ranks,
     one_rank,
     rank_mixing_algorithms,
@@ -555,7 +556,7 @@ def semantic_problems(scenario: Scenario, raw_clients: int | None = None) -> lis
         for client_id in getattr(scenario.faults, fault):
             if client_id not in ids:
                 problems.append(f"faults.{fault}: {client_id!r} is not a client id of this scenario {ids}")
-    problems += rank_problems(scenario) + aggregation_problems(scenario)
+    problems += rank_problems(scenario) + aggregation_problems(scenario) + objective_problems(scenario)
     return problems
 
 
@@ -586,6 +587,17 @@ def _lora_problems(lora: LoraDefaults) -> list[str]:
     except ValueError as error:
         return [f"lora.targets: {error}"]
     return []
+
+
+def objective_problems(scenario: Scenario) -> list[str]:
+    """Generative tasks under an algorithm whose client half trains a classifier only."""
+    if scenario.algorithm not in algorithm_names() or not classification_only(scenario.algorithm):
+        return []
+    return [
+        f"tasks.{name}.kind: {scenario.algorithm} trains classifiers only, and this task is {task.kind}"
+        for name, task in scenario.tasks.items()
+        if task.kind != "classification"
+    ]
 
 
 def rank_problems(scenario: Scenario) -> list[str]:

@@ -318,3 +318,21 @@ def test_fedmosaic_refuses_two_ranks_even_across_models_naming_the_field() -> No
     assert caught.value.problems == [
         f"clients[2].rank={rank - 1}: fedmosaic needs one LoRA rank across the federation, got {[rank - 1, rank]}"
     ]
+
+
+@pytest.mark.parametrize("algorithm", ["fedmosaic", "h2tune"])
+def test_an_algorithm_that_trains_classifiers_only_refuses_a_generative_task(algorithm: str) -> None:
+    # Prepare: the instruct scenario's generative tasks under an algorithm whose client trains a classifier
+    raw = yaml.safe_load(scenario_path("instruct").read_text())
+    raw["algorithm"] = algorithm
+
+    # Execute
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(raw)
+
+    # Assert: every generative task is named, with the field
+    refused = [p for p in caught.value.problems if "trains classifiers only" in p]
+    assert refused == [
+        f"tasks.{name}.kind: {algorithm} trains classifiers only, and this task is generative"
+        for name in ("topic", "news", "chat")
+    ]
