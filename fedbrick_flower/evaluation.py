@@ -37,16 +37,13 @@ class GlobalModelEvaluator(RoundCallback):
         for (model_key, task), tensors in strategy.global_adapters().items():
             accuracy, loss = self.evaluate(model_key, task, tensors)
             logger.info("round %d: global %s on %s: accuracy %.4f", server_round, model_key, task, accuracy)
-            log_rows.append(
-                {
-                    "round": server_round,
-                    "phase": "server-eval",
-                    "model": model_key,
-                    "task": task,
-                    "accuracy": accuracy,
-                    "loss": loss,
-                }
-            )
+            row = {"round": server_round, "phase": "server-eval", "model": model_key, "task": task}
+            row.update(accuracy=accuracy, loss=loss)
+            if self.scenario.server.evaluate_without_lora:
+                row["accuracy-without-lora"], row["loss-without-lora"] = self.evaluate(
+                    model_key, task, without_lora(tensors)
+                )
+            log_rows.append(row)
 
     def evaluate(self, model_key: str, task: str, tensors: dict[str, Any]) -> tuple[float, float]:
         """Accuracy and loss of the full-depth model with ``tensors`` loaded, on the task's server test split."""
@@ -54,3 +51,9 @@ class GlobalModelEvaluator(RoundCallback):
         spec = self.scenario.models[model_key]
         examples = task_examples(self.scenario, task, "server_test", None, spec.tokenizer_source)
         return evaluate(model, examples, self.scenario.train.eval_batch_size, self.device)
+
+
+def without_lora(tensors: dict[str, Any]) -> dict[str, Any]:
+    """The same adapters with every LoRA B factor zeroed: the backbone as pretrained (plus any BRICKs the model
+    runs only for missing layers) under the aggregated head, which shows what the aggregated LoRA adds."""
+    return {name: value * 0 if name.endswith("lora_B") else value for name, value in tensors.items()}

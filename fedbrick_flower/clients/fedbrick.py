@@ -105,7 +105,12 @@ class FedBrickClient(ClientAlgorithm):
             config,
             stage_two_steps(steps, float(config["stage-two-fraction"]), int(config["stage-two-min-steps"])),
         )
-        return dataclasses.replace(first, steps=first.steps + second.steps, seconds=first.seconds + second.seconds)
+        return dataclasses.replace(
+            first,
+            steps=first.steps + second.steps,
+            seconds=first.seconds + second.seconds,
+            peak_bytes=max(first.peak_bytes, second.peak_bytes),
+        )
 
     def stage_one(self, model: SequenceClassifier, config: dict[str, Any], steps: int) -> TrainResult:
         """Eq. 21: CE + lambda_w sum ||w - w_recv||^2 (kept LoRA) + lambda_theta sum ||theta - theta_recv||^2

@@ -167,8 +167,10 @@ class ClientSession:
         """The client's network for this round, placed on its device (LoRA and head stay fp32)."""
         model = build_classifier(self.scenario, self.profile.model, self.profile.task, layers, self.lora, filler)
         model.backbone.to(device=self.device, dtype=self.dtype)
-        for tensor in adapter_tensors(model, model_family(model.backbone)).values():
+        for name, tensor in adapter_tensors(model, model_family(model.backbone)).items():
             tensor.data = tensor.data.float()
+            if self.scenario.train.freeze_lora and not name.startswith("head."):
+                tensor.requires_grad_(False)  # linear probe: the optimizer sees the head only
         return model.to(self.device)
 
     def kinds(self, names: Sequence[str]) -> list[AdapterKind]:
