@@ -141,7 +141,17 @@ def run_figures(rows: Sequence[dict]) -> dict[str, Any]:
         "global_by_round": [_mean(r["accuracy"] for r in _rows_of_round(phases["server-eval"], k)) for k in rounds],
         "on_device_by_round": [_mean(r["accuracy"] for r in _rows_of_round(phases["evaluate"], k)) for k in rounds],
         "cumulative_bytes_by_round": cumulative,
+        "distillation_mse_by_layer": _distillation(phases["distill"]),
     }
+
+
+def _distillation(rows: Iterable[dict]) -> dict[int, dict[int, float]]:
+    """FedBRICK's per-layer distillation error after each round's distillation (``mse_after``), mean over the
+    groups distilled: ``{layer: {round: mse}}``."""
+    values: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        values[row["layer"]][row["round"]].append(row["mse_after"])
+    return {layer: {k: mean(v) for k, v in by_round.items()} for layer, by_round in sorted(values.items())}
 
 
 def _last_by_client(rows: Iterable[dict]) -> dict[str, dict]:
@@ -182,6 +192,10 @@ def method_table(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
             **{
                 curve: [mean_std(_at(f, curve, k) for f in figures) for k in rounds]
                 for curve in ("global_by_round", "on_device_by_round", "cumulative_bytes_by_round")
+            },
+            "distillation_mse_by_layer": {
+                layer: [mean_std(f["distillation_mse_by_layer"].get(layer, {}).get(k) for f in figures) for k in rounds]
+                for layer in sorted({layer for f in figures for layer in f["distillation_mse_by_layer"]})
             },
             "peak_memory_by_client": {
                 client: mean_std(f["peak_memory_by_client"].get(client) for f in figures)
@@ -295,6 +309,16 @@ def plots(table: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     axes.set_xlabel("cumulative MiB (all clients, up + down)")
     axes.set_ylabel("accuracy")
     images.append(("Accuracy against cumulative bytes (global where the method has one)", _finish(plt, figure, axes)))
+    distilled = {m: e["distillation_mse_by_layer"] for m, e in table.items() if e["distillation_mse_by_layer"]}
+    if distilled:
+        figure, axes = plt.subplots(figsize=(7, 4.5), layout="constrained")
+        for method, layers in distilled.items():
+            for layer, points in layers.items():
+                _band(axes, table[method]["rounds"], points, f"{method} layer {layer}")
+        axes.set_xlabel("round")
+        axes.set_ylabel("BRICK distillation MSE (after)")
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        images.append(("Per-layer distillation error over rounds, mean ± std over seeds", _finish(plt, figure, axes)))
     return images
 
 

@@ -75,6 +75,22 @@ def test_run_figures_final_worst_client_bytes_and_aggregation() -> None:
     assert figures["train_seconds"] == pytest.approx(3.0)
     assert figures["peak_memory_by_client"] == {"a": 200.0, "b": 50.0}
     assert figures["aggregation_seconds"] == pytest.approx(0.25)
+    assert figures["distillation_mse_by_layer"] == {}
+
+
+def test_distillation_error_is_averaged_over_groups_per_layer_and_round() -> None:
+    # Prepare: layer 0 distilled for two groups in round 1, layer 1 for one
+    rows = [
+        {"round": 1, "phase": "distill", "group": "a", "layer": 0, "mse_before": 1.0, "mse_after": 0.2},
+        {"round": 1, "phase": "distill", "group": "b", "layer": 0, "mse_before": 1.0, "mse_after": 0.4},
+        {"round": 1, "phase": "distill", "group": "a", "layer": 1, "mse_before": 1.0, "mse_after": 0.5},
+    ]
+
+    # Execute
+    figures = run_figures(rows)
+
+    # Assert
+    assert figures["distillation_mse_by_layer"] == {0: {1: pytest.approx(0.3)}, 1: {1: pytest.approx(0.5)}}
 
 
 def test_method_table_means_and_sample_std_over_seeds(tmp_path: Path) -> None:
