@@ -134,7 +134,8 @@ class TrainSettings:
     weight_decay: float = 0.0
     eval_batch_size: int = 64
     freeze_lora: bool = False
-    """True: LoRA stays at its initialisation (B = 0) and only the head trains, a federated linear probe."""
+    """True: LoRA stays at its initialisation (B = 0) and only the head trains (FedBRICK: and its BRICKs), a
+    federated linear probe."""
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,9 @@ class FedBrickClient(ClientAlgorithm):
         lora = lora_tensors(model.backbone, family)
         anchors_w = _snapshot(lora)
         anchors_theta = _snapshot(brick_tensors(missing_bricks))
-        set_trainable(model, [*adapter_tensors(model, family).values(), *brick_tensors(missing_bricks).values()])
+        frozen_lora = self.session.scenario.train.freeze_lora  # linear probe: LoRA stays at its start
+        adapters = [t for n, t in adapter_tensors(model, family).items() if not frozen_lora or n.startswith("head.")]
+        set_trainable(model, [*adapters, *brick_tensors(missing_bricks).values()])
         lambda_w, lambda_theta = float(config["lambda-w"]), float(config["lambda-theta"])
 
         def loss_fn(net: nn.Module, batch: Batch, step: int) -> torch.Tensor:

@@ -98,3 +98,20 @@ def test_without_lora_zeroes_b_factors_only() -> None:
     assert not stripped["layers.0.attention.self.query.lora_B"].any()
     assert stripped["layers.0.attention.self.query.lora_A"].sum() == pytest.approx(8.0)
     assert stripped["head.weight"].sum() == pytest.approx(24.0)
+
+
+def test_freeze_lora_holds_for_fedbrick_stage_one() -> None:
+    # Prepare
+    from fedbrick_flower.clients.fedbrick import FedBrickClient
+
+    scenario = load_scenario("fedbrick-tiny", {"train.freeze_lora": True, "train.local_steps": 2})
+    client = FedBrickClient(client_session(scenario, scenario.clients[1]), ClientState(RecordDict()))
+    config = {"layers": [1, 3], "brick-rank": 4, "lambda-w": 0.01, "lambda-theta": 0.005, "server-round": 1}
+    model = client.build_model([1, 3], config)
+
+    # Execute
+    client.stage_one(model, config, steps=2)
+
+    # Assert
+    update = client.update(model, {**config, "upload-bricks": False})
+    assert all(not update[n].detach().any() for n in update if n.endswith("lora_B"))
