@@ -28,7 +28,7 @@ import json
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
@@ -76,10 +76,20 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
             found.append(path)
             continue
         nested = sorted(p.parent for p in path.rglob(SUMMARY_FILE)) if path.is_dir() else []
+        nested.sort(key=_suite_order(path))
         if not nested:
             raise CompareError(f"{path}: no finished run ({SUMMARY_FILE}) in it")
         found += nested
     return found
+
+
+def _suite_order(folder: Path) -> Callable[[Path], int]:
+    """Sort key of runs in a suite directory: the suite's method order (``suite.json``), else none (all equal)."""
+    record = folder / "suite.json"
+    if not record.is_file():
+        return lambda run: 0
+    methods = list(dict.fromkeys(cell["method"] for cell in json.loads(record.read_text())["cells"]))
+    return lambda run: methods.index(run.parent.name) if run.parent.name in methods else len(methods)
 
 
 def load_run(path: Path) -> Run:

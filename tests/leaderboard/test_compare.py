@@ -146,6 +146,20 @@ def test_page_is_self_contained(tmp_path: Path) -> None:
     assert json.loads(written[2].read_text())["methods"]["fedra"]["global_accuracy"]["n"] == 2
 
 
+def test_runs_of_a_suite_directory_come_in_the_suites_method_order(tmp_path: Path) -> None:
+    # Prepare: methods whose alphabetical order is not the suite's
+    for method in ("zeta", "alpha"):
+        _write_run(tmp_path / method / "seed-0", method, 0, _rows([0.5], {"a": [0.5]}))
+    cells = [{"method": "zeta"}, {"method": "alpha"}]
+    (tmp_path / "suite.json").write_text(json.dumps({"cells": cells}))
+
+    # Execute
+    runs = find_runs([tmp_path])
+
+    # Assert
+    assert [run.parent.name for run in runs] == ["zeta", "alpha"]
+
+
 def test_a_path_without_runs_is_an_error(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(CompareError, match="no finished run"):
