@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run(commands)
     _add_report(commands)
+    _add_bench(commands)
+    _add_compare(commands)
     _add_scenarios(commands)
     _add_fields(commands)
     deployment.add_certs(commands)
@@ -189,6 +191,51 @@ def _report(args: argparse.Namespace) -> int:
     from .report import main as report_main
 
     return report_main(args)
+
+
+# ------------------------------------------------------------------------------------------------ bench
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    from .leaderboard.suites import SUITES
+
+    parser = commands.add_parser(
+        "bench",
+        help="run a suite's methods x seeds as ordinary runs (resumable), then compare them",
+        description="Each cell (method, seed) is a `fedbrick-flower run` in OUT/METHOD/seed-N; finished cells are "
+        "not run again, so rerunning the command resumes the suite. Writes OUT/suite.json and OUT/compare.*.",
+    )
+    parser.add_argument(
+        "suite", choices=sorted(SUITES), help="; ".join(f"{s.name}: {s.description}" for s in SUITES.values())
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--seed", type=int, nargs="+", help="these seeds instead of --seeds")
+    parser.add_argument("--methods", nargs="+", help="only these methods of the suite")
+    parser.add_argument("--out", type=Path, help="suite directory (default: runs/bench-<suite>)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key for every method"
+    )
+    parser.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .leaderboard.runner import main as bench_main
+
+    return bench_main(args)
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "compare", help="side-by-side table and plots of runs (grouped by method, mean ± std over seeds)"
+    )
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories or folders of runs")
+    parser.add_argument("--out", type=Path, default=Path("comparison"), help="folder of compare.html/.md/.json")
+    parser.set_defaults(handler=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .leaderboard.compare import main as compare_main
+
+    return compare_main(args)
 
 
 # ------------------------------------------------------------------------------------------------ scenarios

@@ -37,7 +37,11 @@ class GlobalModelEvaluator(RoundCallback):
         for (model_key, task), tensors in strategy.global_adapters().items():
             scores = self.evaluate(model_key, task, tensors)
             logger.info("round %d: global %s on %s: %s", server_round, model_key, task, _describe(scores))
-            log_rows.append({"round": server_round, "phase": "server-eval", "model": model_key, "task": task, **scores})
+            row = {"round": server_round, "phase": "server-eval", "model": model_key, "task": task, **scores}
+            if self.scenario.server.evaluate_without_lora:
+                bare = self.evaluate(model_key, task, without_lora(tensors))
+                row.update({f"{name}-without-lora": value for name, value in bare.items()})
+            log_rows.append(row)
 
     def evaluate(self, model_key: str, task: str, tensors: dict[str, Any]) -> dict[str, float]:
         """The task objective's metrics (``accuracy``, ``loss``; ``perplexity`` and more for a generative task) of
@@ -51,3 +55,9 @@ class GlobalModelEvaluator(RoundCallback):
 
 def _describe(scores: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+
+
+def without_lora(tensors: dict[str, Any]) -> dict[str, Any]:
+    """The same adapters with every LoRA B factor zeroed: the backbone as pretrained (plus any BRICKs the model
+    runs only for missing layers) under the aggregated head, which shows what the aggregated LoRA adds."""
+    return {name: value * 0 if name.endswith("lora_B") else value for name, value in tensors.items()}

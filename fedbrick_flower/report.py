@@ -22,9 +22,11 @@ PLOTS_DIR = "plots"
 ROUND_COLUMNS = (
     "round",
     "wall_s",
+    "agg_s",
     "train_loss",
     "client_acc",
     "global_acc",
+    "no_lora_acc",
     "bytes_up",
     "bytes_down",
     "adapter_bytes",
@@ -107,7 +109,9 @@ def round_table(rows: Iterable[dict]) -> list[dict[str, Any]]:
     list[dict[str, Any]]
         Sorted by round. ``train_loss``, ``client_acc``, ``bytes_up``, ``bytes_down`` and ``adapter_bytes`` are
         unweighted means over the clients of the round (``None`` where no client reported); ``global`` maps
-        ``model/task`` to the server-side accuracy and ``global_acc`` is its mean.
+        ``model/task`` to the server-side accuracy and ``global_acc`` is its mean; ``no_lora_acc`` is that
+        mean with the global LoRA B zeroed (``server.evaluate_without_lora``); ``agg_s`` is the strategy's
+        ``aggregate`` seconds.
     """
     by_round = _group(rows, "round")
     table = []
@@ -119,10 +123,12 @@ def round_table(rows: Iterable[dict]) -> list[dict[str, Any]]:
             {
                 "round": server_round,
                 "wall_s": _mean(r["wall_seconds"] for r in phases.get("round", [])),
+                "agg_s": _mean(r["seconds"] for r in phases.get("aggregate", [])),
                 "train_loss": _mean(r.get("train-loss") for r in train),
                 "client_acc": _mean(r.get("accuracy") for r in phases.get("evaluate", [])),
                 "global": global_accuracy,
                 "global_acc": _mean(global_accuracy.values()),
+                "no_lora_acc": _mean(r.get("accuracy-without-lora") for r in server),
                 "bytes_up": _mean(r.get("bytes_up") for r in train),
                 "bytes_down": _mean(r.get("bytes_down") for r in train),
                 "adapter_bytes": _mean(r.get("adapter_bytes") for r in train),

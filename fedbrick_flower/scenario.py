@@ -145,6 +145,9 @@ class TrainSettings:
     head_lr: float = 5e-3
     weight_decay: float = 0.0
     eval_batch_size: int = 64
+    freeze_lora: bool = False
+    """True: LoRA stays at its initialisation (B = 0) and only the head trains (FedBRICK: and its BRICKs), a
+    federated linear probe."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ class ServerSettings:
     wire_dtype: str = "float32"
     max_update_mb: float = 64.0
     evaluate_global: bool = True
+    evaluate_without_lora: bool = False
+    """Also score each global model with its LoRA B zeroed (head only): what the aggregated LoRA adds."""
     node_wait_timeout: float = 120.0
     round_timeout: float = 3600.0
     aggregation: str = "mean"

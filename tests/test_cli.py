@@ -32,7 +32,16 @@ def _imports_after(code: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["--version"], ["run", "--help"], ["server", "--help"], ["client", "--help"], ["scenarios"]],
+    [
+        ["--help"],
+        ["--version"],
+        ["run", "--help"],
+        ["server", "--help"],
+        ["client", "--help"],
+        ["scenarios"],
+        ["bench", "--help"],
+    ]
+    + [["compare", "--help"]],
 )
 def test_commands_that_do_not_train_import_no_torch(argv: list[str]) -> None:
     # Execute

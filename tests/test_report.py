@@ -49,7 +49,8 @@ ROWS = [
     _evaluate(1, "alice", 0.2),
     _evaluate(1, "bob", 0.4),
     _server(1, "bert", 0.3),
-    _server(1, "llama", 0.5),
+    _server(1, "llama", 0.5) | {"accuracy-without-lora": 0.1},
+    {"round": 1, "phase": "aggregate", "seconds": 0.25, "updates": 2},
     {"round": 1, "phase": "round", "wall_seconds": 10.0},
     _train(2, "alice", 1.0, 1100, 1000),
     {"round": 2, "phase": "rejected", "client": "bob", "stage": "train", "reason": "bad shape"},
@@ -81,6 +82,9 @@ def test_round_table_means_over_clients() -> None:
     assert first["client_acc"] == pytest.approx(0.3)
     assert first["global"] == {"bert/bbc": 0.3, "llama/bbc": 0.5}
     assert first["global_acc"] == pytest.approx(0.4)
+    assert first["no_lora_acc"] == pytest.approx(0.1)  # only the pair that was scored without LoRA
+    assert first["agg_s"] == pytest.approx(0.25)
+    assert second["agg_s"] is None
     assert first["bytes_up"] == pytest.approx(1600)
     assert first["bytes_down"] == pytest.approx(50)  # a missing (None) download is left out of the mean
     assert first["adapter_bytes"] == pytest.approx(1500)

@@ -16,7 +16,7 @@ from ..models import model_family, stable_seed
 from ..records import EVAL_PREFIX
 from .profile import ClientSession
 from .state import ClientState
-from .trainer import TrainResult, make_optimizer, peak_memory_mb, seed_torch, train_steps
+from .trainer import TrainResult, make_optimizer, process_peak_rss_mb, seed_torch, train_steps
 
 
 class ClientAlgorithm:
@@ -102,7 +102,8 @@ class ClientAlgorithm:
         }
         metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
         metrics["local-rounds"] = float(self.count_local_round())
-        metrics["peak-memory-mb"] = peak_memory_mb(self.session.device)
+        metrics["peak-memory-mb"] = result.peak_bytes / 2**20  # this client's training alone
+        metrics["process-peak-rss-mb"] = process_peak_rss_mb()  # the whole process (mixes clients in a Ray worker)
         return update, metrics
 
     def count_local_round(self) -> int:

@@ -105,7 +105,12 @@ class FedBrickClient(ClientAlgorithm):
             config,
             stage_two_steps(steps, float(config["stage-two-fraction"]), int(config["stage-two-min-steps"])),
         )
-        return dataclasses.replace(first, steps=first.steps + second.steps, seconds=first.seconds + second.seconds)
+        return dataclasses.replace(
+            first,
+            steps=first.steps + second.steps,
+            seconds=first.seconds + second.seconds,
+            peak_bytes=max(first.peak_bytes, second.peak_bytes),
+        )
 
     def stage_one(self, model: SequenceClassifier, config: dict[str, Any], steps: int) -> TrainResult:
         """Eq. 21: task loss + lambda_w sum ||w - w_recv||^2 (kept LoRA) + lambda_theta sum ||theta - theta_recv||^2
@@ -119,7 +124,9 @@ class FedBrickClient(ClientAlgorithm):
         lora = lora_tensors(model.backbone, family)
         anchors_w = _snapshot(lora)
         anchors_theta = _snapshot(brick_tensors(missing_bricks))
-        set_trainable(model, [*adapter_tensors(model, family).values(), *brick_tensors(missing_bricks).values()])
+        frozen_lora = self.session.scenario.train.freeze_lora  # linear probe: LoRA stays at its start
+        adapters = [t for n, t in adapter_tensors(model, family).items() if not frozen_lora or n.startswith("head.")]
+        set_trainable(model, [*adapters, *brick_tensors(missing_bricks).values()])
         lambda_w, lambda_theta = float(config["lambda-w"]), float(config["lambda-theta"])
         task_loss = self.session.objective.loss
 

@@ -180,8 +180,10 @@ class ClientSession:
         adapters = adapter_tensors(model, model_family(model.backbone))
         if kind is not None:
             adapters.update(kind.tensors(model.backbone))
-        for tensor in adapters.values():
+        for name, tensor in adapters.items():
             tensor.data = tensor.data.float()
+            if self.scenario.train.freeze_lora and not name.startswith("head."):
+                tensor.requires_grad_(False)  # linear probe: the optimizer sees the head only
         return model.to(self.device)
 
     def kinds(self, names: Sequence[str]) -> list[AdapterKind]:

@@ -6,7 +6,8 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,6 +30,8 @@ class TrainResult:
     loss_last: float
     loss_mean: float
     seconds: float
+    peak_bytes: int = 0
+    """Peak memory of this training alone (see :class:`TrainingMemory`); 0 when not measured."""
 
 
 def make_optimizer(model: nn.Module, lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -71,12 +74,14 @@ def train_steps(
     started = time.perf_counter()
     batches = cycle_batches(examples, batch_size, seed)
     progress = _progress(steps, label)
+    memory = TrainingMemory(model, optimizer, device)
     for step in range(steps):
         batch = {key: value.to(device) for key, value in next(batches).items()}
-        loss = loss_fn(model, batch, step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with memory.step():
+            loss = loss_fn(model, batch, step)
+            loss.backward()
+            optimizer.step()
         losses.append(float(loss.detach()))
         if progress is not None:
             progress.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -91,6 +96,7 @@ def train_steps(
         loss_last=losses[-1] if losses else float("nan"),
         loss_mean=sum(losses) / max(1, len(losses)),
         seconds=time.perf_counter() - started,
+        peak_bytes=memory.peak_bytes,
     )
 
 
@@ -99,11 +105,62 @@ def seed_torch(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak accelerator memory on CUDA, else this process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def process_peak_rss_mb() -> float:
+    """This process's peak resident set size (MB): in simulation one Ray worker serves several clients, so the
+    figure mixes them; :attr:`TrainResult.peak_bytes` is the per-client one."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class TrainingMemory:
+    """The peak memory one client's training needs, measured in its own process whatever else the process holds.
+
+    A process-wide figure (peak RSS) cannot separate clients: a Ray worker serves several simulated clients and
+    its allocator keeps what earlier ones freed. So on CUDA this is the allocator's peak over the step (reset
+    before it); elsewhere it counts the tensors the step itself holds, by storage so that views count once:
+    every parameter and buffer of the network (frozen base included), the gradients, the optimizer's state and
+    the activations autograd saved for the backward pass (seen through ``saved_tensors_hooks``), at the end of
+    the step when all of them are alive at once. Temporaries freed within the forward pass are not counted, so
+    on CPU it is a lower bound of the step's peak, and exact in what it counts.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    peak_bytes: int = 0
+    _saved: dict[int, int] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """Measure one optimizer step (forward, backward, update) run inside this block."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+            return
+        self._saved = {}
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
+            yield
+        self.peak_bytes = max(self.peak_bytes, self._resident_bytes() + sum(self._saved.values()))
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        self._saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def _resident_bytes(self) -> int:
+        """Parameters, buffers, gradients and optimizer state, each storage once."""
+        storages: dict[int, int] = {}
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        tensors += [p.grad for p in self.model.parameters() if p.grad is not None]
+        tensors += [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        for tensor in tensors:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        # Saved activations that are parameters themselves (weights saved for backward) are already counted.
+        for pointer in storages.keys() & self._saved.keys():
+            del self._saved[pointer]
+        return sum(storages.values())
 
 
 def _progress(steps: int, label: str):  # noqa: ANN202 - tqdm is optional at type level

@@ -318,7 +318,17 @@ class HeterogeneousStrategy(Strategy):
             if update.client.client_id in self._trained:
                 self._log_train(server_round, reply, update)
         if updates:
+            started = time.perf_counter()
             self.aggregate(server_round, updates)
+            # The server's own work per round, apart from waiting for clients (compared across methods).
+            self._log_rows.append(
+                {
+                    "round": server_round,
+                    "phase": "aggregate",
+                    "seconds": time.perf_counter() - started,
+                    "updates": len(updates),
+                }
+            )
         weights = [u.num_examples for u in updates]
         metrics: dict[str, float] = {"num-updates": len(updates)}
         for key in ("train-loss", EVAL_PREFIX + "accuracy"):

@@ -1,0 +1,244 @@
+"""The benchmark suites, as data: a base scenario, overrides every method shares, and one entry per method.
+
+Every method of a suite runs on the same clients, data split, seeds and budgets (rounds, local steps, batch
+size): a method's overrides change only the algorithm and what defines the method (its depth or rank
+assignment, its parameters). A cell is one method at one seed; it becomes one ``fedbrick-flower run``.
+
+Methods whose algorithm is not registered (FedMosaic, H2Tune until their modules are merged) stay declared: their
+cells are reported as not available and run as soon as the registry knows the name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..registry import algorithm_names, algorithm_parameters
+
+NOT_REGISTERED = "not available: algorithm not registered"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One column of a suite's leaderboard.
+
+    Parameters
+    ----------
+    name : str
+        The label of the method in tables and run directories (kebab-case).
+    algorithm : str
+        The registered algorithm it runs.
+    overrides : dict[str, Any]
+        Dotted scenario keys (as ``--set`` takes them) on top of the suite's base; ``algorithm`` is added.
+    description : str
+        One line for listings.
+    """
+
+    name: str
+    algorithm: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A base scenario, the overrides every method shares and the methods compared on it."""
+
+    name: str
+    description: str
+    scenario: str
+    methods: tuple[Method, ...]
+    base: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One method at one seed: the overrides of one run, or the reason it cannot run."""
+
+    suite: str
+    method: str
+    algorithm: str
+    seed: int
+    scenario: str
+    overrides: dict[str, Any]
+    unavailable: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The cell's folder under the suite's output directory."""
+        return f"{self.method}/seed-{self.seed}"
+
+    def set_arguments(self) -> list[str]:
+        """The ``--set KEY=VALUE`` arguments of ``fedbrick-flower run`` (values as flow-style YAML)."""
+        import yaml
+
+        arguments = []
+        for key, value in self.overrides.items():
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            arguments += ["--set", f"{key}={text.removesuffix('...').strip()}"]
+        return arguments
+
+
+def each_client(key: str, value: Any, count: int) -> dict[str, Any]:
+    """The same value for ``clients.{i}.{key}`` of the first ``count`` clients."""
+    return {f"clients.{index}.{key}": value for index in range(count)}
+
+
+def expand(
+    suite: Suite, seeds: list[int], extra: dict[str, Any] | None = None, methods: list[str] | None = None
+) -> list[Cell]:
+    """The suite's cells, method-major (all seeds of one method, then the next), so a partial suite is whole
+    methods.
+
+    Parameters
+    ----------
+    suite : Suite
+        The suite.
+    seeds : list[int]
+        Scenario seeds (each also redraws the data split).
+    extra : dict[str, Any] | None
+        Overrides applied to every cell after the suite's base and the method's own (sizes such as ``rounds``,
+        ``train.local_steps``); an ``algorithm_params.NAME`` override goes only to methods whose algorithm has
+        that parameter (``algorithm_params.distill_epochs`` sizes FedBRICK's cells, not FedAvg's).
+    methods : list[str] | None
+        Only these methods (by name), in the suite's order; ``ValueError`` names an unknown one.
+    """
+    known = [m.name for m in suite.methods]
+    unknown = sorted(set(methods or []) - set(known))
+    if unknown:
+        raise ValueError(f"--methods: {unknown} not in suite {suite.name!r} (methods: {known})")
+    registered = set(algorithm_names())
+    cells = []
+    for method in suite.methods:
+        if methods and method.name not in methods:
+            continue
+        for seed in seeds:
+            shared = _applicable(extra or {}, method.algorithm) if method.algorithm in registered else {}
+            overrides = {**suite.base, **method.overrides, **shared, "algorithm": method.algorithm, "seed": seed}
+            cells.append(
+                Cell(
+                    suite=suite.name,
+                    method=method.name,
+                    algorithm=method.algorithm,
+                    seed=seed,
+                    scenario=suite.scenario,
+                    overrides=overrides,
+                    unavailable=None if method.algorithm in registered else NOT_REGISTERED,
+                )
+            )
+    return cells
+
+
+def _applicable(extra: dict[str, Any], algorithm: str) -> dict[str, Any]:
+    """``extra`` without the ``algorithm_params.NAME`` keys that ``algorithm`` does not accept."""
+    prefix = "algorithm_params."
+    if not any(key.startswith(prefix) for key in extra):
+        return extra
+    accepted = algorithm_parameters(algorithm)
+    return {k: v for k, v in extra.items() if not k.startswith(prefix) or k.removeprefix(prefix) in accepted}
+
+
+# ---------------------------------------------------------------------------------------------------- depth
+# Six MiniLM-L6 clients, four of them at 2 layers: with more clients at small depth FedRA falls clearly below
+# AllLayers (with 6/5/4/3/2/2 it was within 0.7 points of it). A larger proxy split (FedBRICK distils on it) and
+# a larger server test split (one point is not one example).
+DEPTH_BUDGETS = (6, 4, 2, 2, 2, 2)
+_DEPTH_CLIENTS = [
+    {"id": f"c{index}-{layers}", "model": "minilm", "task": "chat", "layers": layers}
+    for index, layers in enumerate(DEPTH_BUDGETS)
+]
+_FEDRA = {"algorithm_params": {"resample_layers": True}}
+_FEDBRICK_PARAMS = {"brick_rank": 8, "distill_epochs": 10, "distill_lr": 0.001, "distill_batch_size": 128}
+DEPTH = Suite(
+    name="depth",
+    description="partial-depth MiniLM clients (6/4/2/2/2/2 of 6 layers), chatterbot: what depth heterogeneity costs",
+    scenario="fedbrick",
+    base={
+        "clients": _DEPTH_CLIENTS,
+        "data.proxy_fraction": 0.15,
+        "data.server_test_fraction": 0.3,
+        "server.evaluate_without_lora": True,
+    },
+    methods=(
+        Method(
+            "alllayers",
+            "fedavg",
+            {"algorithm_params": {}, **each_client("layers", 6, len(DEPTH_BUDGETS))},
+            "every client holds all 6 layers (the ceiling)",
+        ),
+        Method(
+            "smallest-depth",
+            "fedavg",
+            {"algorithm_params": {}, **each_client("layers", min(DEPTH_BUDGETS), len(DEPTH_BUDGETS))},
+            "every client at the smallest depth",
+        ),
+        Method("fedra", "fedavg", _FEDRA, "FedRA: layer allocation redrawn every round, layer-wise FedAvg"),
+        Method("fedbrick", "fedbrick", {"algorithm_params": _FEDBRICK_PARAMS}, "FedBRICK: FedRA + distilled BRICKs"),
+        Method(
+            "fedbrick-no-distill",
+            "fedbrick",
+            {"algorithm_params": {**_FEDBRICK_PARAMS, "distill": False}},
+            "FedBRICK without server distillation",
+        ),
+        Method(
+            "head-only",
+            "fedavg",
+            {**_FEDRA, "train.freeze_lora": True},
+            "backbone frozen, no LoRA training: a federated linear probe (FedRA's allocation)",
+        ),
+    ),
+)
+
+# ---------------------------------------------------------------------------------------------------- rank
+RANK_MIX = (16, 8, 8, 4, 4, 2, 2, 2)  # the clients of the ``ranks`` scenario
+RANK = Suite(
+    name="rank",
+    description="MiniLM clients at LoRA ranks 16 to 2, chatterbot: mixing ranks against one rank for all",
+    scenario="ranks",
+    base={"server.evaluate_without_lora": True},
+    methods=(
+        Method("fedavg-min-rank", "fedavg", each_client("rank", min(RANK_MIX), len(RANK_MIX)), "FedAvg, all at r=2"),
+        Method("fedavg-max-rank", "fedavg", each_client("rank", max(RANK_MIX), len(RANK_MIX)), "FedAvg, all at r=16"),
+        Method("hetlora", "hetlora", {}, "HetLoRA: zero-padded factors, norm-weighted"),
+        Method("flexlora", "flexlora", {}, "FlexLoRA: mean of products, SVD per client rank"),
+        Method("flora", "flora", {}, "FLoRA: stacked factors"),
+    ),
+)
+
+# ---------------------------------------------------------------------------------------------------- personalization
+PERSONALIZATION = Suite(
+    name="personalization",
+    description="8 MiniLM clients on 4 conflicting tasks: personalized adapters against one shared LoRA",
+    scenario="fedbip",
+    methods=(
+        Method("local", "local", {}, "local training only"),
+        Method("fedit", "fedavg", {}, "FedIT: one shared LoRA, one head per task"),
+        Method("fedbip", "fedbip", {}, "FedBip: per-client mixing by task-vector similarity"),
+        Method("fedbip-l", "fedbip-l", {}, "FedBip-L: one similarity weighting per layer"),
+        Method("fedmosaic", "fedmosaic", {}, "FedMosaic"),
+    ),
+)
+
+# ---------------------------------------------------------------------------------------------------- hybrid
+HYBRID = Suite(
+    name="hybrid",
+    description="three model families and widths (BERT, Llama, MPNet): federating across families",
+    scenario="hetero-family",
+    methods=(
+        Method("local", "local", {}, "local training only"),
+        Method("fedavg-within-family", "fedavg", {}, "layer-wise FedAvg inside each family"),
+        Method("hetlora", "hetlora", {}, "HetLoRA inside each family"),
+        Method("fedmosaic", "fedmosaic", {}, "FedMosaic"),
+        Method("h2tune", "h2tune", {}, "H2Tune"),
+    ),
+)
+
+SUITES: dict[str, Suite] = {suite.name: suite for suite in (DEPTH, RANK, PERSONALIZATION, HYBRID)}
+
+
+def suite(name: str) -> Suite:
+    """A suite by name; ``ValueError`` names the known ones."""
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise ValueError(f"suite: {name!r} is not one of {sorted(SUITES)}") from None

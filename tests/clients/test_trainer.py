@@ -1,0 +1,117 @@
+"""Per-client training memory (measured in the client's own process) and the linear-probe option."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import RecordDict
+
+from fedbrick_flower.clients.fedavg import FedAvgClient
+from fedbrick_flower.clients.profile import client_session
+from fedbrick_flower.clients.state import ClientState
+from fedbrick_flower.scenario import load_scenario
+
+SIX_LAYERS = {"models.tiny-bert.config.num_hidden_layers": 6, "algorithm": "fedavg", "algorithm_params": {}}
+
+
+def _client(**overrides) -> FedAvgClient:
+    scenario = load_scenario("fedbrick-tiny", {**SIX_LAYERS, "train.local_steps": 2, **overrides})
+    return FedAvgClient(client_session(scenario, scenario.clients[0]), ClientState(RecordDict()))
+
+
+def _parameter_bytes(client: FedAvgClient, layers: list[int]) -> int:
+    return sum(p.numel() * p.element_size() for p in client.build_model(layers, {}).parameters())
+
+
+def test_two_layer_client_reports_less_memory_than_six_layer_client_in_one_process() -> None:
+    # Prepare: both clients train in this one process, as two simulated clients share a Ray worker
+    torch.manual_seed(0)
+    client = _client()
+    config = {"server-round": 1}
+
+    # Execute
+    _, deep = client.train({}, {**config, "layers": list(range(6))})
+    _, shallow = client.train({}, {**config, "layers": [0, 1]})
+
+    # Assert: the 6-layer client's figure exceeds the 2-layer one's by at least the 4 extra layers' weights, and
+    # the process-wide figure (the old one) cannot tell them apart
+    extra_weights = (_parameter_bytes(client, list(range(6))) - _parameter_bytes(client, [0, 1])) / 2**20
+    assert shallow["peak-memory-mb"] > 0
+    assert deep["peak-memory-mb"] - shallow["peak-memory-mb"] >= extra_weights
+    assert shallow["process-peak-rss-mb"] >= deep["process-peak-rss-mb"]
+
+
+def test_training_memory_counts_saved_activations_that_grow_with_the_batch() -> None:
+    # Prepare
+    from fedbrick_flower.clients.trainer import TrainingMemory
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    measured = {}
+
+    # Execute: one step at batch 8 and one at batch 64, each with a fresh meter
+    for batch in (8, 64):
+        memory = TrainingMemory(model, optimizer, torch.device("cpu"))
+        with memory.step():
+            model(torch.randn(batch, 16)).sum().backward()
+            optimizer.step()
+        measured[batch] = memory.peak_bytes
+
+    # Assert: parameters and gradients (2 x 4 bytes per weight) are in both; the hidden activations saved for the
+    # backward pass (at least the 64-wide ReLU output, 4 bytes each) grow with the batch
+    weights = sum(p.numel() for p in model.parameters())
+    assert measured[8] >= 2 * 4 * weights
+    assert measured[64] - measured[8] >= (64 - 8) * 64 * 4
+
+
+def test_freeze_lora_trains_the_head_only() -> None:
+    # Prepare
+    client = _client(**{"train.freeze_lora": True})
+    layers = [0, 1]
+
+    # Execute
+    update, _ = client.train({}, {"server-round": 1, "layers": layers})
+
+    # Assert: LoRA B stays at its zero initialisation, the head moved away from its seeded start
+    initial = client.update(client.build_model(layers, {}), {})
+    lora_b = [name for name in update if name.endswith("lora_B")]
+    assert lora_b and all(not update[name].detach().any() for name in lora_b)
+    head = [name for name in update if name.startswith("head.")]
+    assert any(not torch.allclose(update[n].detach(), initial[n].detach()) for n in head)
+
+
+def test_without_lora_zeroes_b_factors_only() -> None:
+    # Prepare
+    from fedbrick_flower.evaluation import without_lora
+
+    tensors = {
+        "layers.0.attention.self.query.lora_A": np.ones((2, 4)),
+        "layers.0.attention.self.query.lora_B": np.ones((4, 2)),
+        "head.weight": np.full((3, 4), 2.0),
+    }
+
+    # Execute
+    stripped = without_lora(tensors)
+
+    # Assert
+    assert not stripped["layers.0.attention.self.query.lora_B"].any()
+    assert stripped["layers.0.attention.self.query.lora_A"].sum() == pytest.approx(8.0)
+    assert stripped["head.weight"].sum() == pytest.approx(24.0)
+
+
+def test_freeze_lora_holds_for_fedbrick_stage_one() -> None:
+    # Prepare
+    from fedbrick_flower.clients.fedbrick import FedBrickClient
+
+    scenario = load_scenario("fedbrick-tiny", {"train.freeze_lora": True, "train.local_steps": 2})
+    client = FedBrickClient(client_session(scenario, scenario.clients[1]), ClientState(RecordDict()))
+    config = {"layers": [1, 3], "brick-rank": 4, "lambda-w": 0.01, "lambda-theta": 0.005, "server-round": 1}
+    model = client.build_model([1, 3], config)
+
+    # Execute
+    client.stage_one(model, config, steps=2)
+
+    # Assert
+    update = client.update(model, {**config, "upload-bricks": False})
+    assert all(not update[n].detach().any() for n in update if n.endswith("lora_B"))

@@ -1,0 +1,125 @@
+"""Running a suite: resume detection, failed and unavailable cells, the time-left estimate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedbrick_flower.leaderboard.runner import CELL_FILE, cell_dir, cell_record, cell_status, run_suite, time_left
+from fedbrick_flower.leaderboard.suites import Cell
+
+
+def _cell(method: str = "fedra", seed: int = 0, rounds: int = 2, unavailable: str | None = None) -> Cell:
+    return Cell("depth", method, "fedavg", seed, "fedbrick", {"rounds": rounds, "seed": seed}, unavailable)
+
+
+class FakeRuns:
+    """Stands in for a ``fedbrick-flower run`` child: writes a summary (or fails) and remembers its calls."""
+
+    def __init__(self, failing: set[str] = frozenset()) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self.failing = failing
+
+    def __call__(self, cell: Cell, folder: Path, resume: bool, log: Path) -> int:
+        self.calls.append((cell.key, resume))
+        if cell.key in self.failing:
+            return 1
+        (folder / "summary.json").write_text(json.dumps({"rounds_completed": cell.overrides["rounds"]}))
+        return 0
+
+
+def test_second_invocation_runs_nothing_and_reports_finished_cells(tmp_path: Path) -> None:
+    # Prepare
+    cells = [_cell("fedra", 0), _cell("fedra", 1), _cell("fedbrick", 0)]
+    first = FakeRuns()
+    run_suite(cells, tmp_path, first, echo=lambda _: None)
+    second = FakeRuns()
+
+    # Execute
+    entries = run_suite(cells, tmp_path, second, echo=lambda _: None)
+
+    # Assert
+    assert [key for key, _ in first.calls] == ["fedra/seed-0", "fedra/seed-1", "fedbrick/seed-0"]
+    assert second.calls == []
+    assert [e["status"] for e in entries] == ["finished"] * 3
+    assert all(e["resumed"] for e in entries)
+
+
+def test_cell_status_new_finished_partial_and_stale(tmp_path: Path) -> None:
+    # Prepare
+    cell = _cell()
+    folder = cell_dir(tmp_path, cell)
+
+    # Execute / Assert: nothing yet
+    assert cell_status(folder, cell) == "new"
+    # a run stopped after its first checkpoint: resume it
+    folder.mkdir(parents=True)
+    (folder / CELL_FILE).write_text(json.dumps(cell_record(cell)))
+    (folder / "checkpoint").mkdir()
+    assert cell_status(folder, cell) == "partial"
+    # finished: summary written and the wall seconds recorded
+    (folder / "summary.json").write_text("{}")
+    (folder / CELL_FILE).write_text(json.dumps({**cell_record(cell), "seconds": 12.0}))
+    assert cell_status(folder, cell) == "finished"
+    # the same cell with another configuration (e.g. --set rounds=3): start over
+    assert cell_status(folder, _cell(rounds=3)) == "stale"
+
+
+def test_partial_cell_is_resumed_and_stale_cell_starts_over(tmp_path: Path) -> None:
+    # Prepare: one cell with a checkpoint of this configuration, one finished under another configuration
+    partial, changed = _cell("fedra", 0), _cell("fedbrick", 0, rounds=3)
+    partial_dir = cell_dir(tmp_path, partial)
+    partial_dir.mkdir(parents=True)
+    (partial_dir / CELL_FILE).write_text(json.dumps(cell_record(partial)))
+    (partial_dir / "checkpoint").mkdir()
+    changed_dir = cell_dir(tmp_path, changed)
+    changed_dir.mkdir(parents=True)
+    (changed_dir / CELL_FILE).write_text(json.dumps({**cell_record(_cell("fedbrick", 0)), "seconds": 5.0}))
+    (changed_dir / "summary.json").write_text("{}")
+    (changed_dir / "old-file").write_text("from the old configuration")
+    runs = FakeRuns()
+
+    # Execute
+    run_suite([partial, changed], tmp_path, runs, echo=lambda _: None)
+
+    # Assert
+    assert runs.calls == [("fedra/seed-0", True), ("fedbrick/seed-0", False)]
+    assert not (changed_dir / "old-file").exists()
+    assert json.loads((changed_dir / CELL_FILE).read_text())["overrides"]["rounds"] == 3
+
+
+def test_failed_and_unavailable_cells_are_recorded_and_the_suite_goes_on(tmp_path: Path) -> None:
+    # Prepare
+    cells = [_cell("fedra", 0), _cell("fedmosaic", 0, unavailable="not available: algorithm not registered")]
+    cells.append(_cell("fedbrick", 0))
+    runs = FakeRuns(failing={"fedra/seed-0"})
+    lines: list[str] = []
+
+    # Execute
+    entries = run_suite(cells, tmp_path, runs, echo=lines.append)
+
+    # Assert
+    assert [e["status"] for e in entries] == [
+        "failed: exit code 1",
+        "not available: algorithm not registered",
+        "finished",
+    ]
+    assert [key for key, _ in runs.calls] == ["fedra/seed-0", "fedbrick/seed-0"]
+    assert lines[0] == "3 cells: 0 finished before, 2 to run, 1 not available"
+    # a failed cell is not finished: the next invocation tries it again
+    assert cell_status(cell_dir(tmp_path, cells[0]), cells[0]) == "stale"
+
+
+def test_time_left_uses_each_methods_own_mean_else_the_overall_mean() -> None:
+    # Prepare: fedra cells took 10 and 20 s, fedbrick 60 s
+    finished = {"fedra": [10.0, 20.0], "fedbrick": [60.0]}
+
+    # Execute
+    estimate = time_left(finished, ["fedra", "fedbrick", "head-only"])
+
+    # Assert: 15 + 60 + mean(10, 20, 60) = 105
+    assert estimate == pytest.approx(105.0)
+    assert time_left({}, ["fedra"]) is None
+    assert time_left({}, []) == 0.0
