@@ -47,14 +47,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from flwr.supercore.task_identity import TaskIdentity
-from ranks_bench import LoopbackGrid  # the same in-process transport as the rank benchmark
+from ranks_bench import run_in_process  # the same in-process transport as the rank benchmark
 
-from fedbrick_flower.evaluation import GlobalModelEvaluator
-from fedbrick_flower.run_dir import SUMMARY_FILE, RunRecorder, read_metrics
 from fedbrick_flower.scenario import load_scenario, parse_overrides
-from fedbrick_flower.server_app import build_strategy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "poison.json"
 POISONED = "full-a"
@@ -85,14 +81,8 @@ def run_config(config: str, seed: int, args: argparse.Namespace, work: Path) -> 
         **config_overrides(config),
     }
     scenario = load_scenario(args.scenario, overrides)
-    path = work / f"{config}-{seed}.yaml"
-    path.write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
-    run_dir = work / f"{config}-{seed}"
-    strategy = build_strategy(scenario, [GlobalModelEvaluator(scenario, "cpu"), RunRecorder(run_dir, scenario)])
-    started = time.monotonic()
-    strategy.start(LoopbackGrid({"scenario": str(path)}, len(scenario.clients)), num_rounds=scenario.rounds)
-    rows = read_metrics(run_dir)
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    run = run_in_process(scenario, work, f"{config}-{seed}")
+    rows, summary = run.rows, run.summary
     rejected = [r for r in rows if r["phase"] == "rejected"]
     return {
         "config": config,
@@ -102,7 +92,7 @@ def run_config(config: str, seed: int, args: argparse.Namespace, work: Path) -> 
             r["accuracy"] for r in sorted(rows, key=lambda r: r["round"]) if r["phase"] == "server-eval"
         ],
         "rejected": [{"round": r["round"], "client": r["client"], "reason": r["reason"]} for r in rejected],
-        "wall_seconds": time.monotonic() - started,
+        "wall_seconds": run.wall_seconds,
     }
 
 

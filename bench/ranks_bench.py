@@ -44,7 +44,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -125,6 +126,36 @@ def method_overrides(method: str, rank_mix: list[int]) -> dict[str, Any]:
     return overrides
 
 
+@dataclass
+class InProcessRun:
+    """What one in-process run left: its metric rows, summary, run directory and wall time."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    run_dir: Path
+    wall_seconds: float
+    before_start: Any = None
+
+
+def run_in_process(
+    scenario: Any, work: Path, name: str, before_start: Callable[[Any], Any] | None = None
+) -> InProcessRun:
+    """Run ``scenario`` through the real strategy and ClientApp over :class:`LoopbackGrid`, in ``work/name``.
+
+    ``before_start`` gets the strategy before round 1 (e.g. to wrap its aggregation with a timer); what it
+    returns comes back as ``before_start``.
+    """
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
+    run_dir = work / name
+    strategy = build_strategy(scenario, [GlobalModelEvaluator(scenario, "cpu"), RunRecorder(run_dir, scenario)])
+    prepared = before_start(strategy) if before_start is not None else None
+    started = time.monotonic()
+    strategy.start(LoopbackGrid({"scenario": str(path)}, len(scenario.clients)), num_rounds=scenario.rounds)
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    return InProcessRun(read_metrics(run_dir), summary, run_dir, time.monotonic() - started, prepared)
+
+
 def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One in-process run; returns its figures."""
     base = yaml.safe_load(scenario_path(args.scenario).read_text())
@@ -138,15 +169,8 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> 
         **method_overrides(method, rank_mix),
     }
     scenario = load_scenario(args.scenario, overrides)
-    path = work / f"{method}-{seed}.yaml"
-    path.write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
-    run_dir = work / f"{method}-{seed}"
-    strategy = build_strategy(scenario, [GlobalModelEvaluator(scenario, "cpu"), RunRecorder(run_dir, scenario)])
-    seconds = _time_aggregation(strategy)
-    started = time.monotonic()
-    strategy.start(LoopbackGrid({"scenario": str(path)}, len(scenario.clients)), num_rounds=scenario.rounds)
-    rows = read_metrics(run_dir)
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    run = run_in_process(scenario, work, f"{method}-{seed}", before_start=_time_aggregation)
+    rows, summary, seconds, run_dir = run.rows, run.summary, run.before_start, run.run_dir
     diagnostic = [r["energy-beyond-min-rank"] for r in rows if r["phase"] == "rank-diagnostic"]
     truncation = [r["discarded-energy"] for r in rows if r["phase"] == "flexlora-truncation"]
     return {
@@ -165,7 +189,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> 
         "global_accuracy_by_round": [
             r["accuracy"] for r in sorted(rows, key=lambda r: r["round"]) if r["phase"] == "server-eval"
         ],
-        "wall_seconds": time.monotonic() - started,
+        "wall_seconds": run.wall_seconds,
         "run_dir": str(run_dir),
     }
 
