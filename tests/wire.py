@@ -26,6 +26,7 @@ DECLARED_METRICS = {
     "train-loss-last",
     "train-seconds",
     "peak-memory-mb",
+    "process-peak-rss-mb",
     "model-parameters",
     "brick-parameters",
     "lora-rank",
