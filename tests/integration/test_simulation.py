@@ -128,7 +128,7 @@ def test_minilm_mixed_depth_run_learns(tmp_path: Path) -> None:
 
 def _metric_rows(run_dir: Path) -> list[dict]:
     """Metric rows without the fields that measure time or memory (they differ between identical runs)."""
-    volatile = ("seconds", "memory", "wall")
+    volatile = ("seconds", "memory", "wall", "rss")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if not any(word in k for word in volatile)} for row in rows]
 
