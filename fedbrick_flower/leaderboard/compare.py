@@ -75,12 +75,22 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
         if (path / SUMMARY_FILE).is_file():
             found.append(path)
             continue
-        nested = sorted(p.parent for p in path.rglob(SUMMARY_FILE)) if path.is_dir() else []
+        nested = runs_under(path) if path.is_dir() else []
         nested.sort(key=_suite_order(path))
         if not nested:
             raise CompareError(f"{path}: no finished run ({SUMMARY_FILE}) in it")
         found += nested
     return found
+
+
+def runs_under(folder: Path) -> list[Path]:
+    """The run directories under ``folder``, sorted by path. A folder holding ``summary.json`` is a run and is not
+    searched further, and hidden folders are skipped: a run's ``.flwr-home`` holds the unpacked Flower App, which
+    may carry other runs' files."""
+    if (folder / SUMMARY_FILE).is_file():
+        return [folder]
+    children = sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith("."))
+    return [run for child in children for run in runs_under(child)]
 
 
 def _suite_order(folder: Path) -> Callable[[Path], int]:

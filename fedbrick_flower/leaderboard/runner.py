@@ -169,6 +169,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def earlier_invocations(path: Path) -> list[dict[str, Any]]:
+    """The invocations an earlier ``suite.json`` at ``path`` recorded, so that resuming a suite keeps the load and
+    wall time of the invocations that ran its first cells (a file written before this list existed gives its
+    single invocation)."""
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    if "invocations" in record:
+        return record["invocations"]
+    keys = {"command": "command", "date": "date", "wall_seconds": "wall_seconds_this_invocation", "machine": "machine"}
+    return [{key: record.get(source) for key, source in keys.items()}]
+
+
 def _versions(entries: list[dict[str, Any]]) -> dict[str, str] | None:
     """The library versions a finished run recorded (every cell runs in the same environment)."""
     for entry in entries:
@@ -190,17 +203,25 @@ def main(args: argparse.Namespace) -> int:
     load_before = machine()["load_average"]
     entries = run_suite(cells, out)
     wall = time.monotonic() - started
+    invocation = {
+        "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "wall_seconds": wall,
+        "cells_run": sum(1 for e in entries if e.get("resumed") is False or e["status"].startswith("failed")),
+        "machine": {**machine(), "load_average_before": load_before},
+    }
     record = {
         "suite": chosen.name,
         "description": chosen.description,
         "scenario": chosen.scenario,
-        "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
+        "command": invocation["command"],
         "seeds": seeds,
         "extra_overrides": parse_overrides(args.set),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "date": invocation["date"],
         "wall_seconds_this_invocation": wall,
         "wall_seconds_all_cells": sum(e.get("seconds", 0.0) for e in entries),
-        "machine": {**machine(), "load_average_before": load_before},
+        "machine": invocation["machine"],
+        "invocations": [*earlier_invocations(out / SUITE_FILE), invocation],
         "versions": _versions(entries),
         "cells": entries,
     }

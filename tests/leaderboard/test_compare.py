@@ -160,6 +160,23 @@ def test_runs_of_a_suite_directory_come_in_the_suites_method_order(tmp_path: Pat
     assert [run.parent.name for run in runs] == ["zeta", "alpha"]
 
 
+def test_a_runs_own_folders_are_not_searched_for_more_runs(tmp_path: Path) -> None:
+    # Prepare: Flower unpacks the App into a run's .flwr-home; an App folder that carries result runs (as a FAB
+    # built from a checkout with bench/results did) must not add those runs to the comparison
+    run = tmp_path / "fedra" / "seed-0"
+    _write_run(run, "fedra", 0, _rows([0.5], {"a": [0.5]}))
+    packed = run / ".flwr-home" / "apps" / "app" / "bench" / "results" / "alllayers" / "seed-0"
+    _write_run(packed, "alllayers", 0, _rows([0.9], {"a": [0.9]}))
+    _write_run(run / "adapters" / "nested", "other", 0, _rows([0.1], {"a": [0.1]}))
+    _write_run(tmp_path / ".hidden" / "seed-0", "hidden", 0, _rows([0.2], {"a": [0.2]}))
+
+    # Execute
+    runs = find_runs([tmp_path])
+
+    # Assert
+    assert runs == [run]
+
+
 def test_a_path_without_runs_is_an_error(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(CompareError, match="no finished run"):

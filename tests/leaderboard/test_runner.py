@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from fedbrick_flower.leaderboard.runner import CELL_FILE, cell_dir, cell_record, cell_status, run_suite, time_left
+from fedbrick_flower.leaderboard.runner import (
+    CELL_FILE,
+    cell_dir,
+    cell_record,
+    cell_status,
+    earlier_invocations,
+    run_suite,
+    time_left,
+)
 from fedbrick_flower.leaderboard.suites import Cell
 
 
@@ -123,3 +131,37 @@ def test_time_left_uses_each_methods_own_mean_else_the_overall_mean() -> None:
     assert estimate == pytest.approx(105.0)
     assert time_left({}, ["fedra"]) is None
     assert time_left({}, []) == 0.0
+
+
+def test_resumed_suite_keeps_the_earlier_invocations_load_and_wall_time(tmp_path: Path) -> None:
+    # Prepare: a suite.json from before the invocation list, then one with it
+    old = tmp_path / "old.json"
+    old.write_text(
+        json.dumps(
+            {
+                "command": "fedbrick-flower bench depth",
+                "date": "d1",
+                "wall_seconds_this_invocation": 9.0,
+                "machine": {"load_average": [8.9, 7.0, 6.0]},
+            }
+        )
+    )
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"invocations": [{"command": "a"}, {"command": "b"}]}))
+
+    # Execute
+    from_old = earlier_invocations(old)
+    from_new = earlier_invocations(new)
+    missing = earlier_invocations(tmp_path / "absent.json")
+
+    # Assert
+    assert from_old == [
+        {
+            "command": "fedbrick-flower bench depth",
+            "date": "d1",
+            "wall_seconds": 9.0,
+            "machine": {"load_average": [8.9, 7.0, 6.0]},
+        }
+    ]
+    assert [i["command"] for i in from_new] == ["a", "b"]
+    assert missing == []

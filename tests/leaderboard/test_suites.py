@@ -94,3 +94,35 @@ def test_methods_filter_keeps_suite_order_and_refuses_unknown_names() -> None:
     assert [c.method for c in cells] == ["fedra", "head-only"]
     with pytest.raises(ValueError, match="fedrra"):
         expand(SUITES["depth"], [0], methods=["fedrra"])
+
+
+@pytest.mark.parametrize("name", ["personalization", "hybrid"])
+def test_every_cell_of_the_personalization_and_hybrid_suites_loads_with_the_same_data(name: str) -> None:
+    # Prepare
+    cells = expand(SUITES[name], [2], {"rounds": 3})
+
+    # Execute: load_scenario runs every check the run would (FedMosaic's one rank, parameters by algorithm)
+    scenarios = {cell.method: _scenario(cell) for cell in cells}
+
+    # Assert
+    first = next(iter(scenarios.values()))
+    for scenario in scenarios.values():
+        assert (scenario.rounds, scenario.seed, scenario.data, scenario.tasks) == (3, 2, first.data, first.tasks)
+        assert [(p.model, p.task, p.layers, p.rank) for p in scenario.clients] == [
+            (p.model, p.task, p.layers, p.rank) for p in first.clients
+        ]
+    assert {method: s.algorithm for method, s in scenarios.items()} == {
+        m.name: m.algorithm for m in SUITES[name].methods
+    }
+
+
+def test_hybrid_suite_crosses_families_and_gives_only_fedmosaic_its_probe() -> None:
+    # Prepare / Execute
+    scenarios = {c.method: _scenario(c) for c in expand(SUITES["hybrid"], [0])}
+
+    # Assert: every task is held by clients of two families, so what one family learns can help another
+    clients = scenarios["local"].clients
+    families_by_task = {p.task: {q.model for q in clients if q.task == p.task} for p in clients}
+    assert all(len(models) == 2 for models in families_by_task.values())
+    assert scenarios["fedmosaic"].algorithm_params["probe"] == "smollm2-135m"
+    assert all(not s.algorithm_params for method, s in scenarios.items() if method != "fedmosaic")
