@@ -83,6 +83,8 @@ def check_scenario(
 def environment_problems(scenario: Scenario, *, local_clients: bool) -> list[str]:
     """Problems that need the installed packages (and, with ``local_clients``, this machine's devices)."""
     problems = [*dataset_problems(scenario), *algorithm_param_problems(scenario)]
+    if not problems:
+        problems += strategy_problems(scenario)
     depths: dict[str, int] = {}
     for key, spec in scenario.models.items():
         depth, found = model_depth(key, spec)
@@ -129,6 +131,20 @@ def algorithm_param_problems(scenario: Scenario) -> list[str]:
             except ScenarioError as error:
                 problems += error.problems
     return problems
+
+
+def strategy_problems(scenario: Scenario) -> list[str]:
+    """What the algorithm's strategy refuses in this scenario (the checks of its ``from_scenario``, such as
+    FedMosaic's proxy split), found before Flower starts instead of when the ServerApp builds the strategy."""
+    from .server_app import build_strategy  # the strategies import Flower: load them only for this check
+
+    try:
+        build_strategy(scenario, callbacks=[])
+    except ScenarioError as error:
+        return list(error.problems)
+    except ValueError as error:
+        return [str(error)]
+    return []
 
 
 # ------------------------------------------------------------------------------------------------ models

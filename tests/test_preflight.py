@@ -197,6 +197,42 @@ def test_ranks_8_4_1_under_fedavg_are_refused_naming_both_ends(tmp_path: Path) -
     )
 
 
+FEDMOSAIC = """\
+algorithm: fedmosaic
+models:
+  minilm: {source: minilm}
+  other: {family: bert, tokenizer: minilm, config: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2}}
+tasks:
+  news: {dataset: bbc-news, max_examples: 200}
+data: {partition: iid, proxy_fraction: 0.0}
+clients:
+  - {id: a, model: minilm, task: news}
+  - {id: b, model: other, task: news}
+"""
+
+
+def test_a_strategys_own_refusal_comes_before_flower_starts(tmp_path: Path) -> None:
+    # Prepare: FedMosaic aligns two models of different widths on the proxy split, and this file has none
+    path = _write(tmp_path, FEDMOSAIC)
+
+    # Execute
+    (problem,) = _problems(path)
+
+    # Assert
+    assert problem.startswith("data.proxy_fraction: align='pivot_l2_cca' needs a public proxy split (> 0)")
+
+
+def test_fedmosaic_with_one_model_needs_no_proxy_split(tmp_path: Path) -> None:
+    # Prepare: both clients on MiniLM: nothing to align, so no proxy split is needed
+    path = _write(tmp_path, FEDMOSAIC.replace("model: other", "model: minilm"))
+
+    # Execute
+    scenario = check_scenario(str(path), local_clients=True)
+
+    # Assert
+    assert scenario.data.proxy_fraction == 0.0 and {c.model for c in scenario.clients} == {"minilm"}
+
+
 def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     # Prepare: the issue's broken values, all in one file
     text = """\

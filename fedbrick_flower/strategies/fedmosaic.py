@@ -161,8 +161,11 @@ class FedMosaic(HeterogeneousStrategy):
                 raise ScenarioError(
                     f"algorithm_params.align: 'random_shared' needs equal widths, got {widths}; use 'pivot_l2_cca'"
                 )
-        elif scenario.data.proxy_fraction <= 0:
-            raise ScenarioError("data.proxy_fraction: align='pivot_l2_cca' needs a public proxy split (> 0)")
+        elif scenario.data.proxy_fraction <= 0 and len({c.model for c in scenario.clients}) > 1:
+            raise ScenarioError(
+                "data.proxy_fraction: align='pivot_l2_cca' needs a public proxy split (> 0) to align the "
+                f"federation's {len({c.model for c in scenario.clients})} models"
+            )
         return strategy
 
     # ------------------------------------------------------------------ settings

@@ -98,13 +98,15 @@ def pivot_alignment(
     models = sorted({client.model for client in scenario.clients})
     dims = {model: model_dims(cached_config(scenario.models[model])) for model in models}
     pivot = min(models, key=lambda m: (dims[m].hidden_size, dims[m].num_layers, m))
+    frozen = {m: random_shared_frozen(frozen_schema(settings, dims[m], roles), seed) for m in models}
+    if len(models) == 1:  # one model: nothing to align to, the pivot keeps its seeded A and B (no proxy needed)
+        return {pivot: {n: v.numpy() for n, v in frozen[pivot].items()}}, {"pivot": pivot, "models": {}}
     texts = proxy_texts(scenario)
     if len(texts) < 4:
         raise ValueError(f"data.proxy_fraction: pivot_l2_cca needs at least 4 proxy texts, the split has {len(texts)}")
     order = np.random.default_rng(seed).permutation(len(texts))
     held = max(1, math.ceil(options["holdout"] * len(texts)))
     held_out, fit = torch.as_tensor(order[:held]), torch.as_tensor(order[held:])
-    frozen = {m: random_shared_frozen(frozen_schema(settings, dims[m], roles), seed) for m in models}
     pivot_rows = pooled_activations(scenario, pivot, settings, roles, texts)
     report: dict[str, Any] = {"pivot": pivot, "proxy_examples": len(texts), "held_out": held, "models": {}}
     for model in models:
