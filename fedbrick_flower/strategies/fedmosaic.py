@@ -155,16 +155,17 @@ class FedMosaic(HeterogeneousStrategy):
     @classmethod
     def from_scenario(cls, scenario: Scenario, **kwargs: Any) -> FedMosaic:
         strategy = cls(scenario=scenario, **kwargs)
+        models = sorted({c.model for c in scenario.clients})
         if strategy.align == "random_shared":
-            widths = {key: _role_widths(scenario, key) for key in sorted({c.model for c in scenario.clients})}
+            widths = {key: _role_widths(scenario, key) for key in models}
             if len({tuple(sorted(w.items())) for w in widths.values()}) > 1:
                 raise ScenarioError(
                     f"algorithm_params.align: 'random_shared' needs equal widths, got {widths}; use 'pivot_l2_cca'"
                 )
-        elif scenario.data.proxy_fraction <= 0 and len({c.model for c in scenario.clients}) > 1:
+        elif scenario.data.proxy_fraction <= 0 and len(models) > 1:
             raise ScenarioError(
                 "data.proxy_fraction: align='pivot_l2_cca' needs a public proxy split (> 0) to align the "
-                f"federation's {len({c.model for c in scenario.clients})} models"
+                f"federation's {len(models)} models"
             )
         return strategy
 
