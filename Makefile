@@ -22,4 +22,4 @@ lint: install
 # Unit tests, then the integration tests (Simulation and Deployment Engines, multi-node), all on this machine.
 test: install lint
 	FLWR_HOME=$$(mktemp -d) $(VENV)/bin/python -m pytest -q -m "not integration"
-	FLWR_HOME=$$(mktemp -d) $(VENV)/bin/python -m pytest -q -m integration
+	FLWR_HOME=$$(mktemp -d) $(VENV)/bin/python -m pytest -q -m integration --durations=12

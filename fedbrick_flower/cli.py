@@ -148,10 +148,7 @@ def run_simulation(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir} (Flower's log: {log_file})", flush=True)
     with runtime.running([runtime.start(command, log_file, env)]) as processes:
         runtime.wait_for_http(http_port, processes[0], log_file)
-        code, run_id = runtime.flwr_run("fedbrick-sim", run_config, env)
-        if code != 0:
-            raise RuntimeError(f"flwr run exited with code {code}; see {log_file}")
-        runtime.wait_for_run("fedbrick-sim", run_id, env, run_dir / SUMMARY_FILE, processes[0], log_file)
+        runtime.submit_run("fedbrick-sim", run_config, env, run_dir / SUMMARY_FILE, processes[0], log_file)
     print_summary(run_dir)
     return 0
 

@@ -220,20 +220,35 @@ def flwr_run(connection: str, run_config: Mapping[str, Any], env: Mapping[str, s
             process.wait()
 
 
-def run_status(connection: str, run_id: int, env: Mapping[str, str]) -> str | None:
-    """The run's status as ``flwr ls`` reports it (``running``, ``finished:completed``, ``finished:failed``...)."""
+class RunNeverStarted(RuntimeError):
+    """Flower failed the run before the ServerApp wrote a line: nothing ran, so submitting it again loses nothing."""
+
+
+def run_status(connection: str, run_id: int, env: Mapping[str, str]) -> tuple[str | None, str]:
+    """The run's status as ``flwr ls`` reports it (``running``, ``finished:failed``...) and Flower's details on it."""
     command = ["flwr", "ls", connection, "--run-id", str(run_id), "--format", "json"]
     result = subprocess.run(command, env=dict(env), capture_output=True, text=True, check=False)
     with contextlib.suppress(json.JSONDecodeError, KeyError, IndexError, TypeError):
-        return str(json.loads(result.stdout)["runs"][0]["status"])
-    return None
+        run = json.loads(result.stdout)["runs"][0]
+        return str(run["status"]), str(run.get("status-details") or "")
+    return None, ""
 
 
-def failure_cause(server_log: Path) -> str:
-    """The last exception line of the ServerApp's log, or a pointer to the log when it holds none."""
-    text = server_log.read_text(errors="replace") if server_log.is_file() else ""
+def last_exception(log: Path) -> str | None:
+    """The last exception line of a log, or ``None`` when it holds none (or does not exist)."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
     lines = _EXCEPTION_LINE.findall(text)
-    return lines[-1].strip() if lines else f"no exception recorded in {server_log}"
+    return lines[-1].strip() if lines else None
+
+
+def failure_cause(server_log: Path, flower_log: Path) -> str:
+    """Why the ServerApp failed: the last exception of its own log, else of Flower's (where ``flwr-serverapp``
+    prints before the app is loaded), else a pointer to both."""
+    return (
+        last_exception(server_log)
+        or last_exception(flower_log)
+        or f"no exception recorded in {server_log} or {flower_log}"
+    )
 
 
 def wait_for_run(
@@ -244,20 +259,54 @@ def wait_for_run(
     superlink: subprocess.Popen,
     log_file: Path,
     timeout: float = 120.0,
+    submitted_at: float = 0.0,
 ) -> None:
     """After ``flwr run --stream`` returned: wait for the run's ``summary`` file, or fail at once with the cause.
 
     A ServerApp that failed writes no summary; its status says so, and its log (``RUN_DIR/logs/server.log``, next
-    to the summary) holds the exception, which the error message repeats.
+    to the summary) holds the exception, which the error message repeats with Flower's status details. A run that
+    failed before the ServerApp wrote to that log (since ``submitted_at``, a ``time.time()``) raises
+    :class:`RunNeverStarted`.
     """
     server_log = summary.parent / "logs" / "server.log"
     deadline = time.monotonic() + timeout
     while not summary.exists():
         if superlink.poll() is not None:
             raise RuntimeError(f"the SuperLink exited with code {superlink.returncode}; see {log_file}")
-        status = run_status(connection, run_id, env) if run_id is not None else None
+        status, details = run_status(connection, run_id, env) if run_id is not None else (None, "")
         if status in FAILED_STATUSES:
-            raise RuntimeError(f"the ServerApp {status.split(':')[1]}: {failure_cause(server_log)}; see {server_log}")
+            wrote = server_log.is_file() and server_log.stat().st_mtime >= submitted_at
+            error = RuntimeError if wrote else RunNeverStarted
+            cause = f"{failure_cause(server_log, log_file)} (Flower: {details or 'no details'})"
+            raise error(f"the ServerApp {status.split(':')[1]}: {cause}; see {server_log}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the run ended without writing {summary}; see {log_file}")
         time.sleep(0.5)
+
+
+def submit_run(
+    connection: str,
+    run_config: Mapping[str, Any],
+    env: Mapping[str, str],
+    summary: Path,
+    superlink: subprocess.Popen,
+    log_file: Path,
+    attempts: int = 2,
+) -> None:
+    """``flwr run`` the app and wait for its summary, submitting it again when Flower failed it before it started.
+
+    A loaded machine can start the ``flwr-serverapp`` process too late for Flower's task claim (30 s), and the run
+    then fails with no line of ours written; a run that got that far is never resubmitted.
+    """
+    for attempt in range(1, attempts + 1):
+        submitted_at = time.time()
+        code, run_id = flwr_run(connection, run_config, env)
+        if code != 0:
+            raise RuntimeError(f"flwr run exited with code {code}; see {log_file}")
+        try:
+            wait_for_run(connection, run_id, env, summary, superlink, log_file, submitted_at=submitted_at)
+            return
+        except RunNeverStarted as error:
+            if attempt == attempts:
+                raise
+            print(f"{error}; submitting the run again (attempt {attempt + 1} of {attempts})", flush=True)

@@ -76,7 +76,7 @@ def test_sigterm_runs_the_teardown_and_exits_with_128_plus_the_signal(tmp_path: 
 
 def test_failure_cause_is_the_last_exception_line_of_the_server_log(tmp_path: Path) -> None:
     # Prepare
-    log = tmp_path / "server.log"
+    log, flower_log = tmp_path / "server.log", tmp_path / "superlink.log"
     log.write_text(
         "2026-11-27 INFO fedbrick_flower: [ROUND 1/2]\n"
         "Traceback (most recent call last):\n"
@@ -85,33 +85,104 @@ def test_failure_cause_is_the_last_exception_line_of_the_server_log(tmp_path: Pa
         "Traceback (most recent call last):\n"
         "safetensors._safetensors_rust.SafetensorError: Error while deserializing header: header too large\n"
     )
+    flower_log.write_text("INFO: Start `flwr-serverapp` process\nhttpx.ConnectError: [Errno 111] Connection refused\n")
 
-    # Execute / Assert
-    assert runtime.failure_cause(log) == (
+    # Execute / Assert: the ServerApp's own log first, then Flower's, then a pointer to both
+    assert runtime.failure_cause(log, flower_log) == (
         "safetensors._safetensors_rust.SafetensorError: Error while deserializing header: header too large"
     )
-    assert runtime.failure_cause(tmp_path / "missing.log").startswith("no exception recorded in ")
+    assert runtime.failure_cause(tmp_path / "missing.log", flower_log) == (
+        "httpx.ConnectError: [Errno 111] Connection refused"
+    )
+    nothing = runtime.failure_cause(tmp_path / "missing.log", tmp_path / "none.log")
+    assert nothing.startswith("no exception recorded in ")
+
+
+def _wait_for_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, submitted_at: float) -> tuple[str, type]:
+    superlink = runtime.start([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "l.log", os.environ)
+    details = "Task failed because the run expired"
+    monkeypatch.setattr(runtime, "run_status", lambda connection, run_id, env: ("finished:failed", details))
+    try:
+        runtime.wait_for_run(
+            "c", 7, {}, tmp_path / "summary.json", superlink, tmp_path / "l.log", timeout=60, submitted_at=submitted_at
+        )
+    except RuntimeError as error:
+        return str(error), type(error)
+    finally:
+        runtime.stop(superlink, grace=1.0)
+    raise AssertionError("wait_for_run returned for a failed run")
 
 
 def test_wait_for_run_fails_at_once_when_the_run_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: a live stand-in SuperLink, a run Flower reports failed, and no summary
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "server.log").write_text("ValueError: scenario broke\n")
-    superlink = runtime.start([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "l.log", os.environ)
-    monkeypatch.setattr(runtime, "run_status", lambda connection, run_id, env: "finished:failed")
     started = time.monotonic()
 
     # Execute
-    try:
-        runtime.wait_for_run("c", 7, {}, tmp_path / "summary.json", superlink, tmp_path / "l.log", timeout=60)
-    except RuntimeError as error:
-        message = str(error)
-    finally:
-        runtime.stop(superlink, grace=1.0)
+    message, kind = _wait_for_failed_run(tmp_path, monkeypatch, submitted_at=time.time() - 5)
+
+    # Assert: the ServerApp ran (it wrote its log after the submission), so this is its failure, with Flower's word
+    assert message.startswith(
+        "the ServerApp failed: ValueError: scenario broke (Flower: Task failed because the run expired); see "
+    )
+    assert kind is RuntimeError
+    assert time.monotonic() - started < 5
+
+
+def test_a_run_failed_before_the_server_app_wrote_its_log_never_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a server log left by an earlier run (a resumed run dir), older than this submission
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "server.log").write_text("ValueError: the last run broke\n")
+
+    # Execute
+    message, kind = _wait_for_failed_run(tmp_path, monkeypatch, submitted_at=time.time() + 5)
 
     # Assert
-    assert message.startswith("the ServerApp failed: ValueError: scenario broke; see ")
-    assert time.monotonic() - started < 5
+    assert kind is runtime.RunNeverStarted
+    assert "(Flower: Task failed because the run expired)" in message
+
+
+def test_submit_run_submits_again_only_a_run_that_never_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Prepare: the first run never starts, the second one writes its summary
+    submitted: list[int] = []
+    summary = tmp_path / "summary.json"
+
+    def flwr_run(connection: str, values: dict, env: dict) -> tuple[int, int]:
+        submitted.append(len(submitted) + 1)
+        return 0, len(submitted)
+
+    def wait_for_run(connection: str, run_id: int, *args: object, **kwargs: object) -> None:
+        if run_id == 1:
+            raise runtime.RunNeverStarted("the ServerApp failed: no exception recorded")
+        summary.write_text("{}")
+
+    monkeypatch.setattr(runtime, "flwr_run", flwr_run)
+    monkeypatch.setattr(runtime, "wait_for_run", wait_for_run)
+
+    # Execute
+    runtime.submit_run("c", {}, {}, summary, None, tmp_path / "l.log")  # type: ignore[arg-type]
+
+    # Assert
+    assert submitted == [1, 2] and summary.exists()
+    assert "submitting the run again (attempt 2 of 2)" in capsys.readouterr().out
+
+
+def test_submit_run_gives_up_after_its_attempts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: no run ever starts
+    def never_started(*args: object, **kwargs: object) -> None:
+        raise runtime.RunNeverStarted("the ServerApp failed")
+
+    monkeypatch.setattr(runtime, "flwr_run", lambda connection, values, env: (0, 1))
+    monkeypatch.setattr(runtime, "wait_for_run", never_started)
+
+    # Execute / Assert
+    with pytest.raises(runtime.RunNeverStarted):
+        runtime.submit_run("c", {}, {}, tmp_path / "s.json", None, tmp_path / "l.log", attempts=2)  # type: ignore[arg-type]
 
 
 def test_flwr_run_echoes_the_stream_and_returns_the_run_id(

@@ -159,8 +159,4 @@ def run_config(run_dir: Path, scenario: Scenario, *, resume: bool = False, audit
 
 def submit(run_dir: Path, values: Mapping[str, Any], superlink: subprocess.Popen, env: Mapping[str, str]) -> None:
     """``flwr run`` the app with streamed logs, then wait for the ServerApp's summary (or fail with its cause)."""
-    log_file = run_dir / LOGS_DIR / "superlink.log"
-    code, run_id = runtime.flwr_run(CONNECTION, values, env)
-    if code != 0:
-        raise RuntimeError(f"flwr run exited with code {code}; see {log_file}")
-    runtime.wait_for_run(CONNECTION, run_id, env, run_dir / SUMMARY_FILE, superlink, log_file)
+    runtime.submit_run(CONNECTION, values, env, run_dir / SUMMARY_FILE, superlink, run_dir / LOGS_DIR / "superlink.log")
