@@ -36,6 +36,10 @@ class AlgorithmEntry:
         True if the strategy combines every tensor over its holders through
         ``HeterogeneousStrategy.combine_layerwise``, so ``server.aggregation`` (median, trimmed mean) applies.
         Scenarios asking for a robust aggregation are refused at load under any other algorithm.
+    linear_probe : bool (default: False)
+        True if the strategy keeps global LoRA per layer, a layer nobody sent staying at its seeded start (B = 0),
+        so under ``train.freeze_lora`` LoRA stays off the wire both ways and only the head (and the algorithm's
+        own modules) travel. Scenarios with ``train.freeze_lora`` are refused at load under any other algorithm.
     """
 
     server: str
@@ -46,6 +50,7 @@ class AlgorithmEntry:
     one_rank: bool = False
     robust_aggregation: bool = False
     classification_only: bool = False
+    linear_probe: bool = False
 
 
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
@@ -54,12 +59,14 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         client="fedbrick_flower.clients.fedavg:FedAvgClient",
         description="layer-wise FedAvg over layer holders (FedIT); FedRA with resample_layers",
         robust_aggregation=True,
+        linear_probe=True,
     ),
     "fedbrick": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbrick:FedBRICK",
         client="fedbrick_flower.clients.fedbrick:FedBrickClient",
         description="FedRA allocation + per-group BRICK surrogates for missing layers, distilled on the server",
         robust_aggregation=True,
+        linear_probe=True,
     ),
     "fedbip": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbip:FedBip",
@@ -122,6 +129,7 @@ RUNTIME_ARGUMENTS = frozenset(
         "min_clients",
         "expected_clients",
         "state_scope",
+        "frozen_lora",
         "task_labels",
         "node_wait_timeout",
         "round_timeout",
@@ -167,6 +175,15 @@ def rank_mixing_algorithms() -> list[str]:
 
 def classification_only(name: str) -> bool:
     return algorithm_entry(name).classification_only
+
+
+def linear_probe(name: str) -> bool:
+    return algorithm_entry(name).linear_probe
+
+
+def linear_probe_algorithms() -> list[str]:
+    """The algorithms that take ``train.freeze_lora`` (their strategies keep LoRA per layer, see ``linear_probe``)."""
+    return [name for name in algorithm_names() if _ALGORITHMS[name].linear_probe]
 
 
 def robust_aggregation_algorithms() -> list[str]:

@@ -28,6 +28,8 @@ import yaml
 from .registry import (  # entries only: no strategy import
     algorithm_names,
     classification_only,
+    linear_probe,
+    linear_probe_algorithms,
     mixes_ranks,
     one_rank,
     rank_mixing_algorithms,
@@ -147,7 +149,7 @@ class TrainSettings:
     eval_batch_size: int = 64
     freeze_lora: bool = False
     """True: LoRA stays at its initialisation (B = 0) and only the head trains (FedBRICK: and its BRICKs), a
-    federated linear probe."""
+    federated linear probe. LoRA then stays off the wire both ways (``fedavg`` and ``fedbrick`` only)."""
 
 
 @dataclass(frozen=True)
@@ -562,6 +564,7 @@ def semantic_problems(scenario: Scenario, raw_clients: int | None = None) -> lis
             if client_id not in ids:
                 problems.append(f"faults.{fault}: {client_id!r} is not a client id of this scenario {ids}")
     problems += rank_problems(scenario) + aggregation_problems(scenario) + objective_problems(scenario)
+    problems += linear_probe_problems(scenario)
     return problems
 
 
@@ -592,6 +595,18 @@ def _lora_problems(lora: LoraDefaults) -> list[str]:
     except ValueError as error:
         return [f"lora.targets: {error}"]
     return []
+
+
+def linear_probe_problems(scenario: Scenario) -> list[str]:
+    """``train.freeze_lora`` under an algorithm whose server state needs every client's LoRA."""
+    if not scenario.train.freeze_lora or scenario.algorithm not in algorithm_names():
+        return []
+    if linear_probe(scenario.algorithm):
+        return []
+    return [
+        f"train.freeze_lora: a federated linear probe keeps LoRA off the wire, which needs a layer-wise algorithm "
+        f"({', '.join(linear_probe_algorithms())}); {scenario.algorithm} mixes every client's LoRA"
+    ]
 
 
 def objective_problems(scenario: Scenario) -> list[str]:

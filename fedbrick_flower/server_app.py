@@ -40,6 +40,7 @@ def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_
         "min_clients": server.min_clients or len(scenario.clients),
         "expected_clients": len(scenario.clients),
         "state_scope": state_scope,
+        "frozen_lora": scenario.train.freeze_lora,
         "task_labels": {key: task_labels(spec) for key, spec in scenario.tasks.items()},
         "node_wait_timeout": server.node_wait_timeout,
         "round_timeout": server.round_timeout,

@@ -336,3 +336,26 @@ def test_an_algorithm_that_trains_classifiers_only_refuses_a_generative_task(alg
         f"tasks.{name}.kind: {algorithm} trains classifiers only, and this task is generative"
         for name in ("topic", "news", "chat")
     ]
+
+
+@pytest.mark.parametrize(("algorithm", "accepted"), [("fedavg", True), ("fedbrick", True), ("fedbip", False)])
+def test_a_linear_probe_needs_a_layerwise_algorithm(algorithm: str, accepted: bool) -> None:
+    # Prepare: train.freeze_lora keeps LoRA off the wire, which only a layer-wise server state tolerates
+    raw = apply_overrides(BASE, {"algorithm": algorithm, "train.freeze_lora": True})
+
+    # Execute
+    problems: list[str] = []
+    try:
+        parse_scenario(raw)
+    except ScenarioError as error:
+        problems = [p for p in error.problems if p.startswith("train.freeze_lora")]
+
+    # Assert
+    assert problems == (
+        []
+        if accepted
+        else [
+            "train.freeze_lora: a federated linear probe keeps LoRA off the wire, which needs a layer-wise algorithm "
+            "(fedavg, fedbrick); fedbip mixes every client's LoRA"
+        ]
+    )

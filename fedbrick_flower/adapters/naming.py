@@ -10,10 +10,14 @@ belongs, the way PEFT's parameter prefixes say which tensors are adapter tensors
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
 
 HEAD_PREFIX = "head."
 BANK_PREFIX = "bank."
+LORA_PARAMS = ("lora_A", "lora_B")
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)\.([^.]+)$")
 
 
@@ -48,6 +52,17 @@ def layer_of(name: str) -> int | None:
 
 def is_head(name: str) -> bool:
     return name.startswith(HEAD_PREFIX)
+
+
+def is_lora(name: str) -> bool:
+    """True for a LoRA factor of some layer (``layers.{g}.{module}.lora_A`` / ``lora_B``)."""
+    parsed = parse_layer_tensor_name(name)
+    return parsed is not None and parsed[2] in LORA_PARAMS
+
+
+def drop_lora(tensors: Mapping[str, T]) -> dict[str, T]:
+    """``tensors`` less every LoRA factor: what travels when ``train.freeze_lora`` keeps LoRA at its start."""
+    return {name: value for name, value in tensors.items() if not is_lora(name)}
 
 
 def names_for_layers(layer_schema: dict[str, list[int]], layers: Iterable[int]) -> dict[str, tuple[int, ...]]:

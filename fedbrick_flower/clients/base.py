@@ -12,6 +12,7 @@ import numpy as np
 from torch import nn
 
 from ..adapters.lora import adapter_tensors, load_adapter_tensors
+from ..adapters.naming import drop_lora
 from ..models import model_family, stable_seed
 from ..records import EVAL_PREFIX
 from .profile import ClientSession
@@ -87,6 +88,8 @@ class ClientAlgorithm:
         self.receive(model, arrays)
         result = self.local_training(model, config)
         update = self.update(model, config)
+        if self.session.scenario.train.freeze_lora:  # a linear probe: its LoRA is unchanged, so it stays home
+            update = drop_lora(update)
         train = self.session.examples("train")
         metrics = {
             "num-examples": float(len(train)),

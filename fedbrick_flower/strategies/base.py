@@ -19,7 +19,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from logging import ERROR, INFO, WARNING
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
-from ..adapters.naming import is_head, names_for_layers
+from ..adapters.naming import drop_lora, is_head, names_for_layers
 from ..data.checks import label_mismatch
 from ..records import (
     ADAPTERS_KEY,
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from ..scenario import Scenario
 
 NO_DEFENCE = Robustness()  # the plain weighted mean, no norm check, no clipping
+T = TypeVar("T")
 
 
 @dataclass
@@ -154,6 +155,10 @@ class HeterogeneousStrategy(Strategy):
     state_scope : str (default: "")
         Names the run for the clients' durable state: a device keeps its state file across a restart of its
         SuperNode, or of the server resuming the same run, and ignores one written for another run.
+    frozen_lora : bool (default: False)
+        ``train.freeze_lora``: the clients train no LoRA, so none is sent to them or expected back (only the
+        head and the algorithm's own modules travel); the strategy's state keeps no LoRA, and a global model
+        runs with its seeded start (B = 0).
     robustness : Robustness (default: plain weighted mean, no checks)
         Defences against finite but poisoned updates: the round's validated updates are checked against the
         round's median norm (an outlier is rejected and logged like an invalid reply) and optionally clipped
@@ -178,6 +183,7 @@ class HeterogeneousStrategy(Strategy):
         resample_layers: bool = False,
         task_labels: Mapping[str, Sequence[str] | None] | None = None,
         state_scope: str = "",
+        frozen_lora: bool = False,
         robustness: Robustness = NO_DEFENCE,
         callbacks: Sequence[RoundCallback] = (),
     ) -> None:
@@ -192,6 +198,7 @@ class HeterogeneousStrategy(Strategy):
         self.max_update_bytes = max_update_bytes
         self.resample_layers = resample_layers
         self.state_scope = state_scope
+        self.frozen_lora = frozen_lora
         self.robustness = robustness
         self.task_labels = dict(task_labels or {})
         self.callbacks = list(callbacks)
@@ -431,11 +438,15 @@ class HeterogeneousStrategy(Strategy):
         }
         return to_array_record(tensors, "float32")
 
+    def _on_wire(self, tensors: Mapping[str, T]) -> dict[str, T]:
+        """What of an algorithm's tensors (or schema) travels: all of them, less LoRA under ``frozen_lora``."""
+        return drop_lora(tensors) if self.frozen_lora else dict(tensors)
+
     def _message(self, client: ClientInfo, server_round: int, phase: str, config: ConfigRecord) -> Message:
         tensors, instructions = self.payload(client, server_round, phase)
         content = RecordDict(
             {
-                ADAPTERS_KEY: to_array_record(tensors, self.wire_dtype),
+                ADAPTERS_KEY: to_array_record(self._on_wire(tensors), self.wire_dtype),
                 CONFIG_KEY: json_config(
                     **dict(config),
                     **instructions,
@@ -493,7 +504,7 @@ class HeterogeneousStrategy(Strategy):
             return None
         try:
             arrays = from_array_record(reply.content[ADAPTERS_KEY])
-            validate_update(arrays, self.expected_update(client, server_round), self.max_update_bytes)
+            validate_update(arrays, self._on_wire(self.expected_update(client, server_round)), self.max_update_bytes)
             metrics = {key: float(value) for key, value in reply.content[METRICS_KEY].items()}
             num_examples = _training_set_size(metrics)
         except (UpdateRejected, KeyError, TypeError, ValueError) as error:

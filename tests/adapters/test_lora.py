@@ -168,3 +168,23 @@ def test_mixed_rank_tensors_build_load_and_save_a_peft_folder_with_per_layer_ran
     plain = tiny_model("bert")(input_ids=inputs, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(ours, theirs)
     assert not torch.allclose(ours, plain, atol=1e-4)  # the adapters do change the output
+
+
+def test_drop_lora_keeps_the_head_bricks_and_banks() -> None:
+    # Prepare
+    from fedbrick_flower.adapters.naming import drop_lora, is_lora
+
+    names = [
+        "layers.0.attention.self.query.lora_A",
+        "layers.3.mlp.down_proj.lora_B",
+        "bricks.1.A1",
+        "head.weight",
+        "bank.q",
+    ]
+
+    # Execute
+    kept = drop_lora(dict.fromkeys(names, 0))
+
+    # Assert
+    assert list(kept) == names[2:]
+    assert [is_lora(n) for n in names] == [True, True, False, False, False]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 
+from fedbrick_flower.adapters.naming import drop_lora
+from fedbrick_flower.records import ADAPTERS_KEY, from_array_record, to_array_record
 from fedbrick_flower.strategies.aggregation import layerwise_average, random_layer_subset, sample_clients
 from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
@@ -117,6 +121,47 @@ def test_rejected_update_leaves_state_unchanged() -> None:
     np.testing.assert_almost_equal(strategy.state["m/layers.1.q.lora_A"], np.zeros((2, 4)))
     rejected = [row for row in strategy._log_rows if row["phase"] == "rejected"]
     assert "has shape (3, 4), expected (2, 4)" in rejected[0]["reason"]
+
+
+def _linear_probe_node(info: ClientInfo) -> Callable[[Message], Message]:
+    """A client under ``train.freeze_lora``: it answers like any other, less its unchanged LoRA."""
+    answer = training_node(info, 2.0)
+
+    def probe(message: Message) -> Message:
+        reply = answer(message)
+        if message.metadata.message_type == MessageType.TRAIN:
+            arrays = drop_lora(from_array_record(reply.content[ADAPTERS_KEY]))
+            reply.content[ADAPTERS_KEY] = to_array_record(arrays, "float32")
+        return reply
+
+    return probe
+
+
+def test_frozen_lora_keeps_lora_off_the_wire_both_ways() -> None:
+    # Prepare: a linear probe and a client that still sends its LoRA
+    probe, full = client_info("probe", 1), client_info("full", 2)
+    strategy = LayerwiseFedAvg(seed=0, min_clients=2, frozen_lora=True)
+    grid = LoopbackGrid({1: _linear_probe_node(probe), 2: training_node(full, 5.0)})
+    strategy._register_new_nodes(grid)
+    strategy.state = {f"m/layers.1.{k}": np.ones(s, np.float32) for k, s in LAYER_SCHEMA.items()}
+    strategy.state.update({f"m/t/{k}": np.ones(s, np.float32) for k, s in HEAD_SCHEMA.items()})
+
+    # Execute
+    strategy._exchange(grid, strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
+    _, metrics = strategy.aggregate_train(1, strategy._last_replies)
+
+    # Assert: nothing of LoRA went down, the head came back and was averaged, the LoRA upload was refused
+    sent = {
+        name
+        for m in grid.pushed
+        if m.metadata.message_type == MessageType.TRAIN
+        for name in from_array_record(m.content[ADAPTERS_KEY])
+    }
+    assert sent == set(HEAD_SCHEMA)
+    assert metrics["num-updates"] == 1
+    np.testing.assert_almost_equal(strategy.state["m/t/head.bias"], np.full(3, 2.0))
+    rejected = [row for row in strategy._log_rows if row["phase"] == "rejected"]
+    assert [(r["client"], "unexpected tensors" in r["reason"]) for r in rejected] == [("full", True)]
 
 
 def test_fedra_allocation_is_seeded_and_within_budget() -> None:
