@@ -25,7 +25,8 @@ from typing import Any
 
 from fleet import ROOT, LoopbackFleet, completed_rounds, run_context, tiny_scenario, wait_for
 
-from fedbrick_flower.run_files import SUMMARY_FILE, read_metrics
+from fedbrick_flower.run_dir import checkpoint_round
+from fedbrick_flower.run_files import CHECKPOINT_DIR, SUMMARY_FILE, read_metrics
 
 CLIENTS = ["node-a", "node-b"]
 
@@ -40,7 +41,8 @@ def restart_once(folder: Path, rounds: int, crash_after: int) -> dict[str, Any]:
         node_pids = {cid: fleet.start_node(cid, folder / "state" / cid).pid for cid in CLIENTS}
         wait_for(lambda: completed_rounds(fleet.run_dir), 600, "round 1", fleet.server)
         first_round = time.monotonic() - started
-        wait_for(lambda: len(completed_rounds(fleet.run_dir)) >= crash_after, 600, f"round {crash_after}", fleet.server)
+        checkpoint = fleet.run_dir / CHECKPOINT_DIR  # its round is saved after the round's rows: crash after both
+        wait_for(lambda: checkpoint_round(checkpoint) >= crash_after, 600, f"round {crash_after}", fleet.server)
         fleet.track()
 
         killed = fleet.crash_superlink()
@@ -68,14 +70,7 @@ def restart_once(folder: Path, rounds: int, crash_after: int) -> dict[str, Any]:
         "rounds_completed": json.loads((fleet.run_dir / SUMMARY_FILE).read_text())["rounds_completed"]
         if (fleet.run_dir / SUMMARY_FILE).is_file()
         else None,
-        "local_rounds": {
-            cid: {
-                row["round"]: int(row["local-rounds"])
-                for row in rows
-                if row["phase"] == "train" and row["client"] == cid
-            }
-            for cid in CLIENTS
-        },
+        "local_rounds": {cid: _local_rounds(rows, cid) for cid in CLIENTS},
         "strays": fleet.strays(),
         "start_to_round_s": round(first_round, 1),
         "restart_to_round_s": round(restart_to_round, 1),

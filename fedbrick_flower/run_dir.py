@@ -57,6 +57,17 @@ class RunRecorder(RoundCallback):
         staging.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
         os.replace(staging, path)
 
+    def resume(self, strategy: HeterogeneousStrategy) -> int:
+        """Restore ``strategy`` from the run's checkpoint and forget the rows past it; the round it holds (0: none).
+
+        A round's rows are written before its checkpoint, so a crash between the two leaves the rows of a round
+        that runs again: they go, whether the checkpoint is an older one or missing.
+        """
+        folder = self.run_dir / CHECKPOINT_DIR
+        completed = load_checkpoint(folder, strategy) if has_checkpoint(folder) else 0
+        self.drop_rows_after(completed)
+        return completed
+
     def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
         with (self.run_dir / METRICS_FILE).open("a") as sink:
             for row in log_rows:
@@ -116,16 +127,25 @@ def has_checkpoint(folder: Path) -> bool:
     return (folder / CHECKPOINT_FILE).is_file()
 
 
+def _checkpoint_metadata(folder: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / CHECKPOINT_FILE), framework="numpy") as stored:
+        return stored.metadata()
+
+
+def checkpoint_round(folder: Path) -> int:
+    """The last round a checkpoint folder holds, 0 when it holds none (reads the metadata, not the arrays)."""
+    return int(_checkpoint_metadata(folder)["round"]) if has_checkpoint(folder) else 0
+
+
 def load_checkpoint(folder: Path, strategy: HeterogeneousStrategy) -> int:
     """Restore a strategy from :func:`save_checkpoint` output; returns the last completed round."""
-    from safetensors import safe_open
     from safetensors.numpy import load_file
 
-    path = str(folder / CHECKPOINT_FILE)
-    with safe_open(path, framework="numpy") as stored:
-        metadata = stored.metadata()
+    metadata = _checkpoint_metadata(folder)
     completed = int(metadata["round"])
-    strategy.load_state_dict(load_file(path), json.loads(metadata["meta"]), completed)
+    strategy.load_state_dict(load_file(str(folder / CHECKPOINT_FILE)), json.loads(metadata["meta"]), completed)
     return completed
 
 

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from .data import task_labels
 from .preflight import check_scenario
 from .registry import server_class
-from .run_dir import CHECKPOINT_DIR, SUMMARY_FILE, RunRecorder, has_checkpoint, load_checkpoint
+from .run_dir import SUMMARY_FILE, RunRecorder
 from .runconfig import OUT_DIR_KEY, RESUME_KEY, SCENARIO_KEY, scenario_overrides
 from .scenario import Scenario
 from .strategies.aggregation import Robustness
@@ -105,10 +105,8 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(run_dir, scenario)
     callbacks.append(recorder)
     strategy = build_strategy(scenario, callbacks, state_scope=_state_scope(run_dir))
-    if run_config.get(RESUME_KEY) and has_checkpoint(run_dir / CHECKPOINT_DIR):
-        completed = load_checkpoint(run_dir / CHECKPOINT_DIR, strategy)
-        recorder.drop_rows_after(completed)
-        logger.info("resuming %s after round %d", run_dir, completed)
+    if run_config.get(RESUME_KEY):
+        logger.info("resuming %s after round %d", run_dir, recorder.resume(strategy))
     try:
         strategy.start(grid, num_rounds=scenario.rounds, timeout=scenario.server.round_timeout)
     except Exception:
