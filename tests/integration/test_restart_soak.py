@@ -42,8 +42,10 @@ def test_superlink_restart_keeps_the_supernodes_and_resumes_from_the_checkpoint(
     # The run completed, no round was lost or run twice, and the resumed ServerApp started after round 1
     assert run["server_exit"] == 0 and run["rounds"] == [1, 2] and run["rounds_completed"] == 2
     assert run["resumed_log"]
-    # Each client's own counter (its state handle, kept in its state folder) went on counting
-    assert all(counts == {"1": 1, "2": 2} for counts in run["local_rounds"].values()), run["local_rounds"]
+    # Each client's own counter (its state handle, kept in its state folder) went on counting: 2 in round 2, or 3
+    # when the client had already trained the round that the crash cut short (it runs again); 1 would be a reset
+    local_rounds = run["local_rounds"]
+    assert all(counts["1"] == 1 and counts["2"] in (2, 3) for counts in local_rounds.values()), local_rounds
     assert run["strays"] == []
 
 
