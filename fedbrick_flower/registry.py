@@ -177,10 +177,6 @@ def classification_only(name: str) -> bool:
     return algorithm_entry(name).classification_only
 
 
-def linear_probe(name: str) -> bool:
-    return algorithm_entry(name).linear_probe
-
-
 def linear_probe_algorithms() -> list[str]:
     """The algorithms that take ``train.freeze_lora`` (their strategies keep LoRA per layer, see ``linear_probe``)."""
     return [name for name in algorithm_names() if _ALGORITHMS[name].linear_probe]

@@ -28,7 +28,6 @@ import yaml
 from .registry import (  # entries only: no strategy import
     algorithm_names,
     classification_only,
-    linear_probe,
     linear_probe_algorithms,
     mixes_ranks,
     one_rank,
@@ -599,13 +598,12 @@ def _lora_problems(lora: LoraDefaults) -> list[str]:
 
 def linear_probe_problems(scenario: Scenario) -> list[str]:
     """``train.freeze_lora`` under an algorithm whose server state needs every client's LoRA."""
-    if not scenario.train.freeze_lora or scenario.algorithm not in algorithm_names():
-        return []
-    if linear_probe(scenario.algorithm):
+    supported = linear_probe_algorithms()
+    if not scenario.train.freeze_lora or scenario.algorithm not in algorithm_names() or scenario.algorithm in supported:
         return []
     return [
         f"train.freeze_lora: a federated linear probe keeps LoRA off the wire, which needs a layer-wise algorithm "
-        f"({', '.join(linear_probe_algorithms())}); {scenario.algorithm} mixes every client's LoRA"
+        f"({', '.join(supported)}); {scenario.algorithm} mixes every client's LoRA"
     ]
 
 
