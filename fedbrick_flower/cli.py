@@ -275,16 +275,16 @@ def _add_fields(commands: argparse._SubParsersAction) -> None:
         "fields", help="print the scenario field reference (every key, type, default, range; algorithm_params)"
     )
     parser.add_argument(
-        "--update", type=Path, metavar="README", help="rewrite the reference between the markers of this file"
+        "--update", type=Path, metavar="FILE", help="rewrite the reference between the markers of FILE (docs/fields.md)"
     )
     parser.set_defaults(handler=_fields)
 
 
 def _fields(args: argparse.Namespace) -> int:
-    from .reference import field_reference, update_readme
+    from .reference import field_reference, update_reference
 
     if args.update:
-        update_readme(args.update)
+        update_reference(args.update)
         print(f"updated the field reference in {args.update}")
     else:
         print(field_reference())
