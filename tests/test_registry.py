@@ -46,7 +46,7 @@ def test_runtime_arguments_are_exactly_what_the_server_app_fills_in() -> None:
     # Prepare
     from fedbrick_flower.registry import RUNTIME_ARGUMENTS
     from fedbrick_flower.scenario import load_scenario
-    from fedbrick_flower.server_app import runtime_arguments
+    from fedbrick_flower.strategies.build import runtime_arguments
 
     # Execute
     filled = set(runtime_arguments(load_scenario("smoke"), callbacks=[]))
