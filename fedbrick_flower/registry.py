@@ -123,6 +123,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="hybrid heterogeneity: triple-matrix LoRA whose middles share one layer-aligned bank (H2Tune)",
         mixes_ranks=True,
         classification_only=True,
+        scenario_checks="fedbrick_flower.strategies.h2tune:scenario_problems",
     ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",

@@ -64,6 +64,11 @@ def test_every_declared_scenario_check_is_a_function_of_the_scenario() -> None:
     checks = {name: scenario_checks(name) for name in algorithm_names()}
 
     # Assert: the algorithms with checks of their own declare them; each takes the scenario alone
-    assert sorted(name for name, check in checks.items() if check is not None) == ["fedbip", "fedbip-l", "fedmosaic"]
+    assert sorted(name for name, check in checks.items() if check is not None) == [
+        "fedbip",
+        "fedbip-l",
+        "fedmosaic",
+        "h2tune",
+    ]
     for check in filter(None, checks.values()):
         assert list(inspect.signature(check).parameters) == ["scenario"]
