@@ -5,8 +5,8 @@ sections, LoRA ranks). This module adds what needs the installed packages and th
 partition names from the data package, model sources (packaged, folder, or a hub id only when the hub is
 reachable), tokenizers, layer lists and depth budgets against the model's depth read from its config (never
 its weights), the algorithm's declared parameters and its own checks (its registry entry's ``scenario_checks``),
-and the clients' devices where they run here. All problems
-of a file come back in one :class:`~fedbrick_flower.scenario.ScenarioError`.
+and the clients' devices where they run here. All problems of a file come back in one
+:class:`~fedbrick_flower.scenario.ScenarioError`.
 
 It imports the data and models packages (and so torch): ``run``, ``launch`` and ``server`` use it, commands
 that do not train do not.

@@ -186,7 +186,8 @@ def objective_problems(scenario: Scenario) -> list[str]:
 
 
 def rank_problems(scenario: Scenario) -> list[str]:
-    """Clients of one model with different LoRA ranks, under an algorithm that cannot mix ranks."""
+    """Different LoRA ranks where the algorithm's registry entry refuses them: across the whole federation
+    (``one_rank``), or among the clients of one model (unless it ``mixes_ranks``)."""
     if scenario.algorithm not in algorithm_names() or mixes_ranks(scenario.algorithm):
         return []
     if one_rank(scenario.algorithm):
