@@ -22,7 +22,8 @@ from torch.nn import functional as F
 from .adapters.lora import head_schema
 from .data import EncodedExamples, TextDataset, encode_examples, encode_generative, task_labels
 from .data.generative import end_token_id
-from .models import ModelSpec, SequenceClassifier, causal_lm, load_tokenizer, stable_seed
+from .models import ModelSpec, SequenceClassifier, load_tokenizer, stable_seed
+from .models.causal_lm import causal_lm
 from .scenario import Scenario
 from .scoring import evaluate, evaluate_generative, response_logits
 

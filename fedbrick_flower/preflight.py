@@ -4,8 +4,9 @@
 sections, LoRA ranks). This module adds what needs the installed packages and this machine: dataset and
 partition names from the data package, model sources (packaged, folder, or a hub id only when the hub is
 reachable), tokenizers, layer lists and depth budgets against the model's depth read from its config (never
-its weights), the algorithm's declared parameters, and the clients' devices where they run here. All problems
-of a file come back in one :class:`~fedbrick_flower.scenario.ScenarioError`.
+its weights), the algorithm's declared parameters and its own checks (its registry entry's ``scenario_checks``),
+and the clients' devices where they run here. All problems of a file come back in one
+:class:`~fedbrick_flower.scenario.ScenarioError`.
 
 It imports the data and models packages (and so torch): ``run``, ``launch`` and ``server`` use it, commands
 that do not train do not.
@@ -26,7 +27,7 @@ from .cache import default_cache_dir
 from .data import DATASET_NAMES
 from .models.families import FAMILIES
 from .models.sources import COMPLETE_MARKER, PACKAGED_MODELS
-from .registry import algorithm_names, algorithm_parameters
+from .registry import algorithm_names, algorithm_parameters, scenario_checks
 from .scenario import (
     ClientProfile,
     Scenario,
@@ -84,6 +85,8 @@ def environment_problems(scenario: Scenario, *, local_clients: bool) -> list[str
     """Problems that need the installed packages (and, with ``local_clients``, this machine's devices)."""
     problems = [*dataset_problems(scenario), *algorithm_param_problems(scenario)]
     if not problems:
+        problems += algorithm_problems(scenario)
+    if not problems:
         problems += strategy_problems(scenario)
     depths: dict[str, int] = {}
     for key, spec in scenario.models.items():
@@ -133,10 +136,17 @@ def algorithm_param_problems(scenario: Scenario) -> list[str]:
     return problems
 
 
+def algorithm_problems(scenario: Scenario) -> list[str]:
+    """What the algorithm itself refuses in this scenario: the check its registry entry names
+    (``AlgorithmEntry.scenario_checks``), run once the ``algorithm_params`` have their declared types."""
+    check = scenario_checks(scenario.algorithm) if scenario.algorithm in algorithm_names() else None
+    return [] if check is None else check(scenario)
+
+
 def strategy_problems(scenario: Scenario) -> list[str]:
-    """What the algorithm's strategy refuses in this scenario (the checks of its ``from_scenario``, such as
-    FedMosaic's proxy split), found before Flower starts instead of when the ServerApp builds the strategy."""
-    from .server_app import build_strategy  # the strategies import Flower: load them only for this check
+    """What the strategy's ``__init__`` chain refuses when built from this scenario, found before Flower starts
+    instead of when the ServerApp builds it."""
+    from .strategies.build import build_strategy  # the strategies import Flower: load them only for this check
 
     try:
         build_strategy(scenario, callbacks=[])

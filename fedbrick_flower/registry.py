@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,8 @@ class AlgorithmEntry:
         True if the strategy keeps global LoRA per layer, a layer nobody sent staying at its seeded start (B = 0),
         so under ``train.freeze_lora`` LoRA stays off the wire both ways and only the head (and the algorithm's
         own modules) travel. Scenarios with ``train.freeze_lora`` are refused at load under any other algorithm.
+    scenario_checks : str, optional
+        ``module:function`` of the algorithm's own scenario check (the scenario contract block below).
     """
 
     server: str
@@ -51,6 +54,14 @@ class AlgorithmEntry:
     robust_aggregation: bool = False
     classification_only: bool = False
     linear_probe: bool = False
+
+    # ---- scenario contract: what the algorithm itself refuses in a scenario ------------------------------------
+    scenario_checks: str | None = None
+    """Import path (``module:function``) of the algorithm's own scenario check, ``problems(scenario) -> list[str]``,
+    each problem starting with the field's dotted path (``algorithm_params.temperature: must be > 0, got 0``).
+    The pre-flight (:func:`fedbrick_flower.preflight.check_scenario`) calls it once the ``algorithm_params`` have
+    their declared types, before any Flower process starts; it lives in the algorithm's strategy module, which
+    is imported then. None: the generic checks and the capability flags above say all."""
 
 
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
@@ -72,11 +83,13 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         server="fedbrick_flower.strategies.fedbip:FedBip",
         client="fedbrick_flower.clients.fedbip:FedBipClient",
         description="per-client personalized adapters mixed by task-vector cosine similarity (FedBip)",
+        scenario_checks="fedbrick_flower.strategies.fedbip:scenario_problems",
     ),
     "fedbip-l": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbip:FedBipL",
         client="fedbrick_flower.clients.fedbip:FedBipClient",
         description="FedBip with one similarity weighting per layer (FedBip-L)",
+        scenario_checks="fedbrick_flower.strategies.fedbip:scenario_problems",
     ),
     "hetlora": AlgorithmEntry(
         server="fedbrick_flower.strategies.hetlora:HetLoRA",
@@ -102,6 +115,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="RELA-weighted Co-LoRA P/Q shared across widths and families, dual LoRA within a model (FedMosaic)",
         one_rank=True,
         classification_only=True,
+        scenario_checks="fedbrick_flower.strategies.fedmosaic:scenario_problems",
     ),
     "h2tune": AlgorithmEntry(
         server="fedbrick_flower.strategies.h2tune:H2Tune",
@@ -109,6 +123,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="hybrid heterogeneity: triple-matrix LoRA whose middles share one layer-aligned bank (H2Tune)",
         mixes_ranks=True,
         classification_only=True,
+        scenario_checks="fedbrick_flower.strategies.h2tune:scenario_problems",
     ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",
@@ -118,7 +133,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
 }
 
 # Keyword arguments of a strategy that the ServerApp fills from the scenario itself and its ``server`` section
-# (``server_app.build_strategy``). Every other keyword of the strategy's ``__init__`` chain is an algorithm
+# (``strategies.build.build_strategy``). Every other keyword of the strategy's ``__init__`` chain is an algorithm
 # parameter, set in the scenario's ``algorithm_params``.
 RUNTIME_ARGUMENTS = frozenset(
     {
@@ -206,6 +221,18 @@ def algorithm_parameters(name: str) -> dict[str, inspect.Parameter]:
         if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
             break
     return parameters
+
+
+def algorithm_arguments(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter of :func:`algorithm_parameters` with its value: as ``given`` (``algorithm_params``), else
+    its default (``inspect.Parameter.empty`` for a required one). Imports the strategy module."""
+    return {key: given.get(key, parameter.default) for key, parameter in algorithm_parameters(name).items()}
+
+
+def scenario_checks(name: str) -> Callable[[Any], list[str]] | None:
+    """The algorithm's own scenario check (see ``AlgorithmEntry.scenario_checks``), imported; None if it has none."""
+    path = algorithm_entry(name).scenario_checks
+    return None if path is None else _resolve(path)
 
 
 def _resolve(path: str) -> Any:

@@ -8,61 +8,19 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from .data import task_labels
 from .preflight import check_scenario
-from .registry import server_class
 from .run_dir import SUMMARY_FILE, RunRecorder
 from .runconfig import OUT_DIR_KEY, RESUME_KEY, SCENARIO_KEY, scenario_overrides
 from .scenario import Scenario
-from .strategies.aggregation import Robustness
-from .strategies.base import HeterogeneousStrategy, RoundCallback
+from .strategies.base import RoundCallback
+from .strategies.build import build_strategy
 
 app = ServerApp()
 logger = logging.getLogger(__name__)
-
-
-def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> dict[str, Any]:
-    """The strategy arguments the ServerApp fills in from the scenario's server settings (not algorithm params).
-
-    The server waits for ``server.min_clients`` connected clients (all of the scenario's by default) and then
-    samples ``server.fraction_train`` of them for each round, at least ``server.min_train_clients``.
-    """
-    server = scenario.server
-    return {
-        "seed": scenario.seed,
-        "fraction_train": server.fraction_train,
-        "min_train_clients": server.min_train_clients,
-        "min_clients": server.min_clients or len(scenario.clients),
-        "expected_clients": len(scenario.clients),
-        "state_scope": state_scope,
-        "frozen_lora": scenario.train.freeze_lora,
-        "task_labels": {key: task_labels(spec) for key, spec in scenario.tasks.items()},
-        "node_wait_timeout": server.node_wait_timeout,
-        "round_timeout": server.round_timeout,
-        "wire_dtype": server.wire_dtype,
-        "max_update_bytes": int(server.max_update_mb * 2**20),
-        "robustness": Robustness(
-            aggregation=server.aggregation,
-            trim_fraction=server.trim_fraction,
-            outlier_norm_multiple=server.outlier_norm_multiple,
-            norm_scope=server.norm_scope,
-            clip_norm=server.clip_norm,
-            clip_norm_multiple=server.clip_norm_multiple,
-        ),
-        "callbacks": callbacks,
-    }
-
-
-def build_strategy(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> HeterogeneousStrategy:
-    """The scenario's strategy: its registered class, the runtime arguments and the algorithm parameters."""
-    return server_class(scenario.algorithm).from_scenario(
-        scenario, **runtime_arguments(scenario, callbacks, state_scope), **scenario.algorithm_params
-    )
 
 
 def run_directory(run_config: dict, scenario: Scenario) -> Path:

@@ -15,19 +15,9 @@ from fedbrick_flower import cli
 from fedbrick_flower.clients.state import STATE_DIR_KEY
 from fedbrick_flower.deployment import commands
 from fedbrick_flower.scenario import builtin_scenarios
+from tests.imports import heavy_imports_after
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "peft")
-
-
-def _imports_after(code: str) -> list[str]:
-    """Run ``code`` in a fresh interpreter (this checkout first on the path) and list the heavy modules loaded."""
-    probe = f"import sys\n{code}\nprint('LOADED:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("LOADED:")]
-    return [name for name in line.removeprefix("LOADED:").split(",") if name]
 
 
 @pytest.mark.parametrize(
@@ -45,7 +35,7 @@ def _imports_after(code: str) -> list[str]:
 )
 def test_commands_that_do_not_train_import_no_torch(argv: list[str]) -> None:
     # Execute
-    loaded = _imports_after(
+    loaded = heavy_imports_after(
         f"from fedbrick_flower.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     )
 
@@ -55,7 +45,7 @@ def test_commands_that_do_not_train_import_no_torch(argv: list[str]) -> None:
 
 def test_certs_imports_no_torch(tmp_path: Path) -> None:
     # Execute
-    loaded = _imports_after(f"from fedbrick_flower.cli import main\nmain(['certs', '--out', {str(tmp_path)!r}])")
+    loaded = heavy_imports_after(f"from fedbrick_flower.cli import main\nmain(['certs', '--out', {str(tmp_path)!r}])")
 
     # Assert
     assert loaded == []
@@ -181,7 +171,7 @@ def test_client_imports_no_torch_up_to_starting_the_supernode(tmp_path: Path) ->
     code = f"import os\nos.execvpe = lambda *a: None\nfrom fedbrick_flower.cli import main\nmain({argv!r})"
 
     # Execute
-    loaded = _imports_after(code)
+    loaded = heavy_imports_after(code)
 
     # Assert
     assert loaded == []

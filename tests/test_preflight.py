@@ -233,6 +233,22 @@ def test_fedmosaic_with_one_model_needs_no_proxy_split(tmp_path: Path) -> None:
     assert scenario.data.proxy_fraction == 0.0 and {c.model for c in scenario.clients} == {"minilm"}
 
 
+def test_an_algorithms_own_check_names_every_bad_parameter_before_flower_starts(tmp_path: Path) -> None:
+    # Prepare: FedBip's registry entry names its scenario check; two of its parameters are out of range
+    text = VALID.replace(
+        "algorithm: fedavg", "algorithm: fedbip\nalgorithm_params: {weighting: linear, temperature: 0}"
+    )
+
+    # Execute
+    problems = _problems(_write(tmp_path, text))
+
+    # Assert
+    assert problems == [
+        "algorithm_params.weighting: 'linear' is not one of ['clipped', 'softmax']",
+        "algorithm_params.temperature: must be > 0, got 0",
+    ]
+
+
 def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     # Prepare: the issue's broken values, all in one file
     text = """\

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from fedbrick_flower.registry import (
     RUNTIME_ARGUMENTS,
     AlgorithmEntry,
+    algorithm_names,
     algorithm_parameters,
     mixes_ranks,
     rank_mixing_algorithms,
     register,
+    scenario_checks,
 )
 
 
@@ -46,10 +50,25 @@ def test_runtime_arguments_are_exactly_what_the_server_app_fills_in() -> None:
     # Prepare
     from fedbrick_flower.registry import RUNTIME_ARGUMENTS
     from fedbrick_flower.scenario import load_scenario
-    from fedbrick_flower.server_app import runtime_arguments
+    from fedbrick_flower.strategies.build import runtime_arguments
 
     # Execute
     filled = set(runtime_arguments(load_scenario("smoke"), callbacks=[]))
 
     # Assert: `scenario` is passed by from_scenario itself; the rest must not be mistaken for algorithm params
     assert filled | {"scenario"} == set(RUNTIME_ARGUMENTS)
+
+
+def test_every_declared_scenario_check_is_a_function_of_the_scenario() -> None:
+    # Execute
+    checks = {name: scenario_checks(name) for name in algorithm_names()}
+
+    # Assert: the algorithms with checks of their own declare them; each takes the scenario alone
+    assert sorted(name for name, check in checks.items() if check is not None) == [
+        "fedbip",
+        "fedbip-l",
+        "fedmosaic",
+        "h2tune",
+    ]
+    for check in filter(None, checks.values()):
+        assert list(inspect.signature(check).parameters) == ["scenario"]

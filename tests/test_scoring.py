@@ -9,7 +9,8 @@ import torch
 from torch.nn import functional as F
 
 from fedbrick_flower.data import IGNORE_INDEX, EncodedExamples
-from fedbrick_flower.models import ModelSpec, causal_lm
+from fedbrick_flower.models import ModelSpec
+from fedbrick_flower.models.causal_lm import causal_lm
 from fedbrick_flower.objectives import response_loss
 from fedbrick_flower.scoring import evaluate_generative, exact_match, greedy_answers
 from tests.conftest import tiny_model

@@ -41,7 +41,9 @@ from .base import AdapterKind, Shape
 from .naming import layer_tensor_name
 
 GATES = ("input", "scalar")
-BLOCK_RULES = ("fedmosaic", "balanced")
+# ``algorithm_params.block_rule`` -> the :func:`~fedbrick_flower.models.depth.block_end_layers` rule it names;
+# ``fedmosaic`` is the official code's ``get_target_layers``.
+BLOCK_RULES = {"fedmosaic": "floor-step", "balanced": "balanced"}
 BLOCK_PREFIX = "colora."
 _BLOCK_NAME = re.compile(r"^colora\.(\d+)\.(\w+)\.(P|Q|A|B)$")
 # Variance of the code's gate noise: softplus(x · w_noise) + 1e-5 with w_noise = 0, i.e. log 2 + 1e-5.
@@ -85,7 +87,7 @@ class ColoraSettings:
 
     def targets(self, num_layers: int) -> list[int]:
         """The block-end layers of a ``num_layers``-deep model; list position = block index."""
-        return block_end_layers(num_layers, min(self.n_blocks, num_layers), self.block_rule)
+        return block_end_layers(num_layers, min(self.n_blocks, num_layers), BLOCK_RULES[self.block_rule])
 
 
 def block_tensor_name(block: int, role: str, param: str) -> str:

@@ -10,6 +10,7 @@ import torch
 
 from fedbrick_flower.data.checks import fit_lengths, report_overlong
 from fedbrick_flower.data.tasks import TextDataset
+from fedbrick_flower.models.backbone import ensure_pad_token
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -61,34 +62,6 @@ class EncodedExamples:
             attention_mask=self.attention_mask[rows],
             labels=self.labels[rows],
         )
-
-
-def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
-    """Give ``tokenizer`` a pad token if it lacks one, and pad on the right.
-
-    Decoder tokenizers (Llama, GPT-2) usually ship without a pad token; the eos
-    token is reused (else unk). Padding is masked out by the attention mask, so
-    the choice of id does not matter, but the model config must be given the same
-    ``pad_token_id`` so sequence classifiers find each row's last real token.
-    Right padding is required by :func:`iterate_batches`, which trims batches by
-    cutting trailing columns.
-
-    Parameters
-    ----------
-    tokenizer : PreTrainedTokenizerBase
-        Modified in place.
-
-    Raises
-    ------
-    ValueError
-        If the tokenizer has neither a pad, an eos nor an unk token.
-    """
-    if tokenizer.pad_token is None:
-        fallback = tokenizer.eos_token or tokenizer.unk_token
-        if fallback is None:
-            raise ValueError("tokenizer has no pad, eos or unk token to pad with")
-        tokenizer.pad_token = fallback
-    tokenizer.padding_side = "right"
 
 
 def encode_examples(

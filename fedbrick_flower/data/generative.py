@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fedbrick_flower.data.batches import EncodedExamples, ensure_pad_token
+from fedbrick_flower.data.batches import EncodedExamples
 from fedbrick_flower.data.checks import LengthFit, fit_lengths, report_overlong
+from fedbrick_flower.models.backbone import ensure_pad_token
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

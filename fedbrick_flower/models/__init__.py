@@ -1,49 +1,53 @@
-"""Backbones: loading, family registry, depth truncation, task or LM head, device placement. No Flower imports."""
+"""Backbones: loading, family registry, depth truncation, task or LM head, device placement. No Flower imports.
 
-from .backbone import (
-    ModelSpec,
-    SequenceClassifier,
-    hidden_size,
-    load_backbone,
-    load_config,
-    load_tokenizer,
-    model_family,
-    num_layers,
-    stable_seed,
-)
-from .causal_lm import CausalLM, causal_lm
-from .depth import block_end_layers, relative_depth_map, relative_depth_positions
-from .families import ALL_LINEAR, FAMILIES, ROLES, FamilySpec, ModelDims, family_of, model_dims, resolve_roles
-from .placement import resolve_device, resolve_dtype
-from .stack import LayerShim, global_layer_indices, keep_layers, layer_stack
+Names are loaded from their submodule on first use (PEP 562), so the torch-free modules (``families``, ``spec``,
+``depth``) load without torch: reading a scenario, or a family's roles, imports none.
+"""
 
-__all__ = [
-    "ALL_LINEAR",
-    "CausalLM",
-    "causal_lm",
-    "FAMILIES",
-    "ROLES",
-    "FamilySpec",
-    "ModelDims",
-    "block_end_layers",
-    "model_dims",
-    "relative_depth_map",
-    "relative_depth_positions",
-    "resolve_roles",
-    "LayerShim",
-    "ModelSpec",
-    "SequenceClassifier",
-    "family_of",
-    "global_layer_indices",
-    "hidden_size",
-    "keep_layers",
-    "layer_stack",
-    "load_backbone",
-    "load_config",
-    "load_tokenizer",
-    "model_family",
-    "num_layers",
-    "resolve_device",
-    "resolve_dtype",
-    "stable_seed",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "SequenceClassifier": "backbone",
+    "ensure_pad_token": "backbone",
+    "hidden_size": "backbone",
+    "load_backbone": "backbone",
+    "load_config": "backbone",
+    "load_tokenizer": "backbone",
+    "model_family": "backbone",
+    "num_layers": "backbone",
+    "stable_seed": "backbone",
+    "CausalLM": "causal_lm",
+    "block_end_layers": "depth",
+    "relative_depth_map": "depth",
+    "relative_depth_positions": "depth",
+    "ALL_LINEAR": "families",
+    "FAMILIES": "families",
+    "ROLES": "families",
+    "FamilySpec": "families",
+    "ModelDims": "families",
+    "family_of": "families",
+    "model_dims": "families",
+    "resolve_roles": "families",
+    "resolve_device": "placement",
+    "resolve_dtype": "placement",
+    "ModelSpec": "spec",
+    "LayerShim": "stack",
+    "global_layer_indices": "stack",
+    "keep_layers": "stack",
+    "layer_stack": "stack",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``name`` from its submodule the first time it is asked for."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -4,50 +4,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .families import FamilySpec, family_of
+from .spec import ModelSpec
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model of a scenario: a pretrained source, or a small random-init config for tests.
-
-    Parameters
-    ----------
-    key : str
-        The scenario's name for this model; clients of the same key share one global adapter state.
-    source : str, optional
-        Packaged name (``minilm``, ``smollm2-135m``, ``mpnet-base``...), a local folder or a hub id.
-    family : str, optional
-        For a random-init model: the Hugging Face ``model_type`` (``bert``, ``llama``, ``gpt2``...).
-    config : dict, optional
-        For a random-init model: config overrides (``hidden_size``, ``num_hidden_layers``...).
-    tokenizer : str, optional
-        Tokenizer source; defaults to ``source``. Random-init models need one (``minilm`` is packaged).
-    """
-
-    key: str
-    source: str | None = None
-    family: str | None = None
-    config: tuple[tuple[str, Any], ...] = ()
-    tokenizer: str | None = None
-
-    @property
-    def is_random_init(self) -> bool:
-        return self.source is None
-
-    @property
-    def tokenizer_source(self) -> str:
-        source = self.tokenizer or self.source
-        if source is None:
-            raise ValueError(f"models.{self.key}.tokenizer is required for a random-init model")
-        return source
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def stable_seed(*parts: object) -> int:
@@ -61,12 +28,39 @@ def load_tokenizer(source: str, cache_dir: Path | None = None) -> Any:
     """Load (and cache per process) a tokenizer, with a pad token for decoder families."""
     from transformers import AutoTokenizer
 
-    from ..data import ensure_pad_token
     from .sources import resolve_pretrained
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(source, cache_dir))
     ensure_pad_token(tokenizer)
     return tokenizer
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give ``tokenizer`` a pad token if it lacks one, and pad on the right.
+
+    Decoder tokenizers (Llama, GPT-2) usually ship without a pad token; the eos
+    token is reused (else unk). Padding is masked out by the attention mask, so
+    the choice of id does not matter, but the model config must be given the same
+    ``pad_token_id`` so sequence classifiers find each row's last real token.
+    Right padding is required by :func:`~fedbrick_flower.data.batches.iterate_batches`, which trims batches by
+    cutting trailing columns.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase
+        Modified in place.
+
+    Raises
+    ------
+    ValueError
+        If the tokenizer has neither a pad, an eos nor an unk token.
+    """
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError("tokenizer has no pad, eos or unk token to pad with")
+        tokenizer.pad_token = fallback
+    tokenizer.padding_side = "right"
 
 
 def load_config(spec: ModelSpec, cache_dir: Path | None = None, **overrides: Any) -> Any:

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbone import ModelSpec, hidden_size, stable_seed
+from .backbone import hidden_size, stable_seed
+from .spec import ModelSpec
 
 
 class CausalLM(nn.Module):

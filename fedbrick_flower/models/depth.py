@@ -1,13 +1,13 @@
 """Depth maps between models of different depth: block-end layers and relative-depth interpolation. Pure NumPy.
 
 Models of different depth are matched by RELATIVE depth: layer ``l`` of an ``L``-layer model sits at
-``l / (L - 1)`` (CKA between a small and a large model peaks at equal relative depth, FedMosaic section 3.3 of
-``ALGORITHMS.md``). Two helpers follow from it:
+``l / (L - 1)`` (CKA between a small and a large model peaks at equal relative depth; Seo et al., ICLR 2026,
+https://arxiv.org/abs/2506.11024, section 3.3). Two helpers follow from it:
 
-- :func:`block_end_layers` cuts a model into ``n_blocks`` depth blocks and returns the last layer of each (the
-  layers FedMosaic's Co-LoRA sits on; block ``b`` of every model is matched to block ``b`` of every other);
+- :func:`block_end_layers` cuts a model into ``n_blocks`` depth blocks and returns the last layer of each, so
+  block ``b`` of every model can be matched to block ``b`` of every other;
 - :func:`relative_depth_map` gives, for each layer of one model, its interpolation weights over the layers of
-  another (H2Tune's relation matrix Pi starts from it, ``ALGORITHMS.md`` section 4.4 item 2).
+  another (an initial layer-to-layer relation between models of different depths).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-BlockRule = Literal["balanced", "fedmosaic"]
+BlockRule = Literal["balanced", "floor-step"]
 
 
 def block_end_layers(num_layers: int, n_blocks: int = 4, rule: BlockRule = "balanced") -> list[int]:
@@ -27,12 +27,12 @@ def block_end_layers(num_layers: int, n_blocks: int = 4, rule: BlockRule = "bala
     num_layers : int
         Depth L of the model.
     n_blocks : int (default: 4)
-        Number of blocks N_B (FedMosaic's default is 4).
-    rule : {"balanced", "fedmosaic"} (default: "balanced")
+        Number of blocks N_B.
+    rule : {"balanced", "floor-step"} (default: "balanced")
         ``balanced``: block b (1-based) ends at ``ceil(b L / N_B) - 1``, so layer ``l`` belongs to block
         ``floor(l N_B / L)`` and block sizes differ by at most one; each block end sits as close as the integer
-        grid allows to relative depth ``b / N_B``. ``fedmosaic``: the official code's ``get_target_layers``, with
-        ``step = L // N_B`` the ends are ``{b step - 1 : b < N_B} U {L - 1}``; the last block takes the
+        grid allows to relative depth ``b / N_B``. ``floor-step``: with ``step = L // N_B`` the ends are
+        ``{b step - 1 : b < N_B} U {L - 1}``; every block but the last has ``step`` layers and the last takes the
         remainder, so for L = 6 the ends are 0, 1, 2, 5. Both rules agree whenever N_B divides L.
 
     Returns
@@ -49,10 +49,10 @@ def block_end_layers(num_layers: int, n_blocks: int = 4, rule: BlockRule = "bala
         raise ValueError(f"n_blocks must be in 1..{num_layers} (the model's depth), got {n_blocks}")
     if rule == "balanced":
         return [-(-b * num_layers // n_blocks) - 1 for b in range(1, n_blocks + 1)]
-    if rule == "fedmosaic":
+    if rule == "floor-step":
         step = num_layers // n_blocks
         return [b * step - 1 for b in range(1, n_blocks)] + [num_layers - 1]
-    raise ValueError(f"rule must be 'balanced' or 'fedmosaic', got {rule!r}")
+    raise ValueError(f"rule must be 'balanced' or 'floor-step', got {rule!r}")
 
 
 def relative_depth_positions(source_layers: int, target_layers: int) -> np.ndarray:
@@ -77,8 +77,8 @@ def relative_depth_map(source_layers: int, target_layers: int) -> np.ndarray:
     """Linear interpolation weights of each source layer over the target layers, by relative depth.
 
     Source layer ``l`` at position ``p`` (see :func:`relative_depth_positions`) puts weight ``1 - frac(p)`` on
-    target layer ``floor(p)`` and ``frac(p)`` on ``floor(p) + 1``. H2Tune's relation matrix for a client of
-    depth ``L_k`` and a bank of ``L_max`` slots is ``relative_depth_map(L_k, L_max).T`` (``L_max x L_k``).
+    target layer ``floor(p)`` and ``frac(p)`` on ``floor(p) + 1``. A relation matrix from a client of depth
+    ``L_k`` to ``L_max`` shared slots is ``relative_depth_map(L_k, L_max).T`` (``L_max x L_k``).
 
     Returns
     -------

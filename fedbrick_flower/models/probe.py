@@ -1,4 +1,4 @@
-"""RELA's task descriptor: the sanitised gradient of a frozen, shared probe model (FedMosaic, ALGORITHMS.md §3.5).
+"""A task descriptor: the sanitised gradient of a frozen, shared probe model (RELA in Seo et al., ICLR 2026, §3.5).
 
 Every client runs the same frozen decoder (SmolLM2-135M by default) on its own texts and takes the gradient of the
 next-token loss with respect to the probe's LAST MLP down-projection weight, in closed form (no backward pass):
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbone import ModelSpec
+from .spec import ModelSpec
 
 PROBE_FAMILIES = ("llama", "qwen2")
 

@@ -1,8 +1,8 @@
 """Depth truncation: keep an arbitrary subset of a model's layers and remember their GLOBAL indices.
 
-``from_pretrained(..., num_hidden_layers=k)`` only keeps a prefix. Partial-depth federated methods (FedRA,
-FedBRICK) hold arbitrary, per-round subsets, and every adapter tensor must be named by the layer's index in
-the full model so that a 2-layer client's update lands on the right layers of the global model.
+``from_pretrained(..., num_hidden_layers=k)`` only keeps a prefix. Partial-depth federated methods hold
+arbitrary, per-round subsets, and every adapter tensor must be named by the layer's index in the full model so
+that a 2-layer client's update lands on the right layers of the global model.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..scenario.schema import AGGREGATIONS, NORM_SCOPES
+
 
 class ShapeMismatch(ValueError):
     """Contributions disagree on a tensor's shape (e.g. two LoRA ranks); the message names both sources."""
@@ -19,8 +21,6 @@ Contribution = tuple[str, Mapping[str, np.ndarray], float]
 """``(source, tensors, weight)``: the source names the contribution in errors and logs (a client id), the weight
 is e.g. the client's number of training examples n_k."""
 
-AGGREGATIONS = ("mean", "median", "trimmed-mean")
-NORM_SCOPES = ("layer", "update")
 MIN_UPDATES_FOR_MEDIAN = 3
 """Fewest updates holding a layer (or model) before the round's median norm is trusted. With one update the median
 is the update itself; with two it is their mean, which a 1000x update drags to 500x, so a poisoned update is

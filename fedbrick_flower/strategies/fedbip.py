@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..adapters.naming import is_head, layer_of, parse_layer_tensor_name
+from ..registry import algorithm_arguments
 from ..scenario import ScenarioError
 from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
 from .similarity import (
@@ -91,6 +92,27 @@ class _Layout:
         return _unflatten(vector, self.names[layer], self.shapes)
 
 
+def scenario_problems(scenario: Scenario) -> list[str]:
+    """FedBip's own scenario check (its registry entry's ``scenario_checks``): its parameters, refused at load."""
+    return parameter_problems(**algorithm_arguments(scenario.algorithm, scenario.algorithm_params))
+
+
+def parameter_problems(
+    *, weighting: str, similarity_on: str, temperature: float, staleness_decay: float | None, **_: Any
+) -> list[str]:
+    """What FedBip refuses among its parameters, one problem per field (the others, ``**_``, take any value)."""
+    problems = []
+    if weighting not in WEIGHTINGS:
+        problems.append(f"algorithm_params.weighting: {weighting!r} is not one of {list(WEIGHTINGS)}")
+    if similarity_on not in SIMILARITY_ON:
+        problems.append(f"algorithm_params.similarity_on: {similarity_on!r} is not one of {SIMILARITY_ON}")
+    if temperature <= 0:
+        problems.append(f"algorithm_params.temperature: must be > 0, got {temperature}")
+    if staleness_decay is not None and not 0.0 < staleness_decay <= 1.0:
+        problems.append(f"algorithm_params.staleness_decay: must be in (0, 1], got {staleness_decay}")
+    return problems
+
+
 class FedBip(HeterogeneousStrategy):
     """FedBip: server-level personalization by task-vector similarity (FedBip-L with ``layerwise=True``).
 
@@ -132,14 +154,11 @@ class FedBip(HeterogeneousStrategy):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if weighting not in WEIGHTINGS:
-            raise ScenarioError(f"algorithm_params.weighting: {weighting!r} is not one of {list(WEIGHTINGS)}")
-        if similarity_on not in SIMILARITY_ON:
-            raise ScenarioError(f"algorithm_params.similarity_on: {similarity_on!r} is not one of {SIMILARITY_ON}")
-        if temperature <= 0:
-            raise ScenarioError(f"algorithm_params.temperature: must be > 0, got {temperature}")
-        if staleness_decay is not None and not 0.0 < staleness_decay <= 1.0:
-            raise ScenarioError(f"algorithm_params.staleness_decay: must be in (0, 1], got {staleness_decay}")
+        problems = parameter_problems(
+            weighting=weighting, similarity_on=similarity_on, temperature=temperature, staleness_decay=staleness_decay
+        )
+        if problems:  # a strategy built in code; a scenario's are refused at load by scenario_problems
+            raise ScenarioError(problems)
         self.layerwise = layerwise
         self.weighting = weighting
         self.temperature = temperature

@@ -26,6 +26,7 @@ import numpy as np
 from ..adapters.colora import ColoraKind, ColoraSettings, frozen_schema, parse_block_tensor_name, random_shared_frozen
 from ..models.families import ModelDims
 from ..records import array_bytes
+from ..registry import algorithm_arguments
 from ..scenario import ScenarioError
 from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
 from .similarity import columnwise_cosine, cosine_matrix, group_mask, softmax_weights
@@ -40,6 +41,62 @@ WEIGHTINGS = ("rela", "uniform")
 SIMILARITY_PHASE = "similarity"
 
 
+def scenario_problems(scenario: Scenario) -> list[str]:
+    """FedMosaic's own scenario check (its registry entry's ``scenario_checks``), refused at load: its parameters,
+    then what its alignment needs (equal widths for ``random_shared``, a proxy split for ``pivot_l2_cca``).
+
+    Reads the models' configs (never their weights) for ``random_shared``.
+    """
+    arguments = algorithm_arguments(scenario.algorithm, scenario.algorithm_params)
+    problems = parameter_problems(**arguments)
+    if problems:
+        return problems
+    models = sorted({c.model for c in scenario.clients})
+    if arguments["align"] == "random_shared":
+        widths = {key: _role_widths(scenario, key) for key in models}
+        if len({tuple(sorted(w.items())) for w in widths.values()}) > 1:
+            return [f"algorithm_params.align: 'random_shared' needs equal widths, got {widths}; use 'pivot_l2_cca'"]
+    elif scenario.data.proxy_fraction <= 0 and len(models) > 1:
+        return [
+            "data.proxy_fraction: align='pivot_l2_cca' needs a public proxy split (> 0) to align the "
+            f"federation's {len(models)} models"
+        ]
+    return []
+
+
+def parameter_problems(
+    *,
+    align: str,
+    similarity: str,
+    weighting: str,
+    temperature: float,
+    ema_alpha: float,
+    gradient_every: int,
+    align_holdout: float,
+    **_: Any,
+) -> list[str]:
+    """What FedMosaic refuses among its parameters, one problem per field (the others, ``**_``, are checked by
+    :class:`~fedbrick_flower.adapters.colora.ColoraSettings` or take any value)."""
+    problems = [
+        f"algorithm_params.{field}: {value!r} is not one of {list(choices)}"
+        for field, value, choices in (
+            ("align", align, ALIGNMENTS),
+            ("similarity", similarity, SIMILARITIES),
+            ("weighting", weighting, WEIGHTINGS),
+        )
+        if value not in choices
+    ]
+    if temperature <= 0:
+        problems.append(f"algorithm_params.temperature: must be > 0, got {temperature}")
+    if not 0.0 < ema_alpha <= 1.0:
+        problems.append(f"algorithm_params.ema_alpha: must be in (0, 1], got {ema_alpha}")
+    if gradient_every < 1:
+        problems.append(f"algorithm_params.gradient_every: must be >= 1, got {gradient_every}")
+    if not 0.0 < align_holdout < 1.0:
+        problems.append(f"algorithm_params.align_holdout: must be in (0, 1), got {align_holdout}")
+    return problems
+
+
 class FedMosaic(HeterogeneousStrategy):
     """FedMosaic: RELA-weighted, per-client global Co-LoRA P/Q across models; dual LoRA within a model.
 
@@ -50,7 +107,8 @@ class FedMosaic(HeterogeneousStrategy):
     n_blocks : int (default: 4)
         Depth blocks N_B; Co-LoRA sits on the last layer of each (block b of every model is matched).
     block_rule : str (default: "fedmosaic")
-        ``fedmosaic`` (the code's ``get_target_layers``) or ``balanced`` (see ``models.depth.block_end_layers``).
+        ``fedmosaic`` (the code's ``get_target_layers``: the ``floor-step`` rule of
+        ``models.depth.block_end_layers``) or ``balanced``.
     gate : str (default: "input")
         ``input``: the code's input-conditioned gate; ``scalar``: σ(b) per module.
     share_homogeneous_lora : bool (default: True)
@@ -111,21 +169,17 @@ class FedMosaic(HeterogeneousStrategy):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        for field, value, choices in (
-            ("align", align, ALIGNMENTS),
-            ("similarity", similarity, SIMILARITIES),
-            ("weighting", weighting, WEIGHTINGS),
-        ):
-            if value not in choices:
-                raise ScenarioError(f"algorithm_params.{field}: {value!r} is not one of {list(choices)}")
-        if temperature <= 0:
-            raise ScenarioError(f"algorithm_params.temperature: must be > 0, got {temperature}")
-        if not 0.0 < ema_alpha <= 1.0:
-            raise ScenarioError(f"algorithm_params.ema_alpha: must be in (0, 1], got {ema_alpha}")
-        if gradient_every < 1:
-            raise ScenarioError(f"algorithm_params.gradient_every: must be >= 1, got {gradient_every}")
-        if not 0.0 < align_holdout < 1.0:
-            raise ScenarioError(f"algorithm_params.align_holdout: must be in (0, 1), got {align_holdout}")
+        problems = parameter_problems(
+            align=align,
+            similarity=similarity,
+            weighting=weighting,
+            temperature=temperature,
+            ema_alpha=ema_alpha,
+            gradient_every=gradient_every,
+            align_holdout=align_holdout,
+        )
+        if problems:  # a strategy built in code; a scenario's are refused at load by scenario_problems
+            raise ScenarioError(problems)
         self.scenario = scenario
         self.block_options = {"n_blocks": n_blocks, "block_rule": block_rule, "gate": gate}
         ColoraSettings(**self.block_options)  # refuse bad values now, naming the field
@@ -154,20 +208,7 @@ class FedMosaic(HeterogeneousStrategy):
 
     @classmethod
     def from_scenario(cls, scenario: Scenario, **kwargs: Any) -> FedMosaic:
-        strategy = cls(scenario=scenario, **kwargs)
-        models = sorted({c.model for c in scenario.clients})
-        if strategy.align == "random_shared":
-            widths = {key: _role_widths(scenario, key) for key in models}
-            if len({tuple(sorted(w.items())) for w in widths.values()}) > 1:
-                raise ScenarioError(
-                    f"algorithm_params.align: 'random_shared' needs equal widths, got {widths}; use 'pivot_l2_cca'"
-                )
-        elif scenario.data.proxy_fraction <= 0 and len(models) > 1:
-            raise ScenarioError(
-                "data.proxy_fraction: align='pivot_l2_cca' needs a public proxy split (> 0) to align the "
-                f"federation's {len(models)} models"
-            )
-        return strategy
+        return cls(scenario=scenario, **kwargs)
 
     # ------------------------------------------------------------------ settings
     def settings(self, client: ClientInfo) -> ColoraSettings:

@@ -6,7 +6,7 @@ https://arxiv.org/abs/2507.22633 (``ALGORITHMS.md`` §4).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,13 +15,58 @@ from ..adapters.triple import SELECTIONS, bank_roles
 from ..models.backbone import stable_seed
 from ..models.families import ROLES
 from ..records import array_bytes
+from ..registry import algorithm_arguments
+from ..scenario import ScenarioError
 from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
 from .similarity import blockwise_cosine, group_mask
+
+if TYPE_CHECKING:
+    from ..scenario import Scenario
 
 BANK_MASS_NAME = "bank-mass"  # a client's relation mass per slot; sent only under relation-mass weighting
 ALTERNATIONS: tuple[str, ...] = ("sequential", "joint_step", "off")
 WEIGHTINGS: tuple[str, ...] = ("uniform", "examples")
 BANK_INITS: tuple[str, ...] = ("kaiming", "zeros")
+
+
+def scenario_problems(scenario: Scenario) -> list[str]:
+    """H2Tune's own scenario check (its registry entry's ``scenario_checks``): its parameters, refused at load."""
+    return parameter_problems(**algorithm_arguments(scenario.algorithm, scenario.algorithm_params))
+
+
+def parameter_problems(
+    *,
+    resample_layers: bool,
+    alternation: str,
+    selection: str,
+    weighting: str,
+    bank_init: str,
+    norm_weight: float,
+    kl_weight: float,
+    distill_weight: float,
+    max_rank: int | None,
+    slots: int | None,
+    **_: Any,
+) -> list[str]:
+    """What H2Tune refuses among its parameters, one problem per field (the others, ``**_``, take any value)."""
+    problems = []
+    if resample_layers:
+        problems.append("resample_layers: H2Tune keeps each device's relation matrix per held layer; keep them fixed")
+    for name, value, allowed in (
+        ("alternation", alternation, ALTERNATIONS),
+        ("selection", selection, SELECTIONS),
+        ("weighting", weighting, WEIGHTINGS),
+        ("bank_init", bank_init, BANK_INITS),
+    ):
+        if value not in allowed:
+            problems.append(f"{name}: must be one of {list(allowed)}, got {value!r}")
+    for name, value in (("norm_weight", norm_weight), ("kl_weight", kl_weight), ("distill_weight", distill_weight)):
+        if value < 0:
+            problems.append(f"{name}: must be >= 0, got {value}")
+    for name, value in (("max_rank", max_rank), ("slots", slots)):
+        if value is not None and value < 1:
+            problems.append(f"{name}: must be a positive integer, got {value}")
+    return problems
 
 
 class H2Tune(HeterogeneousStrategy):
@@ -80,24 +125,20 @@ class H2Tune(HeterogeneousStrategy):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if self.resample_layers:
-            raise ValueError(
-                "resample_layers: H2Tune keeps each device's relation matrix per held layer; keep them fixed"
-            )
-        for name, value, allowed in (
-            ("alternation", alternation, ALTERNATIONS),
-            ("selection", selection, SELECTIONS),
-            ("weighting", weighting, WEIGHTINGS),
-            ("bank_init", bank_init, BANK_INITS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name}: must be one of {list(allowed)}, got {value!r}")
-        for name, value in (("norm_weight", norm_weight), ("kl_weight", kl_weight), ("distill_weight", distill_weight)):
-            if value < 0:
-                raise ValueError(f"{name}: must be >= 0, got {value}")
-        for name, value in (("max_rank", max_rank), ("slots", slots)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {value}")
+        problems = parameter_problems(
+            resample_layers=self.resample_layers,
+            alternation=alternation,
+            selection=selection,
+            weighting=weighting,
+            bank_init=bank_init,
+            norm_weight=norm_weight,
+            kl_weight=kl_weight,
+            distill_weight=distill_weight,
+            max_rank=max_rank,
+            slots=slots,
+        )
+        if problems:  # a strategy built in code; a scenario's are refused at load by scenario_problems
+            raise ScenarioError(problems)
         self.alternation = alternation
         self.selection = selection
         self.learn_relation = learn_relation

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fedbrick_flower.adapters.lora import LoraSettings, adapter_tensors, attach_lora
-from fedbrick_flower.models import ModelSpec, causal_lm, keep_layers, model_family
+from fedbrick_flower.models import ModelSpec, keep_layers, model_family
+from fedbrick_flower.models.causal_lm import causal_lm
 from fedbrick_flower.objectives import response_loss
 from tests.conftest import tiny_model
 

@@ -9,7 +9,7 @@ from fedbrick_flower.models.depth import block_end_layers, relative_depth_map, r
 
 
 @pytest.mark.parametrize(
-    "num_layers, balanced, fedmosaic",
+    "num_layers, balanced, floor_step",
     [
         # balanced: ceil(b L / 4) - 1; L = 6 -> ceil(1.5, 3, 4.5, 6) - 1.
         (6, [1, 2, 4, 5], [0, 1, 2, 5]),
@@ -22,10 +22,10 @@ from fedbrick_flower.models.depth import block_end_layers, relative_depth_map, r
         (28, [6, 13, 20, 27], [6, 13, 20, 27]),
     ],
 )
-def test_block_end_layers_for_both_rules(num_layers: int, balanced: list[int], fedmosaic: list[int]) -> None:
+def test_block_end_layers_for_both_rules(num_layers: int, balanced: list[int], floor_step: list[int]) -> None:
     # Execute / Assert
     assert block_end_layers(num_layers, 4) == balanced
-    assert block_end_layers(num_layers, 4, rule="fedmosaic") == fedmosaic
+    assert block_end_layers(num_layers, 4, rule="floor-step") == floor_step
 
 
 def test_balanced_blocks_differ_in_size_by_at_most_one() -> None:

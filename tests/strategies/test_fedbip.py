@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fedbrick_flower.run_dir import load_checkpoint, save_checkpoint
-from fedbrick_flower.scenario import ScenarioError
+from fedbrick_flower.scenario import ScenarioError, load_scenario
 from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
-from fedbrick_flower.strategies.fedbip import SIMILARITY_PHASE, FedBip, FedBipL
+from fedbrick_flower.strategies.fedbip import SIMILARITY_PHASE, FedBip, FedBipL, scenario_problems
 
 R = 1 / np.sqrt(2)
 # One adapted module per layer with rank 1: a task vector's layer block is [A (2 values), B (2 values)].
@@ -291,3 +291,21 @@ def test_bad_parameters_name_the_field() -> None:
         FedBip(staleness_decay=1.5)
     with pytest.raises(RuntimeError, match="initial_adapters"):
         FedBip().payload(_client("a"), 1, "train")
+
+
+@pytest.mark.parametrize("algorithm", ["fedbip", "fedbip-l"])
+def test_the_scenario_check_names_every_bad_parameter_and_passes_the_defaults(algorithm: str) -> None:
+    # Prepare
+    bad = {"weighting": "linear", "temperature": 0, "staleness_decay": 1.5}
+    scenario = load_scenario("fedbip", {"algorithm": algorithm, "algorithm_params": bad})
+
+    # Execute
+    problems = scenario_problems(scenario)
+
+    # Assert
+    assert problems == [
+        "algorithm_params.weighting: 'linear' is not one of ['clipped', 'softmax']",
+        "algorithm_params.temperature: must be > 0, got 0",
+        "algorithm_params.staleness_decay: must be in (0, 1], got 1.5",
+    ]
+    assert scenario_problems(load_scenario("fedbip", {"algorithm": algorithm})) == []

@@ -16,9 +16,9 @@ from fedbrick_flower.records import (
     from_array_record,
     to_array_record,
 )
-from fedbrick_flower.scenario import ScenarioError
+from fedbrick_flower.scenario import ScenarioError, load_scenario
 from fedbrick_flower.strategies.base import ClientInfo
-from fedbrick_flower.strategies.fedmosaic import GRADIENT_NAME, FedMosaic
+from fedbrick_flower.strategies.fedmosaic import GRADIENT_NAME, FedMosaic, scenario_problems
 from fedbrick_flower.strategies.similarity import columnwise_cosine, softmax_weights
 
 from .loopback import LoopbackGrid
@@ -197,3 +197,28 @@ def test_checkpointed_state_restores_every_clients_adapters_gradient_and_deliver
     np.testing.assert_array_equal(restored.gradients["a"], 3.0)
     np.testing.assert_array_equal(restored.frozen["bert"]["colora.0.q.A"], np.eye(2, 8))
     assert restored.delivered == {"a"}
+
+
+def test_the_scenario_check_names_bad_parameters_then_what_the_alignment_needs() -> None:
+    # Prepare: smoke's BERT and Llama differ in their v width (Llama has 2 key-value heads of 4)
+    def problems(**overrides: object) -> list[str]:
+        return scenario_problems(load_scenario("smoke", {"algorithm": "fedmosaic", **overrides}))
+
+    # Execute
+    bad = problems(algorithm_params={"align": "magic", "gradient_every": 0})
+    no_proxy = problems(**{"data.proxy_fraction": 0.0})
+    random_shared = problems(algorithm_params={"align": "random_shared"})
+    one_model = problems(**{"data.proxy_fraction": 0.0, "clients.2.model": "tiny-bert"})
+
+    # Assert
+    assert bad == [
+        "algorithm_params.align: 'magic' is not one of ['random_shared', 'pivot_l2_cca']",
+        "algorithm_params.gradient_every: must be >= 1, got 0",
+    ]
+    assert no_proxy == [
+        "data.proxy_fraction: align='pivot_l2_cca' needs a public proxy split (> 0) to align the federation's 2 models"
+    ]
+    assert len(random_shared) == 1 and random_shared[0].startswith(
+        "algorithm_params.align: 'random_shared' needs equal widths, got {'tiny-bert': "
+    )
+    assert one_model == []

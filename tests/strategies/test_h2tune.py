@@ -13,8 +13,9 @@ from flwr.app import Context, Message, RecordDict
 
 from fedbrick_flower import client_app
 from fedbrick_flower.records import ADAPTERS_KEY, from_array_record
+from fedbrick_flower.scenario import ScenarioError, load_scenario
 from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate, RoundCallback
-from fedbrick_flower.strategies.h2tune import BANK_MASS_NAME, H2Tune, slot_mean, update_agreement
+from fedbrick_flower.strategies.h2tune import BANK_MASS_NAME, H2Tune, scenario_problems, slot_mean, update_agreement
 from tests.hybrid import TINY_HYBRID
 from tests.strategies.loopback import LoopbackGrid
 
@@ -174,3 +175,23 @@ def test_a_loopback_round_with_the_real_client_halves_sends_only_the_bank(tmp_pa
     state = contexts[4].state  # llama-b holds 3 of 5 layers: its Π is 5 x 3, kept on the device
     assert any(key.endswith("h2tune-local") for key in state)
     assert json.loads(strategy.clients["llama-b"].to_json())["budget"] == 3
+
+
+def test_the_scenario_check_names_every_bad_parameter_and_passes_the_defaults() -> None:
+    # Prepare
+    bad = {"resample_layers": True, "alternation": "never", "kl_weight": -1.0, "slots": 0}
+    scenario = load_scenario("h2tune", {"algorithm_params": bad})
+
+    # Execute
+    problems = scenario_problems(scenario)
+
+    # Assert: the same words the strategy raises when built in code
+    assert problems == [
+        "resample_layers: H2Tune keeps each device's relation matrix per held layer; keep them fixed",
+        "alternation: must be one of ['sequential', 'joint_step', 'off'], got 'never'",
+        "kl_weight: must be >= 0, got -1.0",
+        "slots: must be a positive integer, got 0",
+    ]
+    assert scenario_problems(load_scenario("h2tune")) == []
+    with pytest.raises(ScenarioError, match="alternation: must be one of"):
+        H2Tune(alternation="never")

@@ -1,0 +1,56 @@
+"""A scenario's strategy: its registered class, the runtime arguments the server fills in, its algorithm params.
+
+The ServerApp builds it to run; the pre-flight builds it once, before any Flower process starts, to find what
+the strategy's ``__init__`` chain refuses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..data import task_labels
+from ..registry import server_class
+from .aggregation import Robustness
+
+if TYPE_CHECKING:
+    from ..scenario import Scenario
+    from .base import HeterogeneousStrategy, RoundCallback
+
+
+def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> dict[str, Any]:
+    """The strategy arguments the ServerApp fills in from the scenario's server settings (not algorithm params).
+
+    The server waits for ``server.min_clients`` connected clients (all of the scenario's by default) and then
+    samples ``server.fraction_train`` of them for each round, at least ``server.min_train_clients``.
+    """
+    server = scenario.server
+    return {
+        "seed": scenario.seed,
+        "fraction_train": server.fraction_train,
+        "min_train_clients": server.min_train_clients,
+        "min_clients": server.min_clients or len(scenario.clients),
+        "expected_clients": len(scenario.clients),
+        "state_scope": state_scope,
+        "frozen_lora": scenario.train.freeze_lora,
+        "task_labels": {key: task_labels(spec) for key, spec in scenario.tasks.items()},
+        "node_wait_timeout": server.node_wait_timeout,
+        "round_timeout": server.round_timeout,
+        "wire_dtype": server.wire_dtype,
+        "max_update_bytes": int(server.max_update_mb * 2**20),
+        "robustness": Robustness(
+            aggregation=server.aggregation,
+            trim_fraction=server.trim_fraction,
+            outlier_norm_multiple=server.outlier_norm_multiple,
+            norm_scope=server.norm_scope,
+            clip_norm=server.clip_norm,
+            clip_norm_multiple=server.clip_norm_multiple,
+        ),
+        "callbacks": callbacks,
+    }
+
+
+def build_strategy(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> HeterogeneousStrategy:
+    """The scenario's strategy: its registered class, the runtime arguments and the algorithm parameters."""
+    return server_class(scenario.algorithm).from_scenario(
+        scenario, **runtime_arguments(scenario, callbacks, state_scope), **scenario.algorithm_params
+    )
