@@ -12,10 +12,12 @@ import numpy as np
 
 from ..adapters.naming import BANK_PREFIX, bank_tensor_name
 from ..adapters.triple import SELECTIONS, bank_roles
+from ..client_info import ClientInfo
 from ..models.backbone import stable_seed
 from ..models.families import ROLES
 from ..records import array_bytes
-from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
+from .base import HeterogeneousStrategy
+from .replies import ClientUpdate
 from .similarity import blockwise_cosine, group_mask
 
 BANK_MASS_NAME = "bank-mass"  # a client's relation mass per slot; sent only under relation-mass weighting
