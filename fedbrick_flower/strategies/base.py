@@ -35,9 +35,8 @@ from .aggregation import Contribution, Robustness, random_layer_subset, sample_c
 from .registration import (
     check_reachable,
     connected_clients,
-    profile_line,
     query_messages,
-    read_registrations,
+    register_replies,
     too_few_connected,
     unknown_nodes,
 )
@@ -388,11 +387,7 @@ class HeterogeneousStrategy(Strategy):
         if not new_nodes:
             return
         replies = grid.send_and_receive(query_messages(new_nodes), timeout=self.round_timeout)
-        accepted, failed = read_registrations(replies, self.refuse)
-        for info in accepted:
-            self.clients[info.client_id] = info
-            log(INFO, "client %s registered on node %s (%s)", info.client_id, info.node_id, profile_line(info))
-        for node, reason in failed.items():
+        for node, reason in register_replies(replies, self.clients, self.refuse).items():
             self._failed_nodes[node] = reason
             log(ERROR, "node %s failed to register: %s", node, reason)
             self._log_rows.append(metric_rows.registration_failed_row(self.start_round, node, reason))

@@ -2,14 +2,16 @@
 
 Pure helpers of :class:`~fedbrick_flower.strategies.base.HeterogeneousStrategy` (the way Flower's
 ``strategy_utils`` serves its strategies): which nodes to ask, what their replies say, whether the run can
-still reach ``server.min_clients``. The strategy keeps the registry itself (``clients`` and the failed nodes).
+still reach ``server.min_clients``. The strategy owns the registry itself (``clients`` and the failed nodes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from logging import INFO
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.supercore import log
 
 from ..client_info import ClientInfo
 from ..records import CONFIG_KEY, PROFILE_KEY
@@ -33,13 +35,13 @@ def query_messages(node_ids: Iterable[int]) -> list[Message]:
     ]
 
 
-def read_registrations(replies: Iterable[Message], refuse: Refuse) -> tuple[list[ClientInfo], dict[int, str]]:
-    """The clients that registered, in reply order, and the reason of every node that did not.
+def register_replies(replies: Iterable[Message], clients: dict[str, ClientInfo], refuse: Refuse) -> dict[int, str]:
+    """Add the clients of ``replies`` to ``clients``, in reply order; return the reason of every node that failed.
 
     A node fails when its client answers with an error (it could not set itself up; the error names why) or
-    when ``refuse`` turns its profile down.
+    when ``refuse`` turns its profile down. Each client is added before the next reply is read, so ``refuse``
+    sees every client registered before it (a federation-wide condition, e.g. one rank, holds within a batch).
     """
-    accepted: list[ClientInfo] = []
     failed: dict[int, str] = {}
     for reply in replies:
         node = reply.metadata.src_node_id
@@ -51,8 +53,9 @@ def read_registrations(replies: Iterable[Message], refuse: Refuse) -> tuple[list
         if reason is not None:
             failed[node] = f"client {info.client_id} refused: {reason}"
             continue
-        accepted.append(info)
-    return accepted, failed
+        clients[info.client_id] = info
+        log(INFO, "client %s registered on node %s (%s)", info.client_id, info.node_id, profile_line(info))
+    return failed
 
 
 def connected_clients(clients: Mapping[str, ClientInfo], node_ids: Iterable[int]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from flwr.app import MessageType
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.records import CONFIG_KEY
@@ -12,12 +13,18 @@ from fedbrick_flower.strategies.registration import (
     connected_clients,
     profile_line,
     query_messages,
-    read_registrations,
+    register_replies,
     too_few_connected,
     unknown_nodes,
 )
 
 from .loopback import LoopbackGrid, client_info, failing_node, training_node
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> None:
+    """Messages need a task identity, which Flower sets in a real ServerApp process (the loopback grid does too)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
 
 def test_only_nodes_neither_registered_nor_failed_are_asked() -> None:
@@ -42,21 +49,41 @@ def test_a_query_message_goes_to_each_node_with_an_empty_config() -> None:
     assert all(len(m.content[CONFIG_KEY]) == 0 for m in messages)
 
 
-def test_replies_are_read_into_clients_failures_and_refusals() -> None:
+def test_replies_register_their_clients_and_name_failures_and_refusals() -> None:
     # Prepare: one good client, one that could not set itself up, one the strategy refuses, one with no reason
     good, odd = client_info("good", node_id=1), client_info("odd", node_id=3)
     nodes = {1: training_node(good), 2: failing_node("client phone: no data file"), 3: training_node(odd)}
     nodes[4] = failing_node("")
     grid = LoopbackGrid(nodes)
     replies = grid.send_and_receive(query_messages([1, 2, 3, 4]))
+    clients: dict[str, ClientInfo] = {}
 
     # Execute
-    accepted, failed = read_registrations(replies, lambda info: "odd one" if info.client_id == "odd" else None)
+    failed = register_replies(replies, clients, lambda info: "odd one" if info.client_id == "odd" else None)
 
     # Assert
-    assert [(info.client_id, info.node_id) for info in accepted] == [("good", 1)]
-    assert isinstance(accepted[0], ClientInfo) and accepted[0].layer_schema == good.layer_schema
+    assert [(cid, info.node_id) for cid, info in clients.items()] == [("good", 1)]
+    assert clients["good"].layer_schema == good.layer_schema
     assert failed == {2: "client phone: no data file", 3: "client odd refused: odd one", 4: "no reason given"}
+
+
+def test_a_refusal_sees_the_clients_registered_before_it_in_the_same_batch() -> None:
+    # Prepare: a federation-wide condition (one depth), two nodes of different depths answering together
+    first, second = client_info("d2", node_id=1, num_layers=2), client_info("d4", node_id=2, num_layers=4)
+    grid = LoopbackGrid({1: training_node(first), 2: training_node(second)})
+    replies = grid.send_and_receive(query_messages([1, 2]))
+    clients: dict[str, ClientInfo] = {}
+
+    def one_depth(info: ClientInfo) -> str | None:
+        depths = {c.num_layers for c in clients.values()} | {info.num_layers}
+        return f"depths {sorted(depths)}" if len(depths) > 1 else None
+
+    # Execute
+    failed = register_replies(replies, clients, one_depth)
+
+    # Assert
+    assert list(clients) == ["d2"]
+    assert failed == {2: "client d4 refused: depths [2, 4]"}
 
 
 @pytest.mark.parametrize(
