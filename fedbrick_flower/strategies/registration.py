@@ -1,8 +1,8 @@
 """Node registration: the ``query`` exchange that maps Flower's random node ids to logical clients.
 
-Pure helpers of :class:`~fedbrick_flower.strategies.base.HeterogeneousStrategy` (the way Flower's
-``strategy_utils`` serves its strategies): which nodes to ask, what their replies say, whether the run can
-still reach ``server.min_clients``. The strategy owns the registry itself (``clients`` and the failed nodes).
+Helpers of :class:`~fedbrick_flower.strategies.base.HeterogeneousStrategy` (the way Flower's ``strategy_utils``
+serves its strategies): which nodes to ask, what their replies say, whether the run can still reach
+``server.min_clients``. The strategy owns the registry itself (``clients`` and the failed nodes) and passes it in.
 """
 
 from __future__ import annotations
