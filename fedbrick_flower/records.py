@@ -150,7 +150,7 @@ def declared_schema(
         A kind's settings where the server fixes them (e.g. ``{"brick": BrickConfig(rank=4)}``). LoRA defaults
         to the client's own rank and alpha, any other kind to its settings' defaults.
     kind_layers : Mapping[str, Iterable[int]], optional
-        Layers of a kind that covers other layers than the held ones (FedBRICK's BRICKs span the full depth).
+        Layers of a kind that covers other layers than the held ones (e.g. surrogate modules that span the full depth).
 
     Raises
     ------
