@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.run_dir import load_checkpoint, save_checkpoint
-from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 from fedbrick_flower.strategies.fedbip import FedBip, FedBipL
+from fedbrick_flower.strategies.replies import ClientUpdate
 
 RESULTS = Path(__file__).parent / "results" / "fedbip-scale.json"
 HIDDEN, RANK, LAYERS = 384, 8, 6

@@ -49,13 +49,14 @@ import torch  # noqa: E402
 from flwr.app import RecordDict  # noqa: E402
 
 from fedbrick_flower.assembly import task_examples  # noqa: E402
+from fedbrick_flower.client_info import ClientInfo  # noqa: E402
 from fedbrick_flower.clients.profile import client_session  # noqa: E402
 from fedbrick_flower.clients.state import ClientState  # noqa: E402
 from fedbrick_flower.records import array_bytes, validate_update  # noqa: E402
 from fedbrick_flower.registry import client_class, server_class  # noqa: E402
 from fedbrick_flower.scenario import parse_scenario  # noqa: E402
 from fedbrick_flower.scoring import evaluate  # noqa: E402
-from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate  # noqa: E402
+from fedbrick_flower.strategies.replies import ClientUpdate  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "fedmosaic.json"
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -152,7 +153,7 @@ def run_one(config: str, seed: int, rounds: int, size: str) -> dict[str, Any]:
     sessions = {p.id: client_session(scenario, p) for p in scenario.clients}
     records = {cid: RecordDict() for cid in sessions}
     for cid, session in sessions.items():
-        strategy.clients[cid] = ClientInfo.from_json(json.dumps(session.describe(half.adapter_kinds)), node_id=0)
+        strategy.clients[cid] = ClientInfo.from_json(session.describe(half.adapter_kinds).to_json(), node_id=0)
     started, per_round = time.monotonic(), []
     for server_round in range(1, rounds + 1):
         updates, down, up = [], 0, 0

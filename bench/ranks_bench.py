@@ -57,11 +57,12 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedbrick_flower import client_app
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.evaluation import GlobalModelEvaluator
 from fedbrick_flower.run_dir import SUMMARY_FILE, RunRecorder, read_metrics
 from fedbrick_flower.scenario import load_scenario, parse_overrides, scenario_path
 from fedbrick_flower.server_app import build_strategy
-from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
+from fedbrick_flower.strategies.replies import ClientUpdate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ranks.json"
 MIX_METHODS = ("hetlora", "flexlora", "flora")

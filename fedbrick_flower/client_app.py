@@ -6,7 +6,6 @@ when it has one), so nothing an algorithm keeps depends on the process living on
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ def query(msg: Message, context: Context) -> Message:
     """
     try:
         session = _session(context)
-        profile = json.dumps(session.describe(client_class(session.scenario.algorithm).adapter_kinds))
+        profile = session.describe(client_class(session.scenario.algorithm).adapter_kinds).to_json()
     except Exception as error:  # noqa: BLE001 - every cause must reach the server as a readable reason
         who = _client_name(context)
         return Message(Error(REGISTRATION_FAILED, f"client {who} failed to register: {error}"), reply_to=msg)

@@ -19,12 +19,12 @@ ADAPTERS_KEY = "adapters"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 JSON_KEYS = "json-keys"
-PROFILE_KEY = "profile"  # the query reply's JSON profile (see ``strategies.base.ClientInfo``)
+PROFILE_KEY = "profile"  # the query reply's JSON profile (see ``client_info.ClientInfo``)
 STATE_SCOPE_KEY = "state-scope"  # the run a client's durable state belongs to
 # Metric names of the evaluation a client runs inside its train message (one ClientApp start per round).
 EVAL_PREFIX = "eval-"
 LORA_RANK_KEY = "lora-rank"  # config: the LoRA rank a client trains at; metric: the rank it reports (pruning)
-SEGMENTS_KEY = "flora-segments"  # config: per layer, the [first round, last round, rank] blocks of FLoRA's stack
+# An algorithm's own keys are declared by its registry entry (``registry.AlgorithmEntry.wire_keys``).
 # Framing of one record entry that protobuf adds around the values (tags and length prefixes), counted flat.
 _ENTRY_OVERHEAD = 8
 
@@ -150,7 +150,7 @@ def declared_schema(
         A kind's settings where the server fixes them (e.g. ``{"brick": BrickConfig(rank=4)}``). LoRA defaults
         to the client's own rank and alpha, any other kind to its settings' defaults.
     kind_layers : Mapping[str, Iterable[int]], optional
-        Layers of a kind that covers other layers than the held ones (FedBRICK's BRICKs span the full depth).
+        Layers of a kind that covers other layers than the held ones (e.g. surrogate modules that span the full depth).
 
     Raises
     ------

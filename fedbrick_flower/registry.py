@@ -63,6 +63,17 @@ class AlgorithmEntry:
     their declared types, before any Flower process starts; it lives in the algorithm's strategy module, which
     is imported then. None: the generic checks and the capability flags above say all."""
 
+    # ---- the algorithm's wire contract (record keys), beside the generic keys of ``records``
+    wire_keys: tuple[str, ...] = ()
+    """The config and metric keys this algorithm's two halves exchange besides the generic ones of ``records``
+    (a built-in algorithm's are constants below its entry's class, e.g. ``FLORA_SEGMENTS_KEY``). Two algorithms
+    with different client halves may not declare the same key (:func:`register`)."""
+
+
+# ---- wire keys: the record keys an algorithm adds to the generic ones of ``records``
+# Both halves read them from here: neither the strategy nor the client half imports the other, this module imports
+# neither torch nor Flower, and the algorithm's entry below declares them (``AlgorithmEntry.wire_keys``).
+FLORA_SEGMENTS_KEY = "flora-segments"  # config: per layer, the [first round, last round, rank] blocks of the stack
 
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
     "fedavg": AlgorithmEntry(
@@ -108,6 +119,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         client="fedbrick_flower.clients.flora:FLoRAClient",
         description="mixed LoRA ranks: stacked factors (exact sum of products) merged into on-device base weights",
         mixes_ranks=True,
+        wire_keys=(FLORA_SEGMENTS_KEY,),
     ),
     "fedmosaic": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedmosaic:FedMosaic",
@@ -160,6 +172,10 @@ def register(name: str, entry: AlgorithmEntry) -> None:
     """Add an algorithm (e.g. from a plug-in package); re-registering a name is an error."""
     if name in _ALGORITHMS:
         raise ValueError(f"algorithm {name!r} is already registered")
+    for other, known in _ALGORITHMS.items():
+        shared = sorted(set(entry.wire_keys) & set(known.wire_keys))
+        if shared and entry.client != known.client:
+            raise ValueError(f"algorithm {name!r}: wire keys {shared} are already those of {other!r}")
     _ALGORITHMS[name] = entry
 
 

@@ -84,15 +84,13 @@ def test_config_lists_travel_as_json_and_come_back() -> None:
 
 
 def _described(client_id: str, kinds: tuple[str, ...], **overrides: str):
-    """A client's query reply as the server reads it (attribute access, like ``ClientInfo``)."""
-    from types import SimpleNamespace
-
+    """The client's session and its query reply (a ``ClientInfo``)."""
     from fedbrick_flower.clients.profile import ClientSession
     from fedbrick_flower.scenario import load_scenario
 
     scenario = load_scenario("smoke", overrides)
     session = ClientSession(scenario, scenario.client(client_id))
-    return session, SimpleNamespace(**session.describe(kinds))
+    return session, session.describe(kinds)
 
 
 @pytest.mark.parametrize("client_id, targets", [("bert-edge", "[q, v]"), ("llama-edge", "all-linear")])

@@ -7,8 +7,10 @@ import inspect
 import pytest
 
 from fedbrick_flower.registry import (
+    FLORA_SEGMENTS_KEY,
     RUNTIME_ARGUMENTS,
     AlgorithmEntry,
+    algorithm_entry,
     algorithm_names,
     algorithm_parameters,
     mixes_ranks,
@@ -44,6 +46,28 @@ def test_registering_a_name_twice_is_refused() -> None:
     # Execute / Assert
     with pytest.raises(ValueError, match="'fedavg' is already registered"):
         register("fedavg", entry)
+
+
+def test_an_algorithm_may_not_take_a_wire_key_of_another() -> None:
+    # Prepare
+    entry = AlgorithmEntry(server="a:B", client="c:D", description="x", wire_keys=("own-key", FLORA_SEGMENTS_KEY))
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"'plugin': wire keys \['flora-segments'\] are already those of 'flora'"):
+        register("plugin", entry)
+    assert "plugin" not in algorithm_names()
+
+
+def test_each_built_in_wire_key_belongs_to_one_client_half() -> None:
+    # Execute
+    owners: dict[str, set[str]] = {}
+    for name in algorithm_names():
+        for key in algorithm_entry(name).wire_keys:
+            owners.setdefault(key, set()).add(algorithm_entry(name).client)
+
+    # Assert
+    assert FLORA_SEGMENTS_KEY in algorithm_entry("flora").wire_keys
+    assert all(len(clients) == 1 for clients in owners.values())
 
 
 def test_runtime_arguments_are_exactly_what_the_server_app_fills_in() -> None:

@@ -19,7 +19,7 @@ import torch
 from ..adapters.lora import lora_modules
 from ..adapters.naming import layer_of
 from ..models import SequenceClassifier, model_family
-from ..records import SEGMENTS_KEY
+from ..registry import FLORA_SEGMENTS_KEY
 from .rank_methods import RankClient, load_leading_components
 
 MERGED_STATE = "flora-merged"
@@ -37,17 +37,17 @@ class FLoRAClient(RankClient):
         load_leading_components(model, {name: value for name, value in arrays.items() if layer_of(name) is None})
 
     def train(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        segments = config.get(FLORA_SEGMENTS_KEY, {})
         merged, rounds = merge_segments(
-            self.state.arrays(MERGED_STATE), self.state.get(ROUNDS_STATE, {}), arrays, config.get(SEGMENTS_KEY, {})
+            self.state.arrays(MERGED_STATE), self.state.get(ROUNDS_STATE, {}), arrays, segments
         )
         self.state.set_arrays(MERGED_STATE, merged)
         self.state.set(ROUNDS_STATE, rounds)
         return super().train(arrays, config)
 
     def evaluate(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, float]:
-        merged, _ = merge_segments(
-            self.state.arrays(MERGED_STATE), self.state.get(ROUNDS_STATE, {}), arrays, config.get(SEGMENTS_KEY, {})
-        )
+        segments = config.get(FLORA_SEGMENTS_KEY, {})
+        merged, _ = merge_segments(self.state.arrays(MERGED_STATE), self.state.get(ROUNDS_STATE, {}), arrays, segments)
         model = self._build_merged(list(config["layers"]), config, merged)
         self.receive(model, arrays)
         return self.score(model)

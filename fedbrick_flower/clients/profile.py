@@ -28,6 +28,7 @@ from ..assembly import (
     task_examples,
     task_split,
 )
+from ..client_info import ClientInfo
 from ..data import EncodedExamples, label_mismatch, local_labels, task_labels
 from ..models import (
     ModelDims,
@@ -191,8 +192,8 @@ class ClientSession:
         kind: its settings' defaults, since an algorithm sends those per round)."""
         return [LoraKind(self.lora) if name == "lora" else kind_class(name)() for name in names]
 
-    def describe(self, adapter_kinds: Sequence[str] = ("lora",)) -> dict[str, Any]:
-        """The profile fields of the ``query`` reply (see ``strategies.base.ClientInfo``).
+    def describe(self, adapter_kinds: Sequence[str] = ("lora",)) -> ClientInfo:
+        """This client's ``query`` reply (:class:`~fedbrick_flower.client_info.ClientInfo`; it travels as JSON).
 
         Shapes come from the model config and the kinds' schemas, without building a model: ``layer_schema`` is
         one layer's per-layer adapter tensors (names ``layers.{g}.*`` with ``layers.{g}.`` dropped; LoRA's for
@@ -214,29 +215,29 @@ class ClientSession:
             if parsed is not None:
                 layer_schema[f"{parsed[1]}.{parsed[2]}"] = list(shape)
         data = self.data_report()
-        return {
-            "client_id": self.profile.id,
-            "model": self.profile.model,
-            "task": self.profile.task,
-            "group": self.profile.domain,
-            "model_type": dims.model_type,
-            "num_layers": dims.num_layers,
-            "hidden_size": dims.hidden_size,
-            "intermediate_size": dims.intermediate_size,
-            "num_heads": dims.num_heads,
-            "num_kv_heads": dims.num_kv_heads,
-            "head_dim": dims.head_dim,
-            "rank": lora.rank,
-            "alpha": lora.alpha,
-            "roles": list(roles),
-            "adapter_kinds": list(adapter_kinds),
-            "budget": self.budget,
-            "fixed_layers": list(layers) if isinstance(layers, tuple) else None,
-            "layer_schema": layer_schema,
-            "head_schema": {name: list(shape) for name, shape in self.objective.head_schema(dims.hidden_size).items()},
-            "num_train_examples": data.pop("num_train_examples"),
-            "extra": data,
-        }
+        return ClientInfo(
+            client_id=self.profile.id,
+            model=self.profile.model,
+            task=self.profile.task,
+            group=self.profile.domain,
+            model_type=dims.model_type,
+            num_layers=dims.num_layers,
+            hidden_size=dims.hidden_size,
+            intermediate_size=dims.intermediate_size,
+            num_heads=dims.num_heads,
+            num_kv_heads=dims.num_kv_heads,
+            head_dim=dims.head_dim,
+            rank=lora.rank,
+            alpha=lora.alpha,
+            roles=list(roles),
+            adapter_kinds=list(adapter_kinds),
+            budget=self.budget,
+            fixed_layers=list(layers) if isinstance(layers, tuple) else None,
+            layer_schema=layer_schema,
+            head_schema={name: list(shape) for name, shape in self.objective.head_schema(dims.hidden_size).items()},
+            num_train_examples=data.pop("num_train_examples"),
+            extra=data,
+        )
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,114 +1,54 @@
 """A Flower strategy base for heterogeneous clients: each node gets its own payload and its own schema.
 
 Flower's ``FedAvg`` needs identical keys in every reply. Clients here hold different depths, families and
-tasks, so this base subclasses :class:`flwr.serverapp.strategy.Strategy` directly and adds what every
-algorithm of the package needs: a client registry keyed by the LOGICAL client id (learned through a ``query``
-message; Flower's node ids are random), per-client payloads, reply validation that rejects and logs a bad
-update while the round goes on, seeded sampling with a bounded wait for nodes, byte accounting, checkpointable
-state and round hooks. An algorithm subclass implements four verbs: :meth:`payload`, :meth:`expected_update`,
-:meth:`aggregate` and, where it keeps one, :meth:`global_adapters`.
+tasks, so this base subclasses :class:`flwr.serverapp.strategy.Strategy` directly and holds the verbs of a round
+and the state a run resumes from. Like Flower's ``strategy.py`` beside ``strategy_utils.py``, the work it
+shares with every algorithm lives in pure helper modules, each tested on its own: :mod:`.registration` (the
+``query`` exchange that keys clients by their LOGICAL id; Flower's node ids are random), :mod:`.transport`
+(per-client messages, replies attributed to their client), :mod:`.replies` (reply checks that reject and log a
+bad update while the round goes on), :mod:`.screening` (norm outliers and clipping) and :mod:`.metric_rows`
+(the rows of ``metrics.jsonl``). An algorithm subclass implements four verbs: :meth:`payload`,
+:meth:`expected_update`, :meth:`aggregate` and, where it keeps one, :meth:`global_adapters`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import random
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
 from logging import ERROR, INFO, WARNING
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
-from ..adapters.naming import drop_lora, is_head, names_for_layers
+from ..adapters.naming import drop_lora
+from ..client_info import ClientInfo
 from ..data.checks import label_mismatch
-from ..records import (
-    ADAPTERS_KEY,
-    CONFIG_KEY,
-    EVAL_PREFIX,
-    METRICS_KEY,
-    PROFILE_KEY,
-    STATE_SCOPE_KEY,
-    UpdateRejected,
-    array_bytes,
-    content_bytes,
-    from_array_record,
-    json_config,
-    to_array_record,
-    validate_update,
+from ..records import content_bytes, to_array_record
+from . import metric_rows
+from .aggregation import Contribution, Robustness, random_layer_subset, sample_clients
+from .registration import (
+    check_reachable,
+    connected_clients,
+    query_messages,
+    register_replies,
+    too_few_connected,
+    unknown_nodes,
 )
-from .aggregation import Contribution, Robustness, random_layer_subset, sample_clients, weighted_mean
+from .replies import ClientUpdate, attribute, read_updates, reply_metrics
+from .screening import screen_updates
+from .transport import exchange, round_message
 
 if TYPE_CHECKING:
     from ..scenario import Scenario
 
 NO_DEFENCE = Robustness()  # the plain weighted mean, no norm check, no clipping
 T = TypeVar("T")
-
-
-@dataclass
-class ClientInfo:
-    """What the server knows about one logical client, as reported in its ``query`` reply."""
-
-    client_id: str
-    model: str
-    task: str
-    group: str
-    model_type: str
-    num_layers: int
-    budget: int
-    fixed_layers: list[int] | None
-    layer_schema: dict[str, list[int]]
-    head_schema: dict[str, list[int]]
-    num_train_examples: int
-    hidden_size: int = 0
-    intermediate_size: int = 0
-    num_heads: int = 0
-    num_kv_heads: int = 0
-    head_dim: int = 0
-    rank: int = 0
-    alpha: float = 0.0
-    roles: list[str] = field(default_factory=list)
-    adapter_kinds: list[str] = field(default_factory=lambda: ["lora"])
-    extra: dict[str, Any] = field(default_factory=dict)
-    node_id: int = 0
-
-    @classmethod
-    def from_json(cls, text: str, node_id: int) -> ClientInfo:
-        """Parse a ``query`` reply; unknown fields (a newer client) go to ``extra`` rather than failing."""
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)} - {"node_id"}
-        extra = {key: data.pop(key) for key in list(data) if key not in known}
-        data["extra"] = {**data.get("extra", {}), **extra}
-        return cls(**data, node_id=node_id)
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data.pop("node_id")
-        return json.dumps(data)
-
-    def schema(self, layers: Iterable[int]) -> dict[str, tuple[int, ...]]:
-        """Canonical names and shapes of this client's adapters on ``layers`` plus its head."""
-        names = names_for_layers(self.layer_schema, layers)
-        names.update({name: tuple(shape) for name, shape in self.head_schema.items()})
-        return names
-
-
-@dataclass
-class ClientUpdate:
-    """A validated training reply."""
-
-    client: ClientInfo
-    arrays: dict[str, np.ndarray]
-    num_examples: int
-    metrics: dict[str, float]
 
 
 class RoundCallback:
@@ -314,35 +254,27 @@ class HeterogeneousStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        validated: list[tuple[Message, ClientUpdate]] = []
-        for reply, client in self._attributed(replies):
-            update = self._accept(reply, client, server_round)
-            if update is not None:
-                validated.append((reply, update))
-        updates = self._screen(server_round, [update for _, update in validated])
+        validated, invalid = read_updates(
+            attribute(replies, self._sent, self.clients),
+            lambda client: self._on_wire(self.expected_update(client, server_round)),
+            self.max_update_bytes,
+        )
+        screened = screen_updates(self.robustness, [update for _, update in validated])
+        for client_id, reason in {**invalid, **screened.rejected}.items():
+            self._reject(server_round, self.clients[client_id], "train", reason)
+        self._log_rows.extend(metric_rows.clipped_rows(server_round, screened.factors))
+        updates = screened.kept
         self._trained = {u.client.client_id for u in updates}
         for reply, update in validated:
-            if update.client.client_id in self._trained:
-                self._log_train(server_round, reply, update)
+            if (cid := update.client.client_id) in self._trained:
+                layers, bytes_down = self.round_layers.get(cid), self._bytes_down.get((cid, "train"))
+                rows = metric_rows.train_rows(server_round, update, layers, content_bytes(reply.content), bytes_down)
+                self._log_rows.extend(rows)
         if updates:
             started = time.perf_counter()
             self.aggregate(server_round, updates)
-            # The server's own work per round, apart from waiting for clients (compared across methods).
-            self._log_rows.append(
-                {
-                    "round": server_round,
-                    "phase": "aggregate",
-                    "seconds": time.perf_counter() - started,
-                    "updates": len(updates),
-                }
-            )
-        weights = [u.num_examples for u in updates]
-        metrics: dict[str, float] = {"num-updates": len(updates)}
-        for key in ("train-loss", EVAL_PREFIX + "accuracy"):
-            mean = weighted_mean([u.metrics[key] for u in updates if key in u.metrics], weights)
-            if mean is not None:
-                metrics[key] = mean
-        return None, MetricRecord(metrics)
+            self._log_rows.append(metric_rows.aggregate_row(server_round, time.perf_counter() - started, len(updates)))
+        return None, MetricRecord(metric_rows.train_metrics(updates))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -356,14 +288,16 @@ class HeterogeneousStrategy(Strategy):
         return [self._message(self.clients[cid], server_round, "evaluate", config) for cid in sorted(online)]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        for reply, client in self._attributed(replies):
+        for reply, client in attribute(replies, self._sent, self.clients):
             if reply.has_error():
                 self._reject(server_round, client, "evaluate", f"node error: {reply.error.reason}")
                 continue
-            metrics = {key: float(value) for key, value in reply.content[METRICS_KEY].items()}
-            self._log_evaluation(server_round, client, metrics, content_bytes(reply.content))
-        rows = [r for r in self._log_rows if r["phase"] == "evaluate" and r["round"] == server_round]
-        accuracy = weighted_mean([r["accuracy"] for r in rows], [r["num-examples"] for r in rows])
+            bytes_down = self._bytes_down.get((client.client_id, "evaluate"))
+            row = metric_rows.evaluation_row(
+                server_round, client.client_id, reply_metrics(reply), content_bytes(reply.content), bytes_down
+            )
+            self._log_rows.append(row)
+        accuracy = metric_rows.evaluation_accuracy(self._log_rows, server_round)
         return MetricRecord({"accuracy": accuracy}) if accuracy is not None else None
 
     # ------------------------------------------------------------------ the run
@@ -379,19 +313,23 @@ class HeterogeneousStrategy(Strategy):
     ) -> Result:
         """Run rounds ``start_round..num_rounds`` and return Flower's :class:`Result`.
 
-        The signature is Flower's ``Strategy.start``. Where the behaviour differs, it is because clients here
-        are heterogeneous:
+        The signature and the round (configure, exchange, aggregate; train, then evaluate) are Flower's
+        ``Strategy.start``, which cannot be called as it is, because clients here are heterogeneous:
 
+        - A resumed run starts at ``start_round``; Flower's loop always starts at round 1.
+        - Before each round the loop learns the profiles of new nodes (``query``), and a reply, also an error
+          reply the SuperLink writes for a lost node, is attributed to its logical client through the id of the
+          message it answers; ``Grid.send_and_receive`` returns the replies alone.
+        - Round hooks (``callbacks``: metrics rows, checkpoints, server-side evaluation) run after each round;
+          Flower's loop has none.
         - ``initial_arrays`` is not sent as one model to everybody: each algorithm builds a payload per client
           from its own state, starting from the seeded adapter initialisation every process shares. Arrays
-          passed here are ignored (a warning says so).
-        - ``timeout`` is each round's reply timeout (``round_timeout``, when given).
+          passed here are ignored (a warning says so), and ``evaluate_fn(round, arrays)`` receives the global
+          adapters, flattened as ``model/task/name``, from round 1 on (there is no round-0 model to score).
+        - ``timeout`` is each round's reply timeout (``round_timeout``); a client that misses it is logged.
         - ``train_config`` and ``evaluate_config`` are merged into every client's per-round instructions.
-        - ``evaluate_fn(round, arrays)`` receives the global adapters, flattened as ``model/task/name``; the
-          package's own server-side evaluation runs as a round callback (``GlobalModelEvaluator``).
-        - Before each round the loop learns the profiles of new nodes (``query``) and attributes every reply to
-          its logical client, also error replies (through ``reply_to_message_id``). Training replies carry the
-          client's own evaluation, so ``evaluate`` messages go only to clients that did not train.
+          Training replies carry the client's own evaluation, so ``evaluate`` messages go only to clients that
+          did not train.
         """
         if initial_arrays is not None and len(initial_arrays) > 0:
             log(WARNING, "%s ignores initial_arrays: payloads are built per client", type(self).__name__)
@@ -419,7 +357,7 @@ class HeterogeneousStrategy(Strategy):
                 server_metrics = evaluate_fn(server_round, self._flat_global_adapters())
                 if server_metrics is not None:
                     result.evaluate_metrics_serverapp[server_round] = server_metrics
-            self._log_rows.append({"round": server_round, "phase": "round", "wall_seconds": time.monotonic() - started})
+            self._log_rows.append(metric_rows.round_row(server_round, time.monotonic() - started))
             rows, self._log_rows = self._log_rows, []
             for callback in self.callbacks:
                 callback.on_round_end(self, server_round, rows)
@@ -429,7 +367,49 @@ class HeterogeneousStrategy(Strategy):
         result.arrays = self._flat_global_adapters()
         return result
 
+    # ------------------------------------------------------------------ registration
+    def refuse(self, info: ClientInfo) -> str | None:
+        """Why a registering client cannot take part (None: it can). Subclasses add their own conditions.
+
+        A node whose own training labels are not all labels of its task is refused (device-local data).
+        """
+        if info.task not in self.task_labels:
+            return None
+        return label_mismatch(self.task_labels[info.task], info.extra.get("labels"))
+
+    def _register_new_nodes(self, grid: Grid) -> None:
+        """Ask every connected node we do not know yet for its profile (a node that rejoins has a new id).
+
+        A node that answers with an error is asked no more: its reason is logged once and kept, and the run
+        stops at once if the remaining clients cannot reach ``min_clients``.
+        """
+        new_nodes = unknown_nodes(grid.get_node_ids(), self.clients, self._failed_nodes)
+        if not new_nodes:
+            return
+        replies = grid.send_and_receive(query_messages(new_nodes), timeout=self.round_timeout)
+        for node, reason in register_replies(replies, self.clients, self.refuse).items():
+            self._failed_nodes[node] = reason
+            log(ERROR, "node %s failed to register: %s", node, reason)
+            self._log_rows.append(metric_rows.registration_failed_row(self.start_round, node, reason))
+        check_reachable(self.expected_clients, self._failed_nodes, self.min_clients)
+
+    def _online_clients(self, grid: Grid) -> list[str]:
+        """Registered clients whose node is connected; waits (bounded) for ``min_clients`` of them."""
+        deadline = time.monotonic() + self.node_wait_timeout
+        while len(online := connected_clients(self.clients, grid.get_node_ids())) < self.min_clients:
+            check_reachable(self.expected_clients, self._failed_nodes, self.min_clients)
+            if time.monotonic() >= deadline:
+                raise too_few_connected(len(online), self.min_clients, self.node_wait_timeout)
+            time.sleep(1.0)
+            self._register_new_nodes(grid)
+        return online
+
     # ------------------------------------------------------------------ helpers
+    def combine_layerwise(self, contributions: Iterable[Contribution]) -> dict[str, np.ndarray]:
+        """Combine each tensor over the contributions that hold it: the one entry point of every layer-wise
+        method, so ``server.aggregation`` (mean, median, trimmed mean) applies to all of them."""
+        return self.robustness.combine(contributions)
+
     def _flat_global_adapters(self) -> ArrayRecord:
         tensors = {
             f"{model}/{task}/{name}": value
@@ -444,235 +424,23 @@ class HeterogeneousStrategy(Strategy):
 
     def _message(self, client: ClientInfo, server_round: int, phase: str, config: ConfigRecord) -> Message:
         tensors, instructions = self.payload(client, server_round, phase)
-        content = RecordDict(
-            {
-                ADAPTERS_KEY: to_array_record(self._on_wire(tensors), self.wire_dtype),
-                CONFIG_KEY: json_config(
-                    **dict(config),
-                    **instructions,
-                    **{"server-round": server_round, "wire-dtype": self.wire_dtype, STATE_SCOPE_KEY: self.state_scope},
-                ),
-            }
+        message = round_message(
+            client.node_id,
+            phase,
+            self._on_wire(tensors),
+            dict(config),
+            instructions,
+            server_round,
+            self.wire_dtype,
+            self.state_scope,
         )
-        self._bytes_down[(client.client_id, phase)] = content_bytes(content)
-        message_type = MessageType.TRAIN if phase == "train" else MessageType.EVALUATE
-        return Message(content=content, dst_node_id=client.node_id, message_type=message_type)
+        self._bytes_down[(client.client_id, phase)] = content_bytes(message.content)
+        return message
 
     def _exchange(self, grid: Grid, messages: Iterable[Message]) -> None:
         """Push messages, remember which logical client each went to, and pull the replies."""
-        messages = list(messages)
-        if not messages:
-            self._last_replies = []
-            return
-        node_to_client = {info.node_id: cid for cid, info in self.clients.items()}
-        message_ids = list(grid.push_messages(messages))
-        self._sent = {
-            mid: node_to_client[msg.metadata.dst_node_id] for mid, msg in zip(message_ids, messages, strict=False)
-        }
-        self._last_replies = self._pull(grid, message_ids, self.round_timeout)
-        for mid in set(self._sent) - {r.metadata.reply_to_message_id for r in self._last_replies}:
-            log(WARNING, "client %s did not reply within %.0fs", self._sent[mid], self.round_timeout)
-
-    @staticmethod
-    def _pull(grid: Grid, message_ids: list[str], timeout: float) -> list[Message]:
-        pending, replies = set(message_ids), []
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for reply in grid.pull_messages(list(pending)):
-                replies.append(reply)
-                pending.discard(reply.metadata.reply_to_message_id)
-            if pending:
-                time.sleep(0.2)
-        return replies
-
-    def _attributed(self, replies: Iterable[Message]) -> list[tuple[Message, ClientInfo]]:
-        """Pair each reply with its logical client, in client-id order.
-
-        An error reply for a lost node comes from the SuperLink, not the node: it is mapped back by message id.
-        The order makes rows and floating-point sums independent of which reply arrived first.
-        """
-        attributed = [
-            (reply, self.clients[cid])
-            for reply in replies
-            if (cid := self._sent.get(reply.metadata.reply_to_message_id)) is not None
-        ]
-        return sorted(attributed, key=lambda pair: pair[1].client_id)
-
-    def _accept(self, reply: Message, client: ClientInfo, server_round: int) -> ClientUpdate | None:
-        if reply.has_error():
-            self._reject(server_round, client, "train", f"node error: {reply.error.reason}")
-            return None
-        try:
-            arrays = from_array_record(reply.content[ADAPTERS_KEY])
-            validate_update(arrays, self._on_wire(self.expected_update(client, server_round)), self.max_update_bytes)
-            metrics = {key: float(value) for key, value in reply.content[METRICS_KEY].items()}
-            num_examples = _training_set_size(metrics)
-        except (UpdateRejected, KeyError, TypeError, ValueError) as error:
-            self._reject(server_round, client, "train", str(error))
-            return None
-        return ClientUpdate(client, arrays, num_examples, metrics)
-
-    def _screen(self, server_round: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
-        """Reject the round's norm outliers and clip the rest, as :attr:`robustness` asks (see :class:`Robustness`).
-
-        Norms are compared among updates of the same model (heads: of the same model and task), through the
-        server-state names :func:`scoped_name` gives.
-        """
-        if not self.robustness.screens:
-            return updates
-        scoped = {u.client.client_id: {scoped_name(u.client, n): v for n, v in u.arrays.items()} for u in updates}
-        rejected, kept, factors = self.robustness.screen(scoped)
-        for update in updates:
-            if update.client.client_id in rejected:
-                self._reject(server_round, update.client, "train", rejected[update.client.client_id])
-        for client_id, factor in sorted(factors.items()):
-            self._log_rows.append({"round": server_round, "phase": "clipped", "client": client_id, "factor": factor})
-        return [
-            dataclasses.replace(u, arrays=dict(zip(u.arrays, kept[u.client.client_id].values(), strict=True)))
-            for u in updates
-            if u.client.client_id in kept
-        ]
-
-    def combine_layerwise(self, contributions: Iterable[Contribution]) -> dict[str, np.ndarray]:
-        """Combine each tensor over the contributions that hold it: the one entry point of every layer-wise
-        method, so ``server.aggregation`` (mean, median, trimmed mean) applies to all of them."""
-        return self.robustness.combine(contributions)
-
-    def _log_train(self, server_round: int, reply: Message, update: ClientUpdate) -> None:
-        """The ``train`` row of an update that is aggregated, and the evaluation it carried."""
-        client, metrics = update.client, update.metrics
-        train_metrics = {k: v for k, v in metrics.items() if not k.startswith(EVAL_PREFIX)}
-        self._log_rows.append(
-            {
-                "round": server_round,
-                "phase": "train",
-                "client": client.client_id,
-                "layers": self.round_layers.get(client.client_id),
-                "bytes_up": content_bytes(reply.content),
-                "bytes_down": self._bytes_down.get((client.client_id, "train")),
-                "adapter_bytes": array_bytes(update.arrays),
-                **train_metrics,
-            }
-        )
-        evaluation = {k[len(EVAL_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
-        if evaluation:
-            self._log_evaluation(server_round, client, evaluation, bytes_up=0, inside_train=True)
-
-    def _log_evaluation(
-        self,
-        server_round: int,
-        client: ClientInfo,
-        metrics: dict[str, float],
-        bytes_up: int,
-        inside_train: bool = False,
-    ) -> None:
-        """One ``evaluate`` row: the client's accuracy on its own test split, and what its message cost."""
-        self._log_rows.append(
-            {
-                "round": server_round,
-                "phase": "evaluate",
-                "client": client.client_id,
-                "source": "train-message" if inside_train else "evaluate-message",
-                "bytes_up": bytes_up,
-                "bytes_down": 0 if inside_train else self._bytes_down.get((client.client_id, "evaluate")),
-                **metrics,
-            }
-        )
+        self._sent, self._last_replies = exchange(grid, messages, self.clients, self.round_timeout)
 
     def _reject(self, server_round: int, client: ClientInfo, phase: str, reason: str) -> None:
         log(WARNING, "round %d: rejected %s reply of client %s: %s", server_round, phase, client.client_id, reason)
-        self._log_rows.append(
-            {"round": server_round, "phase": "rejected", "client": client.client_id, "stage": phase, "reason": reason}
-        )
-
-    def _online_clients(self, grid: Grid) -> list[str]:
-        """Registered clients whose node is connected; waits (bounded) for ``min_clients`` of them."""
-        deadline = time.monotonic() + self.node_wait_timeout
-        while True:
-            nodes = set(grid.get_node_ids())
-            online = [cid for cid, info in self.clients.items() if info.node_id in nodes]
-            if len(online) >= self.min_clients:
-                return online
-            self._stop_if_unreachable()
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"only {len(online)} of the required {self.min_clients} clients connected within "
-                    f"{self.node_wait_timeout:.0f}s (server.node_wait_timeout); stopping the run"
-                )
-            time.sleep(1.0)
-            self._register_new_nodes(grid)
-
-    def _stop_if_unreachable(self) -> None:
-        """End the run at once when failed registrations leave too few clients to ever reach ``min_clients``."""
-        if self.expected_clients is None or not self._failed_nodes:
-            return
-        if self.expected_clients - len(self._failed_nodes) < self.min_clients:
-            reasons = "; ".join(self._failed_nodes.values())
-            raise RuntimeError(
-                f"{reasons} ({len(self._failed_nodes)} of {self.expected_clients} clients failed to register, "
-                f"{self.min_clients} are required; server.min_clients)"
-            )
-
-    def _register_new_nodes(self, grid: Grid) -> None:
-        """Ask every connected node we do not know yet for its profile (a node that rejoins has a new id).
-
-        A node that answers with an error is asked no more: its reason is logged once and kept, and the run
-        stops at once if the remaining clients cannot reach ``min_clients``.
-        """
-        known = {info.node_id for info in self.clients.values()} | set(self._failed_nodes)
-        new_nodes = [node for node in grid.get_node_ids() if node not in known]
-        if not new_nodes:
-            return
-        messages = [
-            Message(content=RecordDict({CONFIG_KEY: ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY)
-            for node in new_nodes
-        ]
-        replies = grid.send_and_receive(messages, timeout=self.round_timeout)
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                self._registration_failed(node, reply.error.reason or "no reason given")
-                continue
-            info = ClientInfo.from_json(str(reply.content[CONFIG_KEY][PROFILE_KEY]), node)
-            reason = self.refuse(info)
-            if reason is not None:
-                self._registration_failed(node, f"client {info.client_id} refused: {reason}")
-                continue
-            self.clients[info.client_id] = info
-            log(INFO, "client %s registered on node %s (%s)", info.client_id, info.node_id, _profile_line(info))
-        self._stop_if_unreachable()
-
-    def refuse(self, info: ClientInfo) -> str | None:
-        """Why a registering client cannot take part (None: it can). Subclasses add their own conditions.
-
-        A node whose own training labels are not all labels of its task is refused (device-local data).
-        """
-        if info.task not in self.task_labels:
-            return None
-        return label_mismatch(self.task_labels[info.task], info.extra.get("labels"))
-
-    def _registration_failed(self, node: int, reason: str) -> None:
-        self._failed_nodes[node] = reason
-        log(ERROR, "node %s failed to register: %s", node, reason)
-        row = {"round": self.start_round, "phase": "registration-failed", "node": node, "reason": reason}
-        self._log_rows.append(row)
-
-
-def scoped_name(client: ClientInfo, name: str) -> str:
-    """Server-state key of a canonical tensor name: layers are shared per model, heads per model and task."""
-    return f"{client.model}/{client.task}/{name}" if is_head(name) else f"{client.model}/{name}"
-
-
-def _training_set_size(metrics: dict[str, float]) -> int:
-    """The FedAvg weight n_k: a reply must state its client's training-set size; none is not weight zero."""
-    if "num-examples" not in metrics:
-        raise UpdateRejected("reply has no num-examples (the client's training-set size, its FedAvg weight)")
-    count = metrics["num-examples"]
-    if not count >= 1:
-        raise UpdateRejected(f"num-examples must be >= 1, got {count}")
-    return int(count)
-
-
-def _profile_line(info: ClientInfo) -> str:
-    layers = info.fixed_layers if info.fixed_layers is not None else f"{info.budget} of {info.num_layers}"
-    return f"model={info.model} task={info.task} layers={layers}"
+        self._log_rows.append(metric_rows.rejected_row(server_round, client.client_id, phase, reason))

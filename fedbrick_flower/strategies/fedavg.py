@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy, scoped_name
+from ..client_info import ClientInfo
+from .base import HeterogeneousStrategy
+from .replies import ClientUpdate
+from .screening import scoped_name
 
 
 class LayerwiseFedAvg(HeterogeneousStrategy):

@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..adapters.naming import is_head, layer_of, parse_layer_tensor_name
+from ..client_info import ClientInfo
 from ..registry import algorithm_arguments
 from ..scenario import ScenarioError
-from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
+from .base import HeterogeneousStrategy
+from .replies import ClientUpdate
 from .similarity import (
     block_grams,
     clipped_weights,

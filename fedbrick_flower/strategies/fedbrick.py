@@ -31,12 +31,13 @@ from ..adapters.brick import (
     seeded_brick,
 )
 from ..assembly import build_global_model, task_examples
+from ..client_info import ClientInfo
 from ..data import EncodedExamples
 from ..models import layer_stack, model_family, resolve_device, stable_seed
 from ..scenario import Scenario
-from .base import ClientInfo, ClientUpdate
 from .distillation import distill_brick
 from .fedavg import LayerwiseFedAvg
+from .replies import ClientUpdate
 
 logger = logging.getLogger(__name__)
 

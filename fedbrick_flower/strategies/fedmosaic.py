@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..adapters.colora import ColoraKind, ColoraSettings, frozen_schema, parse_block_tensor_name, random_shared_frozen
+from ..client_info import ClientInfo
 from ..models.families import ModelDims
 from ..records import array_bytes
 from ..registry import algorithm_arguments
 from ..scenario import ScenarioError
-from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
+from .base import HeterogeneousStrategy
+from .replies import ClientUpdate
 from .similarity import columnwise_cosine, cosine_matrix, group_mask, softmax_weights
 
 if TYPE_CHECKING:

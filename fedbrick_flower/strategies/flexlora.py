@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from ..client_info import ClientInfo
 from ..records import LORA_RANK_KEY
 from . import ranks
-from .base import ClientInfo
 from .rank_methods import Holder, RankHeterogeneousLoRA
 
 TRUNCATION_PHASE = "flexlora-truncation"

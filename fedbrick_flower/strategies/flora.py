@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 
 from ..adapters.naming import layer_of
-from ..records import LORA_RANK_KEY, SEGMENTS_KEY
+from ..client_info import ClientInfo
+from ..records import LORA_RANK_KEY
+from ..registry import FLORA_SEGMENTS_KEY
 from . import ranks
-from .base import ClientInfo, ClientUpdate
 from .rank_methods import Holder, RankHeterogeneousLoRA, lora_tensors
+from .replies import ClientUpdate
 
 STACK_PHASE = "flora-stack"
 _MERGED = ".merged"
@@ -62,7 +64,7 @@ class FLoRA(RankHeterogeneousLoRA):
                 arrays[f"{module}.lora_A"], arrays[f"{module}.lora_B"] = a.astype(np.float32), b.astype(np.float32)
         if phase == "train":
             self._offered[client.client_id] = {layer: blocks[-1][1] for layer, blocks in segments.items()}
-        return arrays, {"layers": layers, LORA_RANK_KEY: self.client_rank(client), SEGMENTS_KEY: segments}
+        return arrays, {"layers": layers, LORA_RANK_KEY: self.client_rank(client), FLORA_SEGMENTS_KEY: segments}
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> None:
         # A train reply acknowledges that the client merged what its payload offered.

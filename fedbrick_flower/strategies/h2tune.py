@@ -12,12 +12,14 @@ import numpy as np
 
 from ..adapters.naming import BANK_PREFIX, bank_tensor_name
 from ..adapters.triple import SELECTIONS, bank_roles
+from ..client_info import ClientInfo
 from ..models.backbone import stable_seed
 from ..models.families import ROLES
 from ..records import array_bytes
 from ..registry import algorithm_arguments
 from ..scenario import ScenarioError
-from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
+from .base import HeterogeneousStrategy
+from .replies import ClientUpdate
 from .similarity import blockwise_cosine, group_mask
 
 if TYPE_CHECKING:

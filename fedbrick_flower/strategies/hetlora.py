@@ -13,10 +13,11 @@ import numpy as np
 from flwr.supercore import log
 
 from ..adapters.naming import is_head
+from ..client_info import ClientInfo
 from ..records import LORA_RANK_KEY
 from . import ranks
-from .base import ClientInfo, ClientUpdate
 from .rank_methods import Holder, RankHeterogeneousLoRA, stored_factors
+from .replies import ClientUpdate
 
 
 class HetLoRA(RankHeterogeneousLoRA):

@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
+from ..client_info import ClientInfo
+from .base import HeterogeneousStrategy
+from .replies import ClientUpdate
 
 
 class LocalOnly(HeterogeneousStrategy):

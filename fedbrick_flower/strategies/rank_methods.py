@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..adapters.naming import is_head, parse_layer_tensor_name
+from ..client_info import ClientInfo
 from . import ranks
-from .base import ClientInfo, ClientUpdate
 from .fedavg import LayerwiseFedAvg, scoped_name
+from .replies import ClientUpdate
 
 if TYPE_CHECKING:
     from ..scenario import Scenario

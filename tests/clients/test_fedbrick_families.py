@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from flwr.app import RecordDict
 
 from fedbrick_flower.adapters.brick import brick_schema
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.clients.fedbrick import FedBrickClient
 from fedbrick_flower.clients.profile import client_session
 from fedbrick_flower.clients.state import ClientState
 from fedbrick_flower.scenario import load_scenario
-from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 from fedbrick_flower.strategies.fedbrick import FedBRICK
+from fedbrick_flower.strategies.replies import ClientUpdate
 from tests.conftest import TINY_CONFIGS
 
 
@@ -37,7 +36,7 @@ def test_client_round_trip_on_every_family(model_type: str) -> None:
     scenario = _scenario(model_type)
     strategy = FedBRICK.from_scenario(scenario, seed=0, **scenario.algorithm_params)
     session = client_session(scenario, scenario.client("bert-2"))
-    info = ClientInfo.from_json(json.dumps(session.describe(FedBrickClient.adapter_kinds)), node_id=0)
+    info = ClientInfo.from_json(session.describe(FedBrickClient.adapter_kinds).to_json(), node_id=0)
     strategy.clients[info.client_id] = info
     arrays, config = strategy.payload(info, 1, "train")
 

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from flwr.app import RecordDict
 
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.clients.fedmosaic import EMA, LOCAL, OPTIMIZER, FedMosaicClient
 from fedbrick_flower.clients.profile import client_session
 from fedbrick_flower.clients.state import ClientState
 from fedbrick_flower.scenario import parse_scenario
-from fedbrick_flower.strategies.base import ClientInfo
 from fedbrick_flower.strategies.fedmosaic import GRADIENT_NAME, FedMosaic
 
 TINY = {
@@ -57,7 +57,7 @@ def test_two_messages_carry_l_the_ema_and_the_optimizer_through_the_state_handle
     scenario = parse_scenario(copy.deepcopy(SCENARIO))
     session = client_session(scenario, scenario.clients[0])
     strategy = FedMosaic.from_scenario(scenario, seed=0, **scenario.algorithm_params)
-    info = ClientInfo.from_json(json.dumps(session.describe(("colora",))), node_id=1)
+    info = ClientInfo.from_json(session.describe(("colora",)).to_json(), node_id=1)
     strategy.clients[info.client_id] = info
     records = RecordDict()
 

@@ -83,7 +83,8 @@ def test_merged_updates_persist_in_client_state_across_messages() -> None:
     from fedbrick_flower.clients.flora import MERGED_STATE, ROUNDS_STATE, FLoRAClient
     from fedbrick_flower.clients.profile import ClientSession
     from fedbrick_flower.clients.state import ClientState
-    from fedbrick_flower.records import LORA_RANK_KEY, SEGMENTS_KEY
+    from fedbrick_flower.records import LORA_RANK_KEY
+    from fedbrick_flower.registry import FLORA_SEGMENTS_KEY as SEGMENTS_KEY
     from fedbrick_flower.scenario import load_scenario
 
     scenario = load_scenario("smoke", {"train.local_steps": 1, "tasks.bbc.max_examples": 60})

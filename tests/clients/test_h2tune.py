@@ -3,7 +3,6 @@ process per message (a state folder, as in deployment)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,12 @@ import torch
 from flwr.app import RecordDict
 
 from fedbrick_flower.adapters.triple import RELATION_NAME, initial_relation
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.clients.h2tune import LOCAL_STATE, PREVIOUS_STATE, H2TuneClient, Objective, _optimizer
 from fedbrick_flower.clients.profile import client_session
 from fedbrick_flower.clients.state import ClientState
 from fedbrick_flower.clients.trainer import cycle_batches
 from fedbrick_flower.scenario import parse_scenario
-from fedbrick_flower.strategies.base import ClientInfo
 from fedbrick_flower.strategies.h2tune import H2Tune
 from tests.hybrid import TINY_HYBRID
 
@@ -28,7 +27,7 @@ def _strategy(**kwargs) -> H2Tune:
     strategy = H2Tune(seed=0, **kwargs)
     for profile in SCENARIO.clients:
         described = client_session(SCENARIO, profile).describe(H2TuneClient.adapter_kinds)
-        strategy.clients[profile.id] = ClientInfo.from_json(json.dumps(described), 0)
+        strategy.clients[profile.id] = ClientInfo.from_json(described.to_json(), 0)
     return strategy
 
 

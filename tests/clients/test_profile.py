@@ -48,7 +48,7 @@ def test_description_reports_schema_and_budget() -> None:
     session = ClientSession(scenario, scenario.client("bert-edge"))
 
     # Execute
-    info = session.describe()
+    info = json.loads(session.describe().to_json())  # the query reply as it travels
 
     # Assert
     assert (info["num_layers"], info["budget"], info["fixed_layers"]) == (4, 2, [1, 3])
@@ -80,7 +80,7 @@ def test_description_carries_sizes_rank_roles_and_kinds_without_building_a_model
     monkeypatch.setattr(assembly, "load_backbone", no_model)
 
     # Execute
-    info = session.describe(("lora", "brick"))
+    info = json.loads(session.describe(("lora", "brick")).to_json())
 
     # Assert: tiny-llama is 4 layers of width 256, 4 heads of 64, 2 key/value heads, MLP 512.
     sizes = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
@@ -114,8 +114,8 @@ def test_a_device_trains_on_its_own_file_and_reports_counts_and_labels_only(tmp_
     session = ClientSession(scenario, scenario.client("bert-full"))
 
     # Execute
-    info = session.describe()
-    edge = ClientSession(scenario, scenario.client("bert-edge")).describe()
+    info = json.loads(session.describe().to_json())  # the query reply as it travels
+    edge = json.loads(ClientSession(scenario, scenario.client("bert-edge")).describe().to_json())
 
     # Assert: 8 rows, a stratified quarter held out (2 of 6 pos, 1 of 2 neg... at least 1 per class)
     assert info["num_train_examples"] + info["extra"]["num_test_examples"] == 8
@@ -132,7 +132,7 @@ def test_a_device_with_labels_outside_the_task_reports_them_without_counts(tmp_p
     session = ClientSession(scenario, scenario.client("bert-full"))
 
     # Execute
-    info = session.describe()
+    info = json.loads(session.describe().to_json())  # the query reply as it travels
 
     # Assert
     assert info["extra"]["labels"] == ["pos", "spam"]

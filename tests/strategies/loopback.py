@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.records import (
     ADAPTERS_KEY,
     CONFIG_KEY,
@@ -25,7 +26,6 @@ from fedbrick_flower.records import (
     from_array_record,
     to_array_record,
 )
-from fedbrick_flower.strategies.base import ClientInfo
 
 Node = Callable[[Message], Message]
 

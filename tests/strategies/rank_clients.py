@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
+from fedbrick_flower.client_info import ClientInfo
+from fedbrick_flower.strategies.replies import ClientUpdate
 
 D_IN, D_OUT = 4, 5
 ALPHA = 8.0

@@ -9,10 +9,11 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 
 from fedbrick_flower.adapters.naming import drop_lora
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.records import ADAPTERS_KEY, from_array_record, to_array_record
 from fedbrick_flower.strategies.aggregation import layerwise_average, random_layer_subset, sample_clients
-from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
+from fedbrick_flower.strategies.replies import ClientUpdate
 
 from .loopback import LoopbackGrid, client_info, training_node
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.run_dir import load_checkpoint, save_checkpoint
 from fedbrick_flower.scenario import ScenarioError, load_scenario
-from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 from fedbrick_flower.strategies.fedbip import SIMILARITY_PHASE, FedBip, FedBipL, scenario_problems
+from fedbrick_flower.strategies.replies import ClientUpdate
 
 R = 1 / np.sqrt(2)
 # One adapted module per layer with rank 1: a task vector's layer block is [A (2 values), B (2 values)].

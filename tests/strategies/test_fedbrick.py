@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from fedbrick_flower.adapters.brick import brick_schema
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.clients.profile import client_session
 from fedbrick_flower.scenario import load_scenario
 from fedbrick_flower.strategies.aggregation import Robustness
-from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate
 from fedbrick_flower.strategies.fedbrick import FedBRICK
+from fedbrick_flower.strategies.replies import ClientUpdate
 
 D, RANK, LAYERS = 16, 2, 4
 LAYER_SCHEMA = {"attention.self.query.lora_A": [4, D], "attention.self.query.lora_B": [D, 4]}
@@ -181,7 +182,7 @@ def test_server_distillation_lowers_layer_mse_on_proxy() -> None:
     strategy = FedBRICK.from_scenario(scenario, seed=0, **params)
     updates = []
     for shift, profile in zip((0.01, 0.03), scenario.clients[:2], strict=True):
-        info = ClientInfo.from_json(json.dumps(client_session(scenario, profile).describe(("lora", "brick"))), 0)
+        info = ClientInfo.from_json(client_session(scenario, profile).describe(("lora", "brick")).to_json(), 0)
         strategy.clients[info.client_id] = info
         arrays, _ = strategy.payload(info, 1, "train")
         expected = strategy.expected_update(info, 1)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.records import (
     ADAPTERS_KEY,
     CONFIG_KEY,
@@ -17,7 +18,6 @@ from fedbrick_flower.records import (
     to_array_record,
 )
 from fedbrick_flower.scenario import ScenarioError, load_scenario
-from fedbrick_flower.strategies.base import ClientInfo
 from fedbrick_flower.strategies.fedmosaic import GRADIENT_NAME, FedMosaic, scenario_problems
 from fedbrick_flower.strategies.similarity import columnwise_cosine, softmax_weights
 

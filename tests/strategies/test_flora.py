@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedbrick_flower.records import SEGMENTS_KEY
+from fedbrick_flower.registry import FLORA_SEGMENTS_KEY as SEGMENTS_KEY
 from fedbrick_flower.strategies.flora import STACK_PHASE, FLoRA
 from tests.strategies.rank_clients import factors, prepared, rank_client, scaled_product, update
 

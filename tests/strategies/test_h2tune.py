@@ -12,10 +12,12 @@ import yaml
 from flwr.app import Context, Message, RecordDict
 
 from fedbrick_flower import client_app
+from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.records import ADAPTERS_KEY, from_array_record
 from fedbrick_flower.scenario import ScenarioError, load_scenario
-from fedbrick_flower.strategies.base import ClientInfo, ClientUpdate, RoundCallback
+from fedbrick_flower.strategies.base import RoundCallback
 from fedbrick_flower.strategies.h2tune import BANK_MASS_NAME, H2Tune, scenario_problems, slot_mean, update_agreement
+from fedbrick_flower.strategies.replies import ClientUpdate
 from tests.hybrid import TINY_HYBRID
 from tests.strategies.loopback import LoopbackGrid
 

@@ -1,0 +1,106 @@
+"""Reply checks: which logical client a reply belongs to, and whether its update may touch the server state.
+
+Pure helpers of :class:`~fedbrick_flower.strategies.base.HeterogeneousStrategy` (the way Flower's
+``strategy_utils`` validates replies for its strategies). A reply that fails a check is turned into an
+:class:`~fedbrick_flower.records.UpdateRejected` whose message is the reason the strategy logs; the round goes
+on with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Message
+
+from ..client_info import ClientInfo
+from ..records import ADAPTERS_KEY, METRICS_KEY, UpdateRejected, from_array_record, validate_update
+
+
+@dataclass
+class ClientUpdate:
+    """A validated training reply."""
+
+    client: ClientInfo
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    metrics: dict[str, float]
+
+
+def attribute(
+    replies: Iterable[Message], sent: Mapping[str, str], clients: Mapping[str, ClientInfo]
+) -> list[tuple[Message, ClientInfo]]:
+    """Pair each reply with its logical client, in client-id order.
+
+    ``sent`` maps the id of each message pushed to the logical client it went to. An error reply for a lost node
+    comes from the SuperLink, not the node, so replies are attributed through ``reply_to_message_id`` rather
+    than their source node; a reply to no message of ``sent`` is dropped. The order makes rows and
+    floating-point sums independent of which reply arrived first.
+    """
+    attributed = [
+        (reply, clients[cid]) for reply in replies if (cid := sent.get(reply.metadata.reply_to_message_id)) is not None
+    ]
+    return sorted(attributed, key=lambda pair: pair[1].client_id)
+
+
+def reply_metrics(reply: Message) -> dict[str, float]:
+    """The metrics of a reply, as floats."""
+    return {key: float(value) for key, value in reply.content[METRICS_KEY].items()}
+
+
+Expectation = Callable[[ClientInfo], Mapping[str, tuple[int, ...]]]
+"""Exactly the tensor names and shapes a client must return this round (the strategy's ``expected_update``)."""
+
+
+def read_updates(
+    attributed: Iterable[tuple[Message, ClientInfo]], expected: Expectation, max_bytes: int
+) -> tuple[list[tuple[Message, ClientUpdate]], dict[str, str]]:
+    """The valid training replies with their updates, and, per client id, why each other reply was rejected.
+
+    Both keep the order of ``attributed``.
+    """
+    valid: list[tuple[Message, ClientUpdate]] = []
+    rejected: dict[str, str] = {}
+    for reply, client in attributed:
+        try:
+            valid.append((reply, read_update(reply, client, expected, max_bytes)))
+        except UpdateRejected as error:
+            rejected[client.client_id] = str(error)
+    return valid, rejected
+
+
+def read_update(reply: Message, client: ClientInfo, expected: Expectation, max_bytes: int) -> ClientUpdate:
+    """The update of one training reply, checked against exactly the tensors ``client`` was asked to return.
+
+    ``expected`` is asked only about a reply that carries adapters, so an error reply of a client the strategy
+    holds no expectation for is still rejected with its own reason.
+
+    Raises
+    ------
+    UpdateRejected
+        With the reason: a node error, a missing record, an invalid update (see
+        :func:`~fedbrick_flower.records.validate_update`) or no training-set size.
+    """
+    if reply.has_error():
+        raise UpdateRejected(f"node error: {reply.error.reason}")
+    try:
+        arrays = from_array_record(reply.content[ADAPTERS_KEY])
+        validate_update(arrays, expected(client), max_bytes)
+        metrics = reply_metrics(reply)
+        num_examples = training_set_size(metrics)
+    except UpdateRejected:
+        raise
+    except (KeyError, TypeError, ValueError) as error:
+        raise UpdateRejected(str(error)) from error
+    return ClientUpdate(client, arrays, num_examples, metrics)
+
+
+def training_set_size(metrics: Mapping[str, float]) -> int:
+    """The FedAvg weight n_k: a reply must state its client's training-set size; none is not weight zero."""
+    if "num-examples" not in metrics:
+        raise UpdateRejected("reply has no num-examples (the client's training-set size, its FedAvg weight)")
+    count = metrics["num-examples"]
+    if not count >= 1:
+        raise UpdateRejected(f"num-examples must be >= 1, got {count}")
+    return int(count)
