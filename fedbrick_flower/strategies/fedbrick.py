@@ -39,6 +39,7 @@ from .distillation import distill_brick
 from .fedavg import LayerwiseFedAvg
 
 logger = logging.getLogger(__name__)
+DISTILL_PHASE = "distill"  # a metric phase, declared with its row keys in the registry entry
 
 LayerCache = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
@@ -269,7 +270,7 @@ class FedBRICK(LayerwiseFedAvg):
             self._log_rows.append(
                 {
                     "round": server_round,
-                    "phase": "distill",
+                    "phase": DISTILL_PHASE,
                     "model": model_key,
                     "group": group,
                     "layer": g,

@@ -15,7 +15,7 @@ from . import ranks
 from .base import ClientInfo
 from .rank_methods import Holder, RankHeterogeneousLoRA
 
-TRUNCATION_PHASE = "flexlora-truncation"
+TRUNCATION_PHASE = "flexlora-truncation"  # a metric phase, declared with its row keys in the registry entry
 _DELTA = ".delta"
 
 

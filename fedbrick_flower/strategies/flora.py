@@ -16,7 +16,7 @@ from . import ranks
 from .base import ClientInfo, ClientUpdate
 from .rank_methods import Holder, RankHeterogeneousLoRA, lora_tensors
 
-STACK_PHASE = "flora-stack"
+STACK_PHASE = "flora-stack"  # a metric phase, declared with its row keys in the registry entry
 _MERGED = ".merged"
 _STACK = "stack/"
 

@@ -18,6 +18,7 @@ from ..records import array_bytes
 from .base import ClientInfo, ClientUpdate, HeterogeneousStrategy
 from .similarity import blockwise_cosine, group_mask
 
+BANK_PHASE = "h2tune"  # a metric phase, declared with its row keys in the registry entry
 BANK_MASS_NAME = "bank-mass"  # a client's relation mass per slot; sent only under relation-mass weighting
 ALTERNATIONS: tuple[str, ...] = ("sequential", "joint_step", "off")
 WEIGHTINGS: tuple[str, ...] = ("uniform", "examples")
@@ -184,7 +185,7 @@ class H2Tune(HeterogeneousStrategy):
         self._log_rows.append(
             {
                 "round": server_round,
-                "phase": "h2tune",
+                "phase": BANK_PHASE,
                 "bank-bytes": array_bytes(self.bank),
                 "bank-change": float(np.sqrt(change)),
                 "bank-norm": float(np.sqrt(sum(float(np.square(v).sum()) for v in self.bank.values()))),

@@ -24,7 +24,7 @@ from .fedavg import LayerwiseFedAvg, scoped_name
 if TYPE_CHECKING:
     from ..scenario import Scenario
 
-DIAGNOSTIC_PHASE = "rank-diagnostic"
+DIAGNOSTIC_PHASE = "rank-diagnostic"  # a metric phase, declared with its row keys in the registry entries
 
 
 @dataclass(frozen=True)
