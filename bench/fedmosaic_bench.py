@@ -56,6 +56,7 @@ from fedbrick_flower.records import array_bytes, validate_update  # noqa: E402
 from fedbrick_flower.registry import client_class, server_class  # noqa: E402
 from fedbrick_flower.scenario import parse_scenario  # noqa: E402
 from fedbrick_flower.scoring import evaluate  # noqa: E402
+from fedbrick_flower.strategies.fedmosaic import BYTES_PHASE, RELEVANCE_PHASE  # noqa: E402
 from fedbrick_flower.strategies.replies import ClientUpdate  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "fedmosaic.json"
@@ -171,7 +172,7 @@ def run_one(config: str, seed: int, rounds: int, size: str) -> dict[str, Any]:
             updates.append(ClientUpdate(info, update, int(metrics["num-examples"]), metrics))
             down, up = down + array_bytes(arrays), up + array_bytes(update)
         strategy.aggregate(server_round, updates)
-        parts = [r for r in strategy._log_rows if r.get("phase") == "fedmosaic-bytes" and r["round"] == server_round]
+        parts = [r for r in strategy._log_rows if r.get("phase") == BYTES_PHASE and r["round"] == server_round]
         per_round.append({"round": server_round, "bytes_down": down, "bytes_up": up, **(parts[0] if parts else {})})
     self_accuracy, others_accuracy = {}, {}
     for cid, session in sessions.items():
@@ -189,7 +190,7 @@ def run_one(config: str, seed: int, rounds: int, size: str) -> dict[str, Any]:
                 scores.append(evaluate(model, examples, 32, session.device)[0])
         others_accuracy[cid] = float(np.mean(scores))
     alignment = getattr(strategy, "alignment_report", None)
-    mixes = [r for r in strategy._log_rows if r.get("phase") == "similarity"][-1:]
+    mixes = [r for r in strategy._log_rows if r.get("phase") == RELEVANCE_PHASE][-1:]
     return {
         "self": float(np.mean(list(self_accuracy.values()))),
         "others": float(np.mean(list(others_accuracy.values()))),

@@ -29,7 +29,7 @@ from fedbrick_flower import runtime  # noqa: E402
 from fedbrick_flower.deployment.certs import CertificateSet, make_certificates  # noqa: E402
 from fedbrick_flower.deployment.commands import DEPLOYMENT_FILE  # noqa: E402
 from fedbrick_flower.deployment.processes import supernode_command  # noqa: E402
-from fedbrick_flower.run_files import read_metrics  # noqa: E402
+from fedbrick_flower.metrics import read_metrics  # noqa: E402
 
 READY = "waiting for SuperNodes"  # printed by `server` once its SuperLink is up
 # A model small enough that a ClientApp process spends its time starting, not training.

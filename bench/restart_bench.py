@@ -25,8 +25,9 @@ from typing import Any
 
 from fleet import ROOT, LoopbackFleet, completed_rounds, run_context, tiny_scenario, wait_for
 
+from fedbrick_flower.metrics import read_metrics
 from fedbrick_flower.run_dir import checkpoint_round
-from fedbrick_flower.run_files import CHECKPOINT_DIR, SUMMARY_FILE, read_metrics
+from fedbrick_flower.run_files import CHECKPOINT_DIR, SUMMARY_FILE
 
 CLIENTS = ["node-a", "node-b"]
 

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from .assembly import build_global_model, task_examples
+from .metrics import SERVER_EVAL
 from .models import resolve_device
 from .objectives import task_objective
 from .scenario import Scenario
@@ -37,7 +38,7 @@ class GlobalModelEvaluator(RoundCallback):
         for (model_key, task), tensors in strategy.global_adapters().items():
             scores = self.evaluate(model_key, task, tensors)
             logger.info("round %d: global %s on %s: %s", server_round, model_key, task, _describe(scores))
-            row = {"round": server_round, "phase": "server-eval", "model": model_key, "task": task, **scores}
+            row = {"round": server_round, "phase": SERVER_EVAL, "model": model_key, "task": task, **scores}
             if self.scenario.server.evaluate_without_lora:
                 bare = self.evaluate(model_key, task, without_lora(tensors))
                 row.update({f"{name}-without-lora": value for name, value in bare.items()})

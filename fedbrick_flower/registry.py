@@ -3,15 +3,28 @@
 Entries are import paths, resolved on use, so a ClientApp process imports only its own algorithm's client
 module (every Flower message starts a fresh process in deployment) and the Flower entry points never branch
 on an algorithm's name. Reading an entry imports nothing; :func:`algorithm_parameters` imports the strategy.
+An entry also declares the algorithm's own metric rows and what ``report`` and ``compare`` draw from them
+(:class:`~fedbrick_flower.metrics.MetricDeclarations`), so those commands read them without importing a strategy.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .metrics import (
+    GENERIC_PHASES,
+    Curve,
+    CurvePlot,
+    Matrix,
+    MatrixPlot,
+    MetricDeclarations,
+    Phase,
+    TableColumn,
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,9 @@ class AlgorithmEntry:
         own modules) travel. Scenarios with ``train.freeze_lora`` are refused at load under any other algorithm.
     scenario_checks : str, optional
         ``module:function`` of the algorithm's own scenario check (the scenario contract block below).
+    metrics : MetricDeclarations (default: none)
+        The metric phases its strategy writes beside the generic ones (each a constant of the strategy module),
+        the keys of their rows, and the plots and table columns ``report`` and ``compare`` draw from them.
     """
 
     server: str
@@ -54,6 +70,8 @@ class AlgorithmEntry:
     robust_aggregation: bool = False
     classification_only: bool = False
     linear_probe: bool = False
+    # ---- metric rows: phases, their row keys, and what report and compare draw (see metrics.py) ----
+    metrics: MetricDeclarations = MetricDeclarations()
 
     # ---- scenario contract: what the algorithm itself refuses in a scenario ------------------------------------
     scenario_checks: str | None = None
@@ -75,6 +93,159 @@ class AlgorithmEntry:
 # neither torch nor Flower, and the algorithm's entry below declares them (``AlgorithmEntry.wire_keys``).
 FLORA_SEGMENTS_KEY = "flora-segments"  # config: per layer, the [first round, last round, rank] blocks of the stack
 
+
+# ------------------------------------------------------------------------------------------------ metric rows
+# Each algorithm's own metric phases, declared here rather than beside the strategy that writes them (under the
+# same name, a constant of its module) because report and compare import no strategy. A phase name belongs to
+# one declaration: two algorithms of one family (the FedBip variants, the rank methods) share the same objects.
+# Tests hold the two spellings together: every *_PHASE constant of a strategy is declared by its entry, and the
+# rows of a real one-round run of each algorithm hold the declared keys.
+_FEDBIP_SIMILARITY = "similarity"  # strategies/fedbip.py: SIMILARITY_PHASE
+_FEDBIP_METRICS = MetricDeclarations(
+    phases=(
+        Phase(
+            _FEDBIP_SIMILARITY,
+            ("round", "group", "clients", "tasks", "ages", "receivers", "similarity", "weights", "layerwise"),
+            "per group and round: the task vectors' cosine matrix and the weights each receiver gave the others",
+        ),
+    ),
+    report_plots=(
+        MatrixPlot(
+            name="similarity",
+            phase=_FEDBIP_SIMILARITY,
+            column_key="clients",
+            label_key="tasks",
+            group_key="group",
+            matrices=(
+                Matrix("similarity", rows_key="clients", colormap="coolwarm", limits=(-1.0, 1.0)),
+                Matrix("weights", rows_key="receivers", colormap="viridis", limits=(0.0, 1.0)),
+            ),
+            title="{group}: task-vector cosine and mixing weights (clients ordered by task)",
+        ),
+    ),
+)
+
+_FEDMOSAIC_RELEVANCE = "fedmosaic-relevance"  # strategies/fedmosaic.py: RELEVANCE_PHASE
+_FEDMOSAIC_METRICS = MetricDeclarations(
+    phases=(
+        Phase(
+            _FEDMOSAIC_RELEVANCE,
+            ("round", "clients", "models", "tasks", "similarity", "weights", "lora_weights"),
+            "per round: RELA's relevance matrix and the mixing weights of P/Q (weights) and of ordinary LoRA",
+        ),
+        Phase(
+            "fedmosaic-bytes",  # strategies/fedmosaic.py: BYTES_PHASE
+            ("round", "pq-up", "lora-up", "gradient-up"),
+            "per round: the bytes of each part of the messages (aligned A/B, P/Q, LoRA, gradients), up and down",
+        ),
+        Phase(
+            "alignment",  # strategies/fedmosaic.py: ALIGNMENT_PHASE
+            ("round", "pivot", "models", "seconds"),
+            "once, before round 1: the pivot alignment of the frozen A/B and its error before and after",
+        ),
+    ),
+    report_plots=(
+        MatrixPlot(
+            name="relevance",
+            phase=_FEDMOSAIC_RELEVANCE,
+            column_key="clients",
+            label_key="tasks",
+            matrices=(
+                Matrix("similarity", rows_key="clients", colormap="coolwarm", limits=(-1.0, 1.0)),
+                Matrix("weights", rows_key="clients", colormap="viridis", limits=(0.0, 1.0)),
+                Matrix("lora_weights", rows_key="clients", colormap="viridis", limits=(0.0, 1.0)),
+            ),
+            title="RELA relevance, P/Q and LoRA mixing weights (clients ordered by task)",
+        ),
+    ),
+)
+
+_FEDBRICK_DISTILL = "distill"  # strategies/fedbrick.py: DISTILL_PHASE
+_FEDBRICK_METRICS = MetricDeclarations(
+    phases=(
+        Phase(
+            _FEDBRICK_DISTILL,
+            ("round", "model", "group", "layer", "mse_before", "mse_after", "steps"),
+            "per round, model, group and layer: the BRICK's distillation error before and after",
+        ),
+    ),
+    report_columns=(TableColumn("distill_mse", _FEDBRICK_DISTILL, "mse_after", digits=5),),
+    compare_curves=(
+        CurvePlot(
+            name="distillation_mse_by_layer",
+            title="Per-layer distillation error over rounds, mean ± std over seeds",
+            ylabel="BRICK distillation MSE (after)",
+            curves=(Curve(_FEDBRICK_DISTILL, "mse_after", label="layer {layer}", series_key="layer"),),
+        ),
+    ),
+)
+
+_RANK_DIAGNOSTIC = Phase(
+    "rank-diagnostic",  # strategies/rank_methods.py: DIAGNOSTIC_PHASE
+    ("round", "energy-beyond-min-rank", "min-rank", "max-rank", "modules"),
+    "per round: the share of the aggregate's spectral energy beyond the smallest client rank",
+)
+_FLEXLORA_TRUNCATION = Phase(
+    "flexlora-truncation",  # strategies/flexlora.py: TRUNCATION_PHASE
+    ("round", "client", "rank", "discarded-energy"),
+    "per client and round: the share of its modules' spectrum cut by truncating at its rank",
+)
+# One plot for the rank methods: the diagnostic of every one, and FlexLoRA's truncation where a run has it.
+_RANK_COLLAPSE = CurvePlot(
+    name="rank-collapse",
+    title="Rank-collapse diagnostic (a shrinking share: high-rank components die out)",
+    ylabel="share of spectral energy",
+    limits=(0.0, 1.0),
+    curves=(
+        Curve(_RANK_DIAGNOSTIC.name, "energy-beyond-min-rank", "aggregate: energy beyond min rank", None, "ko-", 2),
+        Curve(
+            _FLEXLORA_TRUNCATION.name,
+            "discarded-energy",
+            "{client} (r={rank}): discarded by truncation",
+            series_key="client",
+            style=".:",
+        ),
+    ),
+)
+_RANK_COLUMN = TableColumn("beyond_min_rank", _RANK_DIAGNOSTIC.name, "energy-beyond-min-rank")
+_HETLORA_METRICS = MetricDeclarations(
+    phases=(_RANK_DIAGNOSTIC,), report_plots=(_RANK_COLLAPSE,), report_columns=(_RANK_COLUMN,)
+)
+_FLEXLORA_METRICS = MetricDeclarations(
+    phases=(_RANK_DIAGNOSTIC, _FLEXLORA_TRUNCATION), report_plots=(_RANK_COLLAPSE,), report_columns=(_RANK_COLUMN,)
+)
+_FLORA_STACK = Phase(
+    "flora-stack",  # strategies/flora.py: STACK_PHASE
+    ("round", "stack-rank-max", "stack-rank-mean", "stack-bytes"),
+    "per round: the rank and bytes of the stacked factors every client downloads",
+)
+_FLORA_METRICS = MetricDeclarations(
+    phases=(_RANK_DIAGNOSTIC, _FLORA_STACK),
+    report_plots=(_RANK_COLLAPSE,),
+    report_columns=(_RANK_COLUMN, TableColumn("stack_bytes", _FLORA_STACK.name, "stack-bytes")),
+)
+
+_H2TUNE_BANK = "h2tune"  # strategies/h2tune.py: BANK_PHASE
+_H2TUNE_METRICS = MetricDeclarations(
+    phases=(
+        Phase(
+            _H2TUNE_BANK,
+            (
+                "round",
+                "bank-bytes",
+                "bank-change",
+                "bank-norm",
+                "uploads",
+                "update-cosine-same-model",
+                "update-cosine-cross-model",
+            ),
+            "per round: the middle-matrix bank's size, change and norm, and how the uploads agree",
+        ),
+    ),
+    report_columns=(TableColumn("bank_change", _H2TUNE_BANK, "bank-change"),),
+)
+
+
 _ALGORITHMS: dict[str, AlgorithmEntry] = {
     "fedavg": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedavg:LayerwiseFedAvg",
@@ -89,30 +260,35 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="FedRA allocation + per-group BRICK surrogates for missing layers, distilled on the server",
         robust_aggregation=True,
         linear_probe=True,
+        metrics=_FEDBRICK_METRICS,
     ),
     "fedbip": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbip:FedBip",
         client="fedbrick_flower.clients.fedbip:FedBipClient",
         description="per-client personalized adapters mixed by task-vector cosine similarity (FedBip)",
         scenario_checks="fedbrick_flower.strategies.fedbip:scenario_problems",
+        metrics=_FEDBIP_METRICS,
     ),
     "fedbip-l": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbip:FedBipL",
         client="fedbrick_flower.clients.fedbip:FedBipClient",
         description="FedBip with one similarity weighting per layer (FedBip-L)",
         scenario_checks="fedbrick_flower.strategies.fedbip:scenario_problems",
+        metrics=_FEDBIP_METRICS,
     ),
     "hetlora": AlgorithmEntry(
         server="fedbrick_flower.strategies.hetlora:HetLoRA",
         client="fedbrick_flower.clients.hetlora:HetLoRAClient",
         description="mixed LoRA ranks: zero-pad, norm-weighted mean of factors, truncate; optional rank pruning",
         mixes_ranks=True,
+        metrics=_HETLORA_METRICS,
     ),
     "flexlora": AlgorithmEntry(
         server="fedbrick_flower.strategies.flexlora:FlexLoRA",
         client="fedbrick_flower.clients.flexlora:FlexLoRAClient",
         description="mixed LoRA ranks: weighted mean of the products, truncated SVD at each client's rank",
         mixes_ranks=True,
+        metrics=_FLEXLORA_METRICS,
     ),
     "flora": AlgorithmEntry(
         server="fedbrick_flower.strategies.flora:FLoRA",
@@ -120,6 +296,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="mixed LoRA ranks: stacked factors (exact sum of products) merged into on-device base weights",
         mixes_ranks=True,
         wire_keys=(FLORA_SEGMENTS_KEY,),
+        metrics=_FLORA_METRICS,
     ),
     "fedmosaic": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedmosaic:FedMosaic",
@@ -128,6 +305,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         one_rank=True,
         classification_only=True,
         scenario_checks="fedbrick_flower.strategies.fedmosaic:scenario_problems",
+        metrics=_FEDMOSAIC_METRICS,
     ),
     "h2tune": AlgorithmEntry(
         server="fedbrick_flower.strategies.h2tune:H2Tune",
@@ -136,6 +314,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         mixes_ranks=True,
         classification_only=True,
         scenario_checks="fedbrick_flower.strategies.h2tune:scenario_problems",
+        metrics=_H2TUNE_METRICS,
     ),
     "local": AlgorithmEntry(
         server="fedbrick_flower.strategies.local:LocalOnly",
@@ -169,13 +348,17 @@ RUNTIME_ARGUMENTS = frozenset(
 
 
 def register(name: str, entry: AlgorithmEntry) -> None:
-    """Add an algorithm (e.g. from a plug-in package); re-registering a name is an error."""
+    """Add an algorithm (e.g. from a plug-in package); re-registering a name, or declaring a metric phase or plot
+    under a name another declaration holds, is an error."""
     if name in _ALGORITHMS:
         raise ValueError(f"algorithm {name!r} is already registered")
     for other, known in _ALGORITHMS.items():
         shared = sorted(set(entry.wire_keys) & set(known.wire_keys))
         if shared and entry.client != known.client:
             raise ValueError(f"algorithm {name!r}: wire keys {shared} are already those of {other!r}")
+    declarations = [*(e.metrics for e in _ALGORITHMS.values()), entry.metrics]
+    _unique((phase.name, phase) for d in declarations for phase in d.phases)
+    _unique((plot.name, plot) for d in declarations for plot in (*d.report_plots, *d.compare_curves))
     _ALGORITHMS[name] = entry
 
 
@@ -216,6 +399,41 @@ def linear_probe_algorithms() -> list[str]:
 def robust_aggregation_algorithms() -> list[str]:
     """The algorithms whose strategies take ``server.aggregation`` (median, trimmed mean) for every tensor."""
     return [name for name in algorithm_names() if _ALGORITHMS[name].robust_aggregation]
+
+
+def declared_phases() -> dict[str, Phase]:
+    """Every metric phase by name: the generic ones and each registered algorithm's."""
+    return _unique(
+        [(phase.name, phase) for phase in GENERIC_PHASES]
+        + [(phase.name, phase) for entry in _ALGORITHMS.values() for phase in entry.metrics.phases]
+    )
+
+
+def report_plots() -> list[MatrixPlot | CurvePlot]:
+    """The plots ``report`` draws where a run has their rows, over every registered algorithm, each once."""
+    return list(_unique((p.name, p) for e in _ALGORITHMS.values() for p in e.metrics.report_plots).values())
+
+
+def report_columns() -> list[TableColumn]:
+    """The columns ``report`` adds to its per-round table where a run has their rows, each once."""
+    return list(_unique((c.name, c) for e in _ALGORITHMS.values() for c in e.metrics.report_columns).values())
+
+
+def compare_curves() -> list[CurvePlot]:
+    """The plots ``compare`` adds to its page where the runs have their rows, each once."""
+    return list(_unique((p.name, p) for e in _ALGORITHMS.values() for p in e.metrics.compare_curves).values())
+
+
+def _unique(named: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """``{name: declaration}``; one name given two different declarations is an error (the cause of a report
+    that read one algorithm's rows with another's layout)."""
+    found: dict[str, Any] = {}
+    for name, declaration in named:
+        if found.setdefault(name, declaration) != declaration:
+            raise ValueError(
+                f"metric declaration {name!r} is declared twice, differently: {found[name]} and {declaration}"
+            )
+    return found
 
 
 def algorithm_parameters(name: str) -> dict[str, inspect.Parameter]:

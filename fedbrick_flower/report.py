@@ -1,22 +1,44 @@
 """``fedbrick-flower report RUN_DIR``: per-round and per-client tables and PNG plots of a run.
 
-Everything is computed from the run's ``metrics.jsonl`` (see :mod:`fedbrick_flower.run_dir`). The table
+Everything is computed from the run's ``metrics.jsonl`` (read through :mod:`fedbrick_flower.metrics`). The table
 functions are pure (rows in, dicts out) so they can be tested without a Flower run; the plots go to
-``RUN_DIR/plots/`` and use matplotlib's Agg backend, imported only when plotting.
+``RUN_DIR/plots/`` and use matplotlib's Agg backend, imported only when plotting. Beside the generic tables and
+plots, the report draws what the registered algorithms declare for their own rows (heat maps, curves, per-round
+columns) with generic drawers; rows that no declaration can read are named in a note.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from .run_files import METRICS_FILE, read_metrics
-from .strategies.fedbip import SIMILARITY_PHASE
+from .metrics import (
+    AGGREGATE,
+    EVALUATE,
+    REJECTED,
+    ROUND,
+    SERVER_EVAL,
+    TRAIN,
+    CurvePlot,
+    MatrixPlot,
+    TableColumn,
+    by_phase,
+    column_values,
+    curve_labels,
+    curve_points,
+    group,
+    holding,
+    left_out_notes,
+    mean_of,
+    of_phase,
+    read_metrics,
+)
+from .registry import declared_phases, report_columns, report_plots
+from .run_files import METRICS_FILE
 
 PLOTS_DIR = "plots"
 ROUND_COLUMNS = (
@@ -60,22 +82,22 @@ def main(args: argparse.Namespace) -> int:
     except ReportError as error:
         print(f"fedbrick-flower report: error: {error}", file=sys.stderr)
         return 2
-    rounds = round_table(rows)
+    declared = report_columns()
+    rounds = round_table(rows, declared)
+    entries, columns = _with_global_columns(rounds)
+    shown = [c for c in declared if any(entry[c.name] is not None for entry in rounds)]
     print(f"run directory: {args.run_dir}\n")
     print("per round (means over clients; bytes per client):")
-    print(format_table(*_with_global_columns(rounds)))
+    print(format_table(entries, [*columns, *(c.name for c in shown)], {c.name: c.digits for c in shown}))
     for note in download_notes(rounds):
         print(note)
-    last_round = max(r["round"] for r in rows)
+    last_round = max(r["round"] for r in rows if "round" in r)
     print(f"\nper client, round {last_round}:")
     print(format_table(client_table(rows, last_round), CLIENT_COLUMNS))
-    for path in write_plots(rows, args.run_dir / PLOTS_DIR):
+    for path in [*write_plots(rows, args.run_dir / PLOTS_DIR), *write_declared_plots(rows, args.run_dir / PLOTS_DIR)]:
         print(f"wrote {path}")
-    for path in write_similarity_plots(rows, args.run_dir / PLOTS_DIR):
-        print(f"wrote {path}")
-    collapse = write_rank_collapse_plot(rows, args.run_dir / PLOTS_DIR)
-    if collapse is not None:
-        print(f"wrote {collapse}")
+    for note in left_out_notes(rows, declared_phases(), [*report_plots(), *declared]):
+        print(note)
     return 0
 
 
@@ -96,13 +118,16 @@ def load_rows(run_dir: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def round_table(rows: Iterable[dict]) -> list[dict[str, Any]]:
+def round_table(rows: Iterable[dict], columns: Sequence[TableColumn] = ()) -> list[dict[str, Any]]:
     """One entry per round: wall time, means over clients, global accuracy and rejected updates.
 
     Parameters
     ----------
     rows : Iterable[dict]
-        Rows of ``metrics.jsonl``; phases other than train, evaluate, server-eval, rejected and round are ignored.
+        Rows of ``metrics.jsonl``; phases other than train, evaluate, server-eval, rejected, round and those of
+        ``columns`` are ignored.
+    columns : Sequence[TableColumn] (default: ())
+        Declared columns (``registry.report_columns()``): each adds its value per round, None where it has none.
 
     Returns
     -------
@@ -113,26 +138,29 @@ def round_table(rows: Iterable[dict]) -> list[dict[str, Any]]:
         mean with the global LoRA B zeroed (``server.evaluate_without_lora``); ``agg_s`` is the strategy's
         ``aggregate`` seconds.
     """
-    by_round = _group(rows, "round")
+    rows = list(rows)
+    declared = {column.name: column_values(rows, column) for column in columns}
+    by_round = group((r for r in rows if "round" in r), "round")
     table = []
     for server_round in sorted(by_round):
-        phases = _group(by_round[server_round], "phase")
-        train, server = phases.get("train", []), phases.get("server-eval", [])
+        phases = by_phase(by_round[server_round])
+        train, server = phases[TRAIN], phases[SERVER_EVAL]
         global_accuracy = {f"{r['model']}/{r['task']}": r["accuracy"] for r in server}
         table.append(
             {
                 "round": server_round,
-                "wall_s": _mean(r["wall_seconds"] for r in phases.get("round", [])),
-                "agg_s": _mean(r["seconds"] for r in phases.get("aggregate", [])),
-                "train_loss": _mean(r.get("train-loss") for r in train),
-                "client_acc": _mean(r.get("accuracy") for r in phases.get("evaluate", [])),
+                "wall_s": mean_of(r["wall_seconds"] for r in phases[ROUND]),
+                "agg_s": mean_of(r["seconds"] for r in phases[AGGREGATE]),
+                "train_loss": mean_of(r.get("train-loss") for r in train),
+                "client_acc": mean_of(r.get("accuracy") for r in phases[EVALUATE]),
                 "global": global_accuracy,
-                "global_acc": _mean(global_accuracy.values()),
-                "no_lora_acc": _mean(r.get("accuracy-without-lora") for r in server),
-                "bytes_up": _mean(r.get("bytes_up") for r in train),
-                "bytes_down": _mean(r.get("bytes_down") for r in train),
-                "adapter_bytes": _mean(r.get("adapter_bytes") for r in train),
-                "rejected": len(phases.get("rejected", [])),
+                "global_acc": mean_of(global_accuracy.values()),
+                "no_lora_acc": mean_of(r.get("accuracy-without-lora") for r in server),
+                "bytes_up": mean_of(r.get("bytes_up") for r in train),
+                "bytes_down": mean_of(r.get("bytes_down") for r in train),
+                "adapter_bytes": mean_of(r.get("adapter_bytes") for r in train),
+                "rejected": len(phases[REJECTED]),
+                **{name: values.get(server_round) for name, values in declared.items()},
             }
         )
     return table
@@ -159,9 +187,9 @@ def client_table(rows: Iterable[dict], server_round: int) -> list[dict[str, Any]
     for row in rows:
         if row.get("round") != server_round:
             continue
-        if row["phase"] == "train":
+        if row["phase"] == TRAIN:
             train[row["client"]] = row
-        elif row["phase"] == "evaluate":
+        elif row["phase"] == EVALUATE:
             accuracy[row["client"]] = row["accuracy"]
     table = []
     for client in sorted(train.keys() | accuracy.keys()):
@@ -182,12 +210,16 @@ def client_table(rows: Iterable[dict], server_round: int) -> list[dict[str, Any]
     return table
 
 
-def format_table(entries: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def format_table(
+    entries: Sequence[dict[str, Any]], columns: Sequence[str], digits: Mapping[str, int] | None = None
+) -> str:
     """A plain-text table of ``columns`` of ``entries``; bytes columns in KiB, missing values as ``-``.
 
-    Names (:data:`LEFT_ALIGNED`) are aligned left, numbers right.
+    Names (:data:`LEFT_ALIGNED`) are aligned left, numbers right. ``digits`` sets the decimals of a column's
+    floats (default: 4 for accuracies and losses, else 2).
     """
-    cells = [[_cell(column, entry.get(column)) for column in columns] for entry in entries]
+    digits = digits or {}
+    cells = [[_cell(column, entry.get(column), digits.get(column)) for column in columns] for entry in entries]
     headers = [f"{c} (KiB)" if "bytes" in c else c for c in columns]
     widths = [max([len(header), *(len(line[i]) for line in cells)]) for i, header in enumerate(headers)]
     left = [column in LEFT_ALIGNED for column in columns]
@@ -237,11 +269,13 @@ def _with_global_columns(rounds: list[dict[str, Any]]) -> tuple[list[dict[str, A
     return entries, columns
 
 
-def _cell(column: str, value: Any) -> str:
+def _cell(column: str, value: Any, digits: int | None = None) -> str:
     if value is None:
         return "-"
     if "bytes" in column:
         return f"{value / 1024:.1f}"
+    if isinstance(value, float) and digits is not None:
+        return f"{value:.{digits}f}"
     if isinstance(value, float):
         return (
             f"{value:.4f}"
@@ -276,11 +310,11 @@ def write_plots(rows: Sequence[dict], folder: Path) -> list[Path]:
 
 
 def _draw_accuracy(axes: Any, rows: Sequence[dict]) -> None:
-    for client, client_rows in sorted(_group((r for r in rows if r["phase"] == "evaluate"), "client").items()):
+    for client, client_rows in sorted(group(of_phase(rows, EVALUATE), "client").items()):
         points = sorted((r["round"], r["accuracy"]) for r in client_rows)
         axes.plot(*zip(*points, strict=True), marker="o", label=client)
-    server = [r for r in rows if r["phase"] == "server-eval"]
-    for (key, key_rows), marker in zip(sorted(_group(server, "model", "task").items()), "sD^vP*X", strict=False):
+    server = of_phase(rows, SERVER_EVAL)
+    for (key, key_rows), marker in zip(sorted(group(server, "model", "task").items()), "sD^vP*X", strict=False):
         points = sorted((r["round"], r["accuracy"]) for r in key_rows)
         axes.plot(*zip(*points, strict=True), "k--", marker=marker, linewidth=2, label=f"global {'/'.join(key)}")
     axes.set_ylabel("accuracy")
@@ -304,52 +338,74 @@ def _draw_bytes(axes: Any, rows: Sequence[dict]) -> None:
     axes.set_title("Message bytes per client and round")
 
 
-# ------------------------------------------------------------------------------------------------ similarity
-def similarity_matrix(rows: Iterable[dict], server_round: int, group: str, key: str = "similarity") -> dict[str, Any]:
-    """One round's similarity (or ``key="weights"``) matrix of one group, clients ordered by task then id.
+# ------------------------------------------------------------------------------------------------ declared plots
+def write_declared_plots(rows: Sequence[dict], folder: Path) -> list[Path]:
+    """Draw every plot a registered algorithm declares (``registry.report_plots()``) whose rows the run has."""
+    paths: list[Path] = []
+    for plot in report_plots():
+        if isinstance(plot, MatrixPlot):
+            paths += write_matrix_plots(rows, plot, folder)
+        else:
+            drawn = write_curve_plot(rows, plot, folder)
+            paths += [drawn] if drawn is not None else []
+    return paths
+
+
+def matrix_table(
+    rows: Iterable[dict], plot: MatrixPlot, server_round: int, group_value: Any = None, key: str | None = None
+) -> dict[str, Any]:
+    """One round's matrix ``key`` (default: the plot's first) of one group, ordered by column label then id.
 
     Parameters
     ----------
     rows : Iterable[dict]
-        Rows of ``metrics.jsonl``; the ``similarity`` rows (one per group and round, written by FedBip) are used.
+        Rows of ``metrics.jsonl``; those of the plot's phase that hold its keys are used.
+    plot : MatrixPlot
+        The declaration (which keys hold the ids, their labels, the group and the matrices).
     server_round : int
         The round to show.
-    group : str
-        The group label (model and rank, e.g. ``minilm/r8``).
-    key : str (default: "similarity")
-        ``similarity``: the cosine matrix among all compared clients; ``weights``: the weights each of the
-        round's receivers (rows) gave to every compared client (columns).
+    group_value : Any (default: None)
+        The group (the row's ``plot.group_key``); ignored by a plot without groups.
+    key : str | None (default: None)
+        One of the plot's matrices (its ``value_key``).
 
     Returns
     -------
     dict[str, Any]
-        ``rows`` and ``columns`` (client ids), ``row_tasks`` and ``column_tasks``, and ``matrix`` (lists).
+        ``rows`` and ``columns`` (ids), ``row_labels`` and ``column_labels``, and ``matrix`` (lists).
 
     Raises
     ------
     ReportError
-        If the run has no similarity row for that round and group.
+        If the run has no such row for that round and group.
     """
-    found = [r for r in rows if r["phase"] == SIMILARITY_PHASE and r["round"] == server_round and r["group"] == group]
+    matrix = next(m for m in plot.matrices if m.value_key == (key or plot.matrices[0].value_key))
+    found = [
+        r
+        for r in holding(of_phase(rows, plot.phase), plot.keys())
+        if r["round"] == server_round and (plot.group_key is None or r[plot.group_key] == group_value)
+    ]
     if not found:
-        raise ReportError(f"no similarity row for round {server_round}, group {group!r}")
+        where = f", group {group_value!r}" if plot.group_key else ""
+        raise ReportError(f"no {plot.phase!r} row for round {server_round}{where}")
     row = found[0]
-    task_of = dict(zip(row["clients"], row["tasks"], strict=True))
-    row_ids = row["clients"] if key == "similarity" else row["receivers"]
-    columns = sorted(range(len(row["clients"])), key=lambda i: (row["tasks"][i], row["clients"][i]))
-    ordered_rows = sorted(range(len(row_ids)), key=lambda i: (task_of[row_ids[i]], row_ids[i]))
+    ids, labels = row[plot.column_key], row[plot.label_key]
+    label_of = dict(zip(ids, labels, strict=True))
+    row_ids = row[matrix.rows_key]
+    columns = sorted(range(len(ids)), key=lambda i: (labels[i], ids[i]))
+    ordered_rows = sorted(range(len(row_ids)), key=lambda i: (label_of[row_ids[i]], row_ids[i]))
     return {
         "rows": [row_ids[i] for i in ordered_rows],
-        "row_tasks": [task_of[row_ids[i]] for i in ordered_rows],
-        "columns": [row["clients"][i] for i in columns],
-        "column_tasks": [row["tasks"][i] for i in columns],
-        "matrix": [[row[key][i][j] for j in columns] for i in ordered_rows],
+        "row_labels": [label_of[row_ids[i]] for i in ordered_rows],
+        "columns": [ids[i] for i in columns],
+        "column_labels": [labels[i] for i in columns],
+        "matrix": [[row[matrix.value_key][i][j] for j in columns] for i in ordered_rows],
     }
 
 
-def write_similarity_plots(rows: Sequence[dict], folder: Path) -> list[Path]:
-    """Heat maps of the similarity and weight matrices (first and last round) per group; none without such rows."""
-    found = [r for r in rows if r["phase"] == SIMILARITY_PHASE]
+def write_matrix_plots(rows: Sequence[dict], plot: MatrixPlot, folder: Path) -> list[Path]:
+    """Heat maps of the plot's matrices (first and last round) per group; none without such rows."""
+    found = holding(of_phase(rows, plot.phase), plot.keys())
     if not found:
         return []
     import matplotlib
@@ -358,19 +414,23 @@ def write_similarity_plots(rows: Sequence[dict], folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
+    groups = sorted(group(found, plot.group_key).items()) if plot.group_key else [(None, found)]
     paths = []
-    for group, group_rows in sorted(_group(found, "group").items()):
+    for group_value, group_rows in groups:
         rounds = sorted({r["round"] for r in group_rows})
         shown = [rounds[0], rounds[-1]] if len(rounds) > 1 else rounds
-        figure, axes = plt.subplots(2, len(shown), figsize=(5.5 * len(shown), 10), layout="constrained", squeeze=False)
+        lines = len(plot.matrices)
+        # At least 7.5 inches wide: a one-round figure still fits its title.
+        size = (max(7.5, 5.5 * len(shown)), 5 * lines)
+        figure, axes = plt.subplots(lines, len(shown), figsize=size, layout="constrained", squeeze=False)
         for column, server_round in enumerate(shown):
-            for line, (key, colormap, limits) in enumerate(
-                (("similarity", "coolwarm", (-1, 1)), ("weights", "viridis", (0, 1)))
-            ):
-                _draw_matrix(axes[line][column], similarity_matrix(rows, server_round, group, key), colormap, limits)
-                axes[line][column].set_title(f"{key}, round {server_round}")
-        figure.suptitle(f"{group}: task-vector cosine and mixing weights (clients ordered by task)")
-        path = folder / f"similarity-{group.replace('/', '-')}.png"
+            for line, matrix in enumerate(plot.matrices):
+                table = matrix_table(group_rows, plot, server_round, group_value, matrix.value_key)
+                _draw_matrix(axes[line][column], table, matrix.colormap, matrix.limits)
+                axes[line][column].set_title(f"{matrix.value_key}, round {server_round}")
+        figure.suptitle(plot.title.format(group=group_value))
+        stem = f"{plot.name}-{str(group_value).replace('/', '-')}" if plot.group_key else plot.name
+        path = folder / f"{stem}.png"
         figure.savefig(path, dpi=110)
         plt.close(figure)
         paths.append(path)
@@ -382,36 +442,21 @@ def _draw_matrix(axes: Any, table: dict[str, Any], colormap: str, limits: tuple[
     axes.figure.colorbar(image, ax=axes, shrink=0.7)
     axes.set_xticks(range(len(table["columns"])), table["columns"], rotation=90, fontsize="small")
     axes.set_yticks(range(len(table["rows"])), table["rows"], fontsize="small")
-    # Lines between task blocks: the diagonal blocks are the weight a client gives to its own task.
-    for tasks, draw in ((table["column_tasks"], axes.axvline), (table["row_tasks"], axes.axhline)):
-        for position in range(1, len(tasks)):
-            if tasks[position] != tasks[position - 1]:
+    # Lines between label blocks: with tasks as labels, the diagonal blocks are what a client gives its own task.
+    for labels, draw in ((table["column_labels"], axes.axvline), (table["row_labels"], axes.axhline)):
+        for position in range(1, len(labels)):
+            if labels[position] != labels[position - 1]:
                 draw(position - 0.5, color="white", linewidth=1.5)
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-def _group(rows: Iterable[dict], *keys: str) -> dict[Any, list[dict]]:
-    groups: dict[Any, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[row[keys[0]] if len(keys) == 1 else tuple(row[k] for k in keys)].append(row)
-    return groups
+def write_curve_plot(rows: Sequence[dict], plot: CurvePlot, folder: Path) -> Path | None:
+    """Draw the plot's curves over rounds into ``folder/<name>.png``; None for runs without their rows.
 
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(mean(present)) if present else None
-
-
-# ------------------------------------------------------------------------------------------------ ranks
-def write_rank_collapse_plot(rows: Sequence[dict], folder: Path) -> Path | None:
-    """Plot the rank-collapse diagnostic of a rank-heterogeneous run into ``folder/rank-collapse.png``.
-
-    Each round's ``rank-diagnostic`` row holds the share of the aggregate's spectral energy beyond the smallest
-    client rank (see ``strategies/rank_methods.py``); FlexLoRA's per-client ``flexlora-truncation`` rows, when
-    present, add the share each client's truncation discards. Returns None for runs without such rows.
+    Each curve is one line, or one per value of its series key (per client, per layer), labelled from the series'
+    last row.
     """
-    diagnostic = sorted((r["round"], r["energy-beyond-min-rank"]) for r in rows if r["phase"] == "rank-diagnostic")
-    if not diagnostic:
+    lines = [(curve, curve_points(rows, curve), curve_labels(rows, curve)) for curve in plot.curves]
+    if not any(points for _, points, _ in lines):
         return None
     import matplotlib
 
@@ -419,21 +464,20 @@ def write_rank_collapse_plot(rows: Sequence[dict], folder: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "rank-collapse.png"
+    path = folder / f"{plot.name}.png"
     figure, axes = plt.subplots(figsize=(7, 4.5), layout="constrained")
-    axes.plot(*zip(*diagnostic, strict=True), "k-", marker="o", linewidth=2, label="aggregate: energy beyond min rank")
-    truncation = _group((r for r in rows if r["phase"] == "flexlora-truncation"), "client")
-    for client, client_rows in sorted(truncation.items()):
-        points = sorted((r["round"], r["discarded-energy"]) for r in client_rows)
-        rank = client_rows[-1]["rank"]
-        axes.plot(*zip(*points, strict=True), ":", marker=".", label=f"{client} (r={rank}): discarded by truncation")
+    for curve, points, labels in lines:
+        width = {} if curve.linewidth is None else {"linewidth": curve.linewidth}
+        for series, by_round in points.items():
+            axes.plot(list(by_round), list(by_round.values()), curve.style, label=labels[series], **width)
     axes.set_xlabel("round")
-    axes.set_ylabel("share of spectral energy")
-    axes.set_ylim(0, 1)
+    axes.set_ylabel(plot.ylabel)
+    if plot.limits is not None:
+        axes.set_ylim(*plot.limits)
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="best")
-    axes.set_title("Rank-collapse diagnostic (a shrinking share: high-rank components die out)")
+    axes.set_title(plot.title)
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path

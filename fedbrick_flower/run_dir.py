@@ -18,10 +18,8 @@ import json
 import logging
 import os
 import platform
-from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
-from statistics import mean
 from typing import Any
 
 import numpy as np
@@ -29,8 +27,20 @@ import yaml
 
 from .adapters.lora import save_peft_adapter
 from .assembly import scenario_lora
+from .metrics import (
+    EVALUATE,
+    REJECTED,
+    SERVER_EVAL,
+    TRAIN,
+    by_phase,
+    group,
+    last_by_client,
+    last_round,
+    mean_of,
+    read_metrics,
+)
 from .models import family_of
-from .run_files import CHECKPOINT_DIR, METRICS_FILE, SUMMARY_FILE, read_metrics
+from .run_files import CHECKPOINT_DIR, METRICS_FILE, SUMMARY_FILE
 from .scenario import Scenario
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
@@ -151,28 +161,25 @@ def load_checkpoint(folder: Path, strategy: HeterogeneousStrategy) -> int:
 
 def summarize(rows: list[dict], rounds_completed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The headline numbers of a run from its metric rows."""
-    train = [r for r in rows if r["phase"] == "train"]
-    evaluations = [r for r in rows if r["phase"] == "evaluate"]
-    server = [r for r in rows if r["phase"] == "server-eval"]
-    last_accuracy = {r["client"]: r["accuracy"] for r in sorted(evaluations, key=lambda r: r["round"])}
-    per_client_train: dict[str, list[dict]] = defaultdict(list)
-    for row in train:
-        per_client_train[row["client"]].append(row)
-    last_server_round = max((r["round"] for r in server), default=None)
+    phases = by_phase(rows)
+    train, server = phases[TRAIN], phases[SERVER_EVAL]
+    last_accuracy = {client: row["accuracy"] for client, row in last_by_client(phases[EVALUATE]).items()}
+    per_client_train = group(train, "client")
+    last_server_round = last_round(server)
     return {
         "rounds_completed": rounds_completed,
-        "final_accuracy": _mean(last_accuracy.values()),
-        "global_accuracy": _mean(r["accuracy"] for r in server if r["round"] == last_server_round),
-        "adapter_bytes": _mean(_mean(r["adapter_bytes"] for r in rs) for rs in per_client_train.values()),
-        "bytes_up_per_client_round": _mean(r["bytes_up"] for r in train),
-        "bytes_down_per_client_round": _mean(r["bytes_down"] for r in train if r.get("bytes_down") is not None),
-        "full_model_bytes": _mean(_mean(4 * r["model-parameters"] for r in rs) for rs in per_client_train.values()),
-        "rejected_updates": sum(1 for r in rows if r["phase"] == "rejected"),
+        "final_accuracy": mean_of(last_accuracy.values()),
+        "global_accuracy": mean_of(r["accuracy"] for r in server if r["round"] == last_server_round),
+        "adapter_bytes": mean_of(mean_of(r["adapter_bytes"] for r in rs) for rs in per_client_train.values()),
+        "bytes_up_per_client_round": mean_of(r["bytes_up"] for r in train),
+        "bytes_down_per_client_round": mean_of(r["bytes_down"] for r in train if r.get("bytes_down") is not None),
+        "full_model_bytes": mean_of(mean_of(4 * r["model-parameters"] for r in rs) for rs in per_client_train.values()),
+        "rejected_updates": len(phases[REJECTED]),
         "clients": {
             cid: {
                 "accuracy": last_accuracy.get(cid),
                 "train_loss_last_round": rs[-1]["train-loss"],
-                "train_seconds_mean": _mean(r["train-seconds"] for r in rs),
+                "train_seconds_mean": mean_of(r["train-seconds"] for r in rs),
                 "peak_memory_mb": max(r["peak-memory-mb"] for r in rs),
                 "layers_last_round": rs[-1].get("layers"),
             }
@@ -180,11 +187,6 @@ def summarize(rows: list[dict], rounds_completed: int, extra: dict[str, Any] | N
         },
         **(extra or {}),
     }
-
-
-def _mean(values: Any) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(mean(values)) if values else None
 
 
 def _versions() -> dict[str, str]:

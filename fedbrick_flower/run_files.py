@@ -1,6 +1,7 @@
-"""Names of the files in a run directory, reading its metrics and summary: no torch, so every command may use it.
+"""Names of the files in a run directory, and printing its summary: no torch, so every command may use it.
 
-:mod:`fedbrick_flower.run_dir` writes these files during a run; the command line and ``report`` read them.
+:mod:`fedbrick_flower.run_dir` writes these files during a run; the command line and ``report`` read them
+(``metrics.jsonl`` through :mod:`fedbrick_flower.metrics`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,6 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
 SCENARIO_INPUT_FILE = "scenario.input.yaml"  # the scenario as submitted, overrides baked in
 LOGS_DIR = "logs"
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """All rows of a run's ``metrics.jsonl`` (empty for a new run)."""
-    path = run_dir / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def print_summary(run_dir: Path) -> None:

@@ -1,10 +1,13 @@
-"""The rank-collapse plot of ``fedbrick-flower report``."""
+"""The rank-collapse plot of ``fedbrick-flower report`` (the rank methods' declaration, drawn by the curve drawer)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fedbrick_flower.report import write_rank_collapse_plot
+from fedbrick_flower.registry import algorithm_entry
+from fedbrick_flower.report import write_curve_plot
+
+(PLOT,) = algorithm_entry("flexlora").metrics.report_plots
 
 
 def test_rank_collapse_plot_is_written_for_rank_runs_only(tmp_path: Path) -> None:
@@ -18,8 +21,8 @@ def test_rank_collapse_plot_is_written_for_rank_runs_only(tmp_path: Path) -> Non
     ]
 
     # Execute
-    path = write_rank_collapse_plot(rows, tmp_path / "plots")
-    nothing = write_rank_collapse_plot(rows[-1:], tmp_path / "other")
+    path = write_curve_plot(rows, PLOT, tmp_path / "plots")
+    nothing = write_curve_plot(rows[-1:], PLOT, tmp_path / "other")
 
     # Assert
     assert path == tmp_path / "plots" / "rank-collapse.png"

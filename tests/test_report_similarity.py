@@ -1,4 +1,5 @@
-"""The FedBip similarity heat map of ``fedbrick-flower report``: matrices reordered by task, PNGs per group."""
+"""The FedBip similarity heat map of ``fedbrick-flower report`` (its registry declaration drawn by the generic matrix
+drawer): matrices reordered by task, PNGs per group."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fedbrick_flower.report import ReportError, similarity_matrix, write_similarity_plots
+from fedbrick_flower.registry import algorithm_entry
+from fedbrick_flower.report import ReportError, matrix_table, write_matrix_plots
+
+(PLOT,) = algorithm_entry("fedbip").metrics.report_plots
 
 # Clients listed out of task order; b-2 received nothing this round (absent), so it is a column only.
 ROW = {
@@ -25,7 +29,7 @@ ROW = {
 
 def test_similarity_matrix_orders_clients_by_task() -> None:
     # Execute
-    table = similarity_matrix([ROW], 3, "minilm/r8")
+    table = matrix_table([ROW], PLOT, 3, "minilm/r8")
 
     # Assert
     assert table["rows"] == table["columns"] == ["a-1", "b-1", "b-2"]
@@ -34,19 +38,19 @@ def test_similarity_matrix_orders_clients_by_task() -> None:
 
 def test_weight_matrix_has_receivers_as_rows() -> None:
     # Execute
-    table = similarity_matrix([ROW], 3, "minilm/r8", key="weights")
+    table = matrix_table([ROW], PLOT, 3, "minilm/r8", key="weights")
 
     # Assert
-    assert table["rows"] == ["a-1", "b-1"] and table["row_tasks"] == ["ta", "tb"]
+    assert table["rows"] == ["a-1", "b-1"] and table["row_labels"] == ["ta", "tb"]
     assert table["matrix"] == [[0.9, 0.1, 0.0], [0.05, 0.5, 0.45]]
 
 
 def test_missing_round_is_named_and_plots_are_written(tmp_path: Path) -> None:
     # Execute
-    paths = write_similarity_plots([ROW, {**ROW, "round": 1}], tmp_path)
+    paths = write_matrix_plots([ROW, {**ROW, "round": 1}], PLOT, tmp_path)
 
     # Assert
     with pytest.raises(ReportError, match="round 2"):
-        similarity_matrix([ROW], 2, "minilm/r8")
+        matrix_table([ROW], PLOT, 2, "minilm/r8")
     assert [p.name for p in paths] == ["similarity-minilm-r8.png"] and paths[0].stat().st_size > 10_000
-    assert write_similarity_plots([{"round": 1, "phase": "train"}], tmp_path / "none") == []
+    assert write_matrix_plots([{"round": 1, "phase": "train"}], PLOT, tmp_path / "none") == []

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedbrick_flower.metrics import read_metrics
 from fedbrick_flower.run_dir import RunRecorder, checkpoint_round, save_checkpoint
-from fedbrick_flower.run_files import CHECKPOINT_DIR, METRICS_FILE, read_metrics
+from fedbrick_flower.run_files import CHECKPOINT_DIR, METRICS_FILE
 from fedbrick_flower.scenario import load_scenario
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
 

@@ -16,6 +16,9 @@ Per run:
 - ``train s``: a client's pure local training seconds per round; ``peak MB``: the memory of one client's
   training measured in its own process (see ``clients/trainer.TrainingMemory``), the largest client;
 - ``agg s``: the strategy's ``aggregate`` seconds per round.
+
+Beside these, the page draws the curves the registered algorithms declare for their own rows
+(``registry.compare_curves()``), a band per method and series.
 """
 
 from __future__ import annotations
@@ -34,7 +37,22 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-from ..run_files import SUMMARY_FILE, read_metrics
+from ..metrics import (
+    AGGREGATE,
+    EVALUATE,
+    SERVER_EVAL,
+    TRAIN,
+    CurvePlot,
+    by_phase,
+    curve_points,
+    last_by_client,
+    last_round,
+    mean_of,
+    of_round,
+    read_metrics,
+)
+from ..registry import compare_curves
+from ..run_files import SUMMARY_FILE
 
 # (key, header, kind): kind picks the formatting (accuracy in %, bytes in KiB or MiB, seconds, MB).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -126,63 +144,41 @@ def run_figures(rows: Sequence[dict]) -> dict[str, Any]:
     dict[str, Any]
         The :data:`COLUMNS` keys (None where the run has no such rows), ``peak_memory_by_client`` (MB),
         ``rounds`` and per-round lists ``global_by_round``, ``on_device_by_round``, ``cumulative_bytes_by_round``
-        (None where a round has no value).
+        (None where a round has no value), and per declared curve plot (its ``name``) ``{series: {round: value}}``.
     """
-    phases: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        phases[row["phase"]].append(row)
-    rounds = sorted({row["round"] for row in rows if "round" in row and row["phase"] in ("train", "evaluate")})
-    last_evaluation = _last_by_client(phases["evaluate"])
-    server_last = _rows_of_round(phases["server-eval"], max((r["round"] for r in phases["server-eval"]), default=None))
+    phases = by_phase(rows)
+    rounds = sorted({row["round"] for row in phases[TRAIN] + phases[EVALUATE]})
+    last_evaluation = last_by_client(phases[EVALUATE])
+    server_last = of_round(phases[SERVER_EVAL], last_round(phases[SERVER_EVAL]))
     peak_by_client: dict[str, float] = {}
-    for row in phases["train"]:
+    for row in phases[TRAIN]:
         if row.get("peak-memory-mb") is not None:
             peak_by_client[row["client"]] = max(peak_by_client.get(row["client"], 0.0), row["peak-memory-mb"])
     message_bytes = defaultdict(float)
-    for row in phases["train"] + phases["evaluate"]:
+    for row in phases[TRAIN] + phases[EVALUATE]:
         message_bytes[row["round"]] += (row.get("bytes_up") or 0) + (row.get("bytes_down") or 0)
     cumulative, running = [], 0.0
     for server_round in rounds:
         running += message_bytes.get(server_round, 0.0)
         cumulative.append(running)
     return {
-        "global_accuracy": _mean(r["accuracy"] for r in server_last),
-        "global_accuracy_without_lora": _mean(r.get("accuracy-without-lora") for r in server_last),
-        "on_device_accuracy": _mean(r["accuracy"] for r in last_evaluation.values()),
+        "global_accuracy": mean_of(r["accuracy"] for r in server_last),
+        "global_accuracy_without_lora": mean_of(r.get("accuracy-without-lora") for r in server_last),
+        "on_device_accuracy": mean_of(r["accuracy"] for r in last_evaluation.values()),
         "worst_client_accuracy": min((r["accuracy"] for r in last_evaluation.values()), default=None),
-        "bytes_up_per_client_round": _mean(r.get("bytes_up") for r in phases["train"]),
-        "bytes_down_per_client_round": _mean(r.get("bytes_down") for r in phases["train"]),
+        "bytes_up_per_client_round": mean_of(r.get("bytes_up") for r in phases[TRAIN]),
+        "bytes_down_per_client_round": mean_of(r.get("bytes_down") for r in phases[TRAIN]),
         "cumulative_bytes": cumulative[-1] if cumulative else None,
-        "train_seconds": _mean(r.get("train-seconds") for r in phases["train"]),
+        "train_seconds": mean_of(r.get("train-seconds") for r in phases[TRAIN]),
         "peak_memory_mb": max(peak_by_client.values(), default=None),
-        "aggregation_seconds": _mean(r["seconds"] for r in phases["aggregate"]),
+        "aggregation_seconds": mean_of(r["seconds"] for r in phases[AGGREGATE]),
         "peak_memory_by_client": peak_by_client,
         "rounds": rounds,
-        "global_by_round": [_mean(r["accuracy"] for r in _rows_of_round(phases["server-eval"], k)) for k in rounds],
-        "on_device_by_round": [_mean(r["accuracy"] for r in _rows_of_round(phases["evaluate"], k)) for k in rounds],
+        "global_by_round": [mean_of(r["accuracy"] for r in of_round(phases[SERVER_EVAL], k)) for k in rounds],
+        "on_device_by_round": [mean_of(r["accuracy"] for r in of_round(phases[EVALUATE], k)) for k in rounds],
         "cumulative_bytes_by_round": cumulative,
-        "distillation_mse_by_layer": _distillation(phases["distill"]),
+        **{plot.name: curve_points(rows, plot.curves[0]) for plot in compare_curves()},
     }
-
-
-def _distillation(rows: Iterable[dict]) -> dict[int, dict[int, float]]:
-    """FedBRICK's per-layer distillation error after each round's distillation (``mse_after``), mean over the
-    groups distilled: ``{layer: {round: mse}}``."""
-    values: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        values[row["layer"]][row["round"]].append(row["mse_after"])
-    return {layer: {k: mean(v) for k, v in by_round.items()} for layer, by_round in sorted(values.items())}
-
-
-def _last_by_client(rows: Iterable[dict]) -> dict[str, dict]:
-    last: dict[str, dict] = {}
-    for row in sorted(rows, key=lambda r: r["round"]):
-        last[row["client"]] = row
-    return last
-
-
-def _rows_of_round(rows: Iterable[dict], server_round: int | None) -> list[dict]:
-    return [r for r in rows if r["round"] == server_round]
 
 
 # ------------------------------------------------------------------------------------------------ over seeds
@@ -213,9 +209,12 @@ def method_table(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
                 curve: [mean_std(_at(f, curve, k) for f in figures) for k in rounds]
                 for curve in ("global_by_round", "on_device_by_round", "cumulative_bytes_by_round")
             },
-            "distillation_mse_by_layer": {
-                layer: [mean_std(f["distillation_mse_by_layer"].get(layer, {}).get(k) for f in figures) for k in rounds]
-                for layer in sorted({layer for f in figures for layer in f["distillation_mse_by_layer"]})
+            **{
+                plot.name: {
+                    series: [mean_std(f[plot.name].get(series, {}).get(k) for f in figures) for k in rounds]
+                    for series in sorted({series for f in figures for series in f[plot.name]})
+                }
+                for plot in compare_curves()
             },
             "peak_memory_by_client": {
                 client: mean_std(f["peak_memory_by_client"].get(client) for f in figures)
@@ -329,17 +328,27 @@ def plots(table: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     axes.set_xlabel("cumulative MiB (all clients, up + down)")
     axes.set_ylabel("accuracy")
     images.append(("Accuracy against cumulative bytes (global where the method has one)", _finish(plt, figure, axes)))
-    distilled = {m: e["distillation_mse_by_layer"] for m, e in table.items() if e["distillation_mse_by_layer"]}
-    if distilled:
-        figure, axes = plt.subplots(figsize=(7, 4.5), layout="constrained")
-        for method, layers in distilled.items():
-            for layer, points in layers.items():
-                _band(axes, table[method]["rounds"], points, f"{method} layer {layer}")
-        axes.set_xlabel("round")
-        axes.set_ylabel("BRICK distillation MSE (after)")
-        axes.xaxis.get_major_locator().set_params(integer=True)
-        images.append(("Per-layer distillation error over rounds, mean ± std over seeds", _finish(plt, figure, axes)))
+    for plot in compare_curves():
+        drawn = {method: entry[plot.name] for method, entry in table.items() if entry[plot.name]}
+        if drawn:
+            images.append((plot.title, _declared_curve(plt, plot, drawn, table)))
     return images
+
+
+def _declared_curve(plt: Any, plot: CurvePlot, drawn: dict[str, dict], table: dict[str, dict[str, Any]]) -> str:
+    """A declared curve plot: a band per method and series; its label names the series alone (see ``Curve``)."""
+    (curve,) = plot.curves
+    figure, axes = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    for method, series_points in drawn.items():
+        for series, points in series_points.items():
+            label = curve.label.format(**{curve.series_key: series}) if curve.series_key else curve.label
+            _band(axes, table[method]["rounds"], points, f"{method} {label}")
+    axes.set_xlabel("round")
+    axes.set_ylabel(plot.ylabel)
+    if plot.limits is not None:
+        axes.set_ylim(*plot.limits)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    return _finish(plt, figure, axes)
 
 
 def _band(axes: Any, xs: Sequence[float | None], points: Sequence[dict[str, Any]], label: str) -> None:
@@ -394,8 +403,3 @@ def main(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(mean(present)) if present else None

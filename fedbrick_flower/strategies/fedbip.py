@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 InitialAdapters = Callable[[ClientInfo], Mapping[str, np.ndarray]]
 WEIGHTINGS = ("clipped", "softmax")
 SIMILARITY_ON = ("factors", "product")
-SIMILARITY_PHASE = "similarity"
+SIMILARITY_PHASE = "similarity"  # a metric phase, declared with its row keys in the registry entry
 
 
 @dataclass

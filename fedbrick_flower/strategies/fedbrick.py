@@ -40,6 +40,7 @@ from .fedavg import LayerwiseFedAvg
 from .replies import ClientUpdate
 
 logger = logging.getLogger(__name__)
+DISTILL_PHASE = "distill"  # a metric phase, declared with its row keys in the registry entry
 
 LayerCache = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
@@ -270,7 +271,7 @@ class FedBRICK(LayerwiseFedAvg):
             self._log_rows.append(
                 {
                     "round": server_round,
-                    "phase": "distill",
+                    "phase": DISTILL_PHASE,
                     "model": model_key,
                     "group": group,
                     "layer": g,

@@ -40,7 +40,10 @@ GRADIENT_NAME = "rela.gradient"
 ALIGNMENTS = ("random_shared", "pivot_l2_cca")
 SIMILARITIES = ("colwise", "flat")
 WEIGHTINGS = ("rela", "uniform")
-SIMILARITY_PHASE = "similarity"
+# Metric phases (declared with their row keys in the registry entry, which report and compare read).
+RELEVANCE_PHASE = "fedmosaic-relevance"
+BYTES_PHASE = "fedmosaic-bytes"
+ALIGNMENT_PHASE = "alignment"
 
 
 def scenario_problems(scenario: Scenario) -> list[str]:
@@ -301,7 +304,7 @@ class FedMosaic(HeterogeneousStrategy):
         self._log_rows.append(
             {
                 "round": server_round,
-                "phase": SIMILARITY_PHASE,
+                "phase": RELEVANCE_PHASE,
                 "clients": members,
                 "models": models,
                 "tasks": [self.clients[cid].task for cid in members],
@@ -310,7 +313,7 @@ class FedMosaic(HeterogeneousStrategy):
                 "lora_weights": np.round(lora_weights, 4).tolist(),
             }
         )
-        self._log_rows.append({"round": server_round, "phase": "fedmosaic-bytes", **self._bytes})
+        self._log_rows.append({"round": server_round, "phase": BYTES_PHASE, **self._bytes})
         self._bytes = {}
 
     def similarity_matrix(self, members: list[str]) -> np.ndarray:
@@ -358,7 +361,7 @@ class FedMosaic(HeterogeneousStrategy):
         roles = tuple(self.scenario.lora.roles)  # resolved per family: 'all-linear' differs between families
         self.frozen, report = pivot_alignment(self.scenario, settings, roles, self.seed, self.align_options)
         self.alignment_report = {**report, "seconds": time.monotonic() - started}
-        self._log_rows.append({"round": self.start_round, "phase": "alignment", **self.alignment_report})
+        self._log_rows.append({"round": self.start_round, "phase": ALIGNMENT_PHASE, **self.alignment_report})
 
     # ------------------------------------------------------------------ state and reporting
     def _count(self, part: str, arrays: dict[str, np.ndarray]) -> None:

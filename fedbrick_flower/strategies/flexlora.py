@@ -15,7 +15,7 @@ from ..records import LORA_RANK_KEY
 from . import ranks
 from .rank_methods import Holder, RankHeterogeneousLoRA
 
-TRUNCATION_PHASE = "flexlora-truncation"
+TRUNCATION_PHASE = "flexlora-truncation"  # a metric phase, declared with its row keys in the registry entry
 _DELTA = ".delta"
 
 

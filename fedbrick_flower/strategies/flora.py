@@ -18,7 +18,7 @@ from . import ranks
 from .rank_methods import Holder, RankHeterogeneousLoRA, lora_tensors
 from .replies import ClientUpdate
 
-STACK_PHASE = "flora-stack"
+STACK_PHASE = "flora-stack"  # a metric phase, declared with its row keys in the registry entry
 _MERGED = ".merged"
 _STACK = "stack/"
 

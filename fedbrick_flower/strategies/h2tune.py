@@ -22,6 +22,8 @@ from .base import HeterogeneousStrategy
 from .replies import ClientUpdate
 from .similarity import blockwise_cosine, group_mask
 
+BANK_PHASE = "h2tune"  # a metric phase, declared with its row keys in the registry entry
+
 if TYPE_CHECKING:
     from ..scenario import Scenario
 
@@ -227,7 +229,7 @@ class H2Tune(HeterogeneousStrategy):
         self._log_rows.append(
             {
                 "round": server_round,
-                "phase": "h2tune",
+                "phase": BANK_PHASE,
                 "bank-bytes": array_bytes(self.bank),
                 "bank-change": float(np.sqrt(change)),
                 "bank-norm": float(np.sqrt(sum(float(np.square(v).sum()) for v in self.bank.values()))),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..metrics import AGGREGATE, CLIPPED, EVALUATE, REGISTRATION_FAILED, REJECTED, ROUND, TRAIN
 from ..records import EVAL_PREFIX, array_bytes
 from .aggregation import weighted_mean
 from .replies import ClientUpdate
@@ -24,7 +25,7 @@ def train_rows(
     metrics = update.metrics
     train = {
         "round": server_round,
-        "phase": "train",
+        "phase": TRAIN,
         "client": update.client.client_id,
         "layers": layers,
         "bytes_up": bytes_up,
@@ -50,7 +51,7 @@ def evaluation_row(
     evaluation inside a train message costs nothing of its own)."""
     return {
         "round": server_round,
-        "phase": "evaluate",
+        "phase": EVALUATE,
         "client": client_id,
         "source": "train-message" if inside_train else "evaluate-message",
         "bytes_up": bytes_up,
@@ -61,30 +62,30 @@ def evaluation_row(
 
 def rejected_row(server_round: int, client_id: str, stage: str, reason: str) -> Row:
     """A reply of ``stage`` (``train`` or ``evaluate``) that was turned down, with the reason."""
-    return {"round": server_round, "phase": "rejected", "client": client_id, "stage": stage, "reason": reason}
+    return {"round": server_round, "phase": REJECTED, "client": client_id, "stage": stage, "reason": reason}
 
 
 def registration_failed_row(server_round: int, node: int, reason: str) -> Row:
     """A node that could not register (its client failed to set itself up, or was refused)."""
-    return {"round": server_round, "phase": "registration-failed", "node": node, "reason": reason}
+    return {"round": server_round, "phase": REGISTRATION_FAILED, "node": node, "reason": reason}
 
 
 def clipped_rows(server_round: int, factors: Mapping[str, float]) -> list[Row]:
     """One row per clipped client, with the smallest factor its update was scaled by, in client-id order."""
     return [
-        {"round": server_round, "phase": "clipped", "client": client_id, "factor": factor}
+        {"round": server_round, "phase": CLIPPED, "client": client_id, "factor": factor}
         for client_id, factor in sorted(factors.items())
     ]
 
 
 def aggregate_row(server_round: int, seconds: float, updates: int) -> Row:
     """The server's own work in a round, apart from waiting for clients (compared across methods)."""
-    return {"round": server_round, "phase": "aggregate", "seconds": seconds, "updates": updates}
+    return {"round": server_round, "phase": AGGREGATE, "seconds": seconds, "updates": updates}
 
 
 def round_row(server_round: int, wall_seconds: float) -> Row:
     """A round's wall time, from registration to the last callback's input."""
-    return {"round": server_round, "phase": "round", "wall_seconds": wall_seconds}
+    return {"round": server_round, "phase": ROUND, "wall_seconds": wall_seconds}
 
 
 def train_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
@@ -101,5 +102,5 @@ def train_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
 
 def evaluation_accuracy(rows: Iterable[Row], server_round: int) -> float | None:
     """The round's accuracy over its ``evaluate`` rows, weighted by each client's test-set size."""
-    evaluated = [r for r in rows if r["phase"] == "evaluate" and r["round"] == server_round]
+    evaluated = [r for r in rows if r["phase"] == EVALUATE and r["round"] == server_round]
     return weighted_mean([r["accuracy"] for r in evaluated], [r["num-examples"] for r in evaluated])

@@ -25,7 +25,7 @@ from .replies import ClientUpdate
 if TYPE_CHECKING:
     from ..scenario import Scenario
 
-DIAGNOSTIC_PHASE = "rank-diagnostic"
+DIAGNOSTIC_PHASE = "rank-diagnostic"  # a metric phase, declared with its row keys in the registry entries
 
 
 @dataclass(frozen=True)

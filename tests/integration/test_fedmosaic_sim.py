@@ -11,6 +11,7 @@ import yaml
 
 from fedbrick_flower import cli
 from fedbrick_flower.run_dir import CHECKPOINT_DIR, CHECKPOINT_FILE
+from fedbrick_flower.strategies.fedmosaic import RELEVANCE_PHASE
 from tests.wire import ADAPTER_NAME, DECLARED_METRICS, array_names, audit_rows, metric_names
 
 pytestmark = pytest.mark.integration
@@ -91,7 +92,7 @@ def test_ordinary_lora_is_mixed_within_a_family_only(fedmosaic_run: Path) -> Non
     audit = audit_rows(fedmosaic_run)
 
     # Execute
-    mix = [r for r in rows if r["phase"] == "similarity"][-1]
+    mix = [r for r in rows if r["phase"] == RELEVANCE_PHASE][-1]
     families = [FAMILY[cid] for cid in mix["clients"]]
     downs = [r for r in audit if r["type"] == "train" and r["direction"] == "down" and r["client"] == "mpnet-chat"]
 
