@@ -41,12 +41,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from fedbrick_flower.run_dir import SUMMARY_FILE, read_metrics
+from fedbrick_flower.scenario import load_scenario
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this checkout's package, also when another one is installed
-
-from fedbrick_flower.run_dir import SUMMARY_FILE, read_metrics  # noqa: E402
-from fedbrick_flower.scenario import load_scenario  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results" / "fedbip.json"
 ALGORITHMS = ("local", "fedavg", "fedbip", "fedbip-l")
 # Sized for two shared CPU cores: MiniLM's first 3 layers, short sequences, few steps (about 2-3 min a run).

@@ -41,24 +41,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from flwr.app import RecordDict
+
+from fedbrick_flower.assembly import task_examples
+from fedbrick_flower.client_info import ClientInfo
+from fedbrick_flower.clients.profile import client_session
+from fedbrick_flower.clients.state import ClientState
+from fedbrick_flower.records import array_bytes, validate_update
+from fedbrick_flower.registry import client_class, server_class
+from fedbrick_flower.scenario import parse_scenario
+from fedbrick_flower.scoring import evaluate
+from fedbrick_flower.strategies.fedmosaic import BYTES_PHASE, RELEVANCE_PHASE
+from fedbrick_flower.strategies.replies import ClientUpdate
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this checkout's package, also when another one is installed
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from flwr.app import RecordDict  # noqa: E402
-
-from fedbrick_flower.assembly import task_examples  # noqa: E402
-from fedbrick_flower.client_info import ClientInfo  # noqa: E402
-from fedbrick_flower.clients.profile import client_session  # noqa: E402
-from fedbrick_flower.clients.state import ClientState  # noqa: E402
-from fedbrick_flower.records import array_bytes, validate_update  # noqa: E402
-from fedbrick_flower.registry import client_class, server_class  # noqa: E402
-from fedbrick_flower.scenario import parse_scenario  # noqa: E402
-from fedbrick_flower.scoring import evaluate  # noqa: E402
-from fedbrick_flower.strategies.fedmosaic import BYTES_PHASE, RELEVANCE_PHASE  # noqa: E402
-from fedbrick_flower.strategies.replies import ClientUpdate  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results" / "fedmosaic.json"
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "local": ("local", {}),

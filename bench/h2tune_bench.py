@@ -1,4 +1,5 @@
-"""H2Tune benchmark: each client's accuracy on its own test split under hybrid heterogeneity, mean ± std over seeds.
+"""H2Tune benchmark: each client's accuracy on its own test split under hybrid heterogeneity, mean ± std over seeds;
+and its diagnosis: what the shared middles contribute on each device.
 
 The federation is the built-in ``h2tune`` scenario (pretrained MiniLM-L6 at rank 4 on chatterbot topics, MPNet at
 rank 16 on drug conditions, SmolLM2-135M at rank 8 on BBC News; two clients per family), SIZED DOWN to fit about
@@ -14,14 +15,27 @@ rank 16 on drug conditions, SmolLM2-135M at rank 8 on BBC News; two clients per 
 
 Add a method by a line in :data:`METHODS` (scenario overrides); FedMosaic is added by itself once an algorithm of
 that name is registered. The runs go through the package's real round loop and ClientApp, with messages delivered
-in this process (``ranks_bench.LoopbackGrid``) instead of Ray.
+in this process (:mod:`fedbrick_flower.inprocess`) instead of Ray.
+
+With ``--diagnose STEPS...`` it runs, for each local-step budget, ``--methods`` (default ``local``, ``fedavg``,
+``h2tune``) on the first seed of the same federation and, after the H2Tune run, reads every device's state and
+the server's bank to measure:
+
+- ``t_over_identity``: mean over modules of ``||T||_2`` (spectral norm), the size of the shared middle against the
+  identity residual it is added to (``B (T + I) A``);
+- ``t_share_of_update``: ``||s B T A||_F / ||s B (T + I) A||_F``, the part of each module's weight update that
+  goes through the shared middle at all;
+- ``update_over_base``: ``||s B (T + I) A||_F / ||W0||_F``, how far the adapters moved the frozen weights;
+- the server's ``update-cosine-same-model`` / ``update-cosine-cross-model`` rows: whether clients of the same and
+  of different families push the bank the same way.
 
 Usage::
 
     python bench/h2tune_bench.py                           # 3 seeds, the sizes below
     python bench/h2tune_bench.py --seeds 0 --methods local h2tune --rounds 2
+    python bench/h2tune_bench.py --diagnose 5 15           # the diagnosis at 5 and 15 local steps
 
-Writes ``bench/results/h2tune.json``.
+Writes ``bench/results/h2tune.json`` (``bench/results/h2tune-diagnosis.json`` with ``--diagnose``).
 """
 
 from __future__ import annotations
@@ -36,25 +50,22 @@ import datetime as dt
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import yaml
-from flwr.supercore.task_identity import TaskIdentity
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ranks_bench import LoopbackGrid  # noqa: E402 - the bench folder is not a package
-
-from fedbrick_flower.registry import algorithm_names  # noqa: E402
-from fedbrick_flower.run_dir import RunRecorder, read_metrics  # noqa: E402
-from fedbrick_flower.scenario import load_scenario, parse_overrides  # noqa: E402
-from fedbrick_flower.server_app import build_strategy  # noqa: E402
+from fedbrick_flower.adapters.triple import initial_relation
+from fedbrick_flower.clients.state import ClientState
+from fedbrick_flower.inprocess import InProcessGrid, InProcessRun, run_in_process
+from fedbrick_flower.registry import algorithm_names
+from fedbrick_flower.scenario import Scenario, load_scenario, parse_overrides
 
 RESULTS = Path(__file__).resolve().parent / "results" / "h2tune.json"
+DIAGNOSIS_RESULTS = RESULTS.with_name("h2tune-diagnosis.json")
 METHODS: dict[str, dict[str, Any]] = {
     "local": {"algorithm": "local"},
     "fedavg": {"algorithm": "fedavg"},
@@ -85,19 +96,19 @@ def scenario_overrides(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return {**overrides, **parse_overrides(args.set)}
 
 
+def run(method: str, seed: int, args: argparse.Namespace, work: Path) -> tuple[Scenario, InProcessRun]:
+    """One in-process run of ``method`` at ``seed`` in ``work/{method}-{seed}-{local steps}``."""
+    scenario = load_scenario("h2tune", {**scenario_overrides(args, seed), **METHODS[method]})
+    return scenario, run_in_process(scenario, work, f"{method}-{seed}-{args.local_steps}")
+
+
 def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One in-process run; each client's accuracy on its own test split after the last round."""
-    scenario = load_scenario("h2tune", {**scenario_overrides(args, seed), **METHODS[method]})
-    path = work / f"{method}-{seed}.yaml"
-    path.write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
-    run_dir = work / f"{method}-{seed}"
-    strategy = build_strategy(scenario, [RunRecorder(run_dir, scenario)])
-    started = time.monotonic()
-    strategy.start(LoopbackGrid({"scenario": str(path)}, len(scenario.clients)), num_rounds=scenario.rounds)
-    rows = read_metrics(run_dir)
+    _, result = run(method, seed, args, work)
+    rows = result.rows
     evaluations = [r for r in rows if r["phase"] == "evaluate"]
     last = max(r["round"] for r in evaluations)
-    accuracy = {r["client"]: r["accuracy"] for r in evaluations if r["round"] == last}
+    accuracy = final_accuracy(rows)
     trained = [r for r in rows if r["phase"] == "train"]
     return {
         "method": method,
@@ -110,8 +121,15 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> 
         "bytes_up_per_client_round": statistics.mean(r["bytes_up"] for r in trained),
         "bytes_down_per_client_round": statistics.mean(r["bytes_down"] for r in trained),
         "rejected": sum(1 for r in rows if r["phase"] == "rejected"),
-        "wall_seconds": time.monotonic() - started,
+        "wall_seconds": result.wall_seconds,
     }
+
+
+def final_accuracy(rows: list[dict]) -> dict[str, float]:
+    """Each client's accuracy on its own test split in the last round it evaluated."""
+    evaluations = [r for r in rows if r["phase"] == "evaluate"]
+    last = max(r["round"] for r in evaluations)
+    return {r["client"]: r["accuracy"] for r in evaluations if r["round"] == last}
 
 
 def summarize(runs: list[dict[str, Any]], clients: dict[str, str]) -> dict[str, Any]:
@@ -172,20 +190,92 @@ def write_results(args: argparse.Namespace, runs: list[dict[str, Any]], seconds:
     return result
 
 
+def device_figures(grid: InProcessGrid, scenario: Scenario) -> dict[str, dict[str, float]]:
+    """Per client: the size of its last active middles and of the updates they take part in (its state)."""
+    from fedbrick_flower.assembly import cached_backbone
+    from fedbrick_flower.models import model_family
+
+    figures = {}
+    for node, context in grid.contexts.items():
+        profile = scenario.clients[node - 1]
+        handle = ClientState(context.state)
+        state, middles = handle.arrays("h2tune-local"), handle.arrays("h2tune-previous-t")
+        backbone = cached_backbone(scenario.models[profile.model], scenario.seed)
+        weights = dict(backbone.named_parameters())
+        stack = model_family(backbone).layer_stack
+        scale = scenario.lora.alpha / profile.rank
+        t_norms, shares, moves = [], [], []
+        for key, middle in middles.items():
+            t = torch.as_tensor(middle).double()
+            a = torch.as_tensor(state[f"layers.{key}.triple_A"]).double()
+            b = torch.as_tensor(state[f"layers.{key}.triple_B"]).double()
+            through_t, update = scale * b @ t @ a, scale * b @ (t + torch.eye(len(t), dtype=t.dtype)) @ a
+            w0 = weights[f"{stack}.{key}.weight"].double()
+            t_norms.append(float(torch.linalg.matrix_norm(t, 2)))
+            shares.append(float(through_t.norm() / update.norm()) if update.norm() > 0 else 0.0)
+            moves.append(float(update.norm() / w0.norm()))
+        relation = state["triple.relation"]
+        figures[profile.id] = {
+            "t_over_identity": statistics.mean(t_norms),
+            "t_share_of_update": statistics.mean(shares),
+            "update_over_base": statistics.mean(moves),
+            "relation_moved": float(np.abs(relation - initial_relation(relation.shape[1], relation.shape[0])).max()),
+        }
+    return figures
+
+
+def diagnose(args: argparse.Namespace) -> None:
+    """The diagnosis: per local-step budget, each method's final accuracies; H2Tune's device and bank figures."""
+    started, results, seed = time.monotonic(), [], args.seeds[0]
+    with tempfile.TemporaryDirectory(prefix="h2tune-diagnose-") as folder:
+        for steps in args.diagnose:
+            args.local_steps = steps
+            entry: dict[str, Any] = {"local_steps": steps, "accuracy": {}}
+            for method in args.methods:
+                scenario, result = run(method, seed, args, Path(folder))
+                entry["accuracy"][method] = final_accuracy(result.rows)
+                if method == "h2tune":
+                    entry["devices"] = device_figures(result.grid, scenario)
+                    entry["bank_rows"] = [r for r in result.rows if r["phase"] == "h2tune"]
+                print(steps, method, statistics.mean(entry["accuracy"][method].values()), flush=True)
+            if {"local", "h2tune"} <= set(entry["accuracy"]):
+                local, h2 = entry["accuracy"]["local"], entry["accuracy"]["h2tune"]
+                entry["same_accuracy_as_local"] = sum(local[c] == h2[c] for c in local) / len(local)
+            results.append(entry)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    payload = {"settings": settings, "results": results, "total_seconds": time.monotonic() - started}
+    args.out.write_text(json.dumps(payload, indent=2))
+    print(json.dumps(results, indent=1)[:4000])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), help="default: all; the diagnosis's: local fedavg h2tune"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--max-examples", type=int, default=240, help="per task, before the client splits")
     parser.add_argument("--mpnet-layers", type=int, default=2, help="first layers MPNet clients hold (of 12)")
     parser.add_argument("--smollm2-layers", type=int, default=3, help="first layers SmolLM2 clients hold (of 30)")
     parser.add_argument("--set", nargs="*", default=[], help="more scenario overrides, KEY=VALUE")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--diagnose",
+        type=int,
+        nargs="+",
+        metavar="LOCAL_STEPS",
+        help="run the diagnosis instead, at these local-step budgets, on the first of --seeds",
+    )
+    parser.add_argument("--out", type=Path, help=f"default: {RESULTS} ({DIAGNOSIS_RESULTS.name} with --diagnose)")
     args = parser.parse_args()
+    args.methods = args.methods or (["local", "fedavg", "h2tune"] if args.diagnose else list(METHODS))
+    args.out = args.out or (DIAGNOSIS_RESULTS if args.diagnose else RESULTS)
     torch.set_num_threads(1)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0  # what a ServerApp process sets
+    if args.diagnose:
+        diagnose(args)
+        return
     started = time.monotonic()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="h2tune-bench-") as folder:

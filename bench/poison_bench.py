@@ -14,9 +14,9 @@ the round's median) with ``server.aggregation=trimmed-mean`` (``trim_fraction`` 
 is cut at each end of every coordinate). Reported per configuration: the server-side accuracy of the full-depth
 global model after the last round, mean ± std over seeds, and which clients the server rejected.
 
-The runs go through the package's real round loop and the real ClientApp (its fault mod included) through the
-in-process ``LoopbackGrid`` of ``bench/ranks_bench.py``: no Flower engine, which on 2 shared cores would cost
-more than the training. Sized for about 20 minutes on 2 cores: 2 rounds of 6 local steps, sequences of 32
+The runs go through the package's real round loop and the real ClientApp (its fault mod included) on the
+in-process grid of :mod:`fedbrick_flower.inprocess`: no Flower engine, which on 2 shared cores would cost more
+than the training. Sized for about 20 minutes on 2 cores: 2 rounds of 6 local steps, sequences of 32
 tokens, 1,000 examples.
 
 Usage::
@@ -47,9 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flwr.supercore.task_identity import TaskIdentity
-from ranks_bench import run_in_process  # the same in-process transport as the rank benchmark
-
+from fedbrick_flower.inprocess import run_in_process
 from fedbrick_flower.scenario import load_scenario, parse_overrides
 
 RESULTS = Path(__file__).resolve().parent / "results" / "poison.json"
@@ -188,7 +186,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "poisoned_client": POISONED,
         "defence": DEFENCE,
         "overrides": args.set,
-        "transport": "in-process LoopbackGrid (real strategy round loop and ClientApp with its mods)",
+        "transport": "in-process InProcessGrid (real strategy round loop and ClientApp with its mods)",
     }
 
 
@@ -222,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    # Messages built outside a Flower process need the identity a SuperLink run would give them.
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     started = time.monotonic()
     sources = [json.loads(path.read_text()) for path in args.merge or []]
     runs = [run for source in sources for run in source["runs"]] if sources else measure(args)

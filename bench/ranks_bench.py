@@ -15,8 +15,9 @@ method, and reports the download FLoRA's stack would need per client at that sca
 
 The runs go through the package's real round loop (``HeterogeneousStrategy.start``, reply validation, byte
 accounting, global evaluation, ``RunRecorder``) and the real ClientApp (``client_app.app``, state handles per
-node), but messages are delivered in this process by :class:`LoopbackGrid` instead of Flower's Simulation
-Engine: on 2 shared cores, starting Ray and a SuperLink for each of 15 runs would cost more than the training.
+node), but messages are delivered in this process by :mod:`fedbrick_flower.inprocess` instead of Flower's
+Simulation Engine: on 2 shared cores, starting Ray and a SuperLink for each of 15 runs would cost more than the
+training.
 
 Usage::
 
@@ -44,77 +45,20 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import numpy as np
 import yaml
-from flwr.app import Context, Message, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
-from fedbrick_flower import client_app
 from fedbrick_flower.client_info import ClientInfo
-from fedbrick_flower.evaluation import GlobalModelEvaluator
-from fedbrick_flower.run_dir import SUMMARY_FILE, RunRecorder, read_metrics
+from fedbrick_flower.inprocess import run_in_process
 from fedbrick_flower.scenario import load_scenario, parse_overrides, scenario_path
-from fedbrick_flower.server_app import build_strategy
 from fedbrick_flower.strategies.replies import ClientUpdate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ranks.json"
 MIX_METHODS = ("hetlora", "flexlora", "flora")
-
-
-class LoopbackGrid(Grid):
-    """A Flower ``Grid`` that hands every message to the package's ClientApp in this process.
-
-    One ``Context`` per node (``partition-id`` i, its own ``state`` RecordDict kept across messages, as a
-    SuperNode keeps it), so client halves see exactly what they see under Flower's engines, minus transport.
-    """
-
-    def __init__(self, run_config: dict[str, Any], num_nodes: int) -> None:
-        self.contexts = {
-            node: Context(
-                run_id=1,
-                node_id=node,
-                node_config={"partition-id": node - 1, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config=run_config,
-            )
-            for node in range(1, num_nodes + 1)
-        }
-        self._replies: dict[str, Message] = {}
-
-    def set_run(self, run: Any) -> None:  # noqa: D102 - one fixed run
-        pass
-
-    @property
-    def run(self) -> Any:  # noqa: D102
-        raise NotImplementedError("the loopback grid has no SuperLink run")
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # noqa: D102 - deprecated in Flower
-        raise NotImplementedError("build Message objects directly")
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for message in messages:
-            message_id = uuid4().hex
-            message.metadata.__dict__["_message_id"] = message_id  # what a SuperLink does on arrival
-            self._replies[message_id] = client_app.app(message, self.contexts[message.metadata.dst_node_id])
-            ids.append(message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
 
 
 def method_overrides(method: str, rank_mix: list[int]) -> dict[str, Any]:
@@ -125,36 +69,6 @@ def method_overrides(method: str, rank_mix: list[int]) -> dict[str, Any]:
     overrides: dict[str, Any] = {"algorithm": "fedavg"}
     overrides.update({f"clients.{i}.rank": rank for i in range(len(rank_mix))})
     return overrides
-
-
-@dataclass
-class InProcessRun:
-    """What one in-process run left: its metric rows, summary, run directory and wall time."""
-
-    rows: list[dict[str, Any]]
-    summary: dict[str, Any]
-    run_dir: Path
-    wall_seconds: float
-    before_start: Any = None
-
-
-def run_in_process(
-    scenario: Any, work: Path, name: str, before_start: Callable[[Any], Any] | None = None
-) -> InProcessRun:
-    """Run ``scenario`` through the real strategy and ClientApp over :class:`LoopbackGrid`, in ``work/name``.
-
-    ``before_start`` gets the strategy before round 1 (e.g. to wrap its aggregation with a timer); what it
-    returns comes back as ``before_start``.
-    """
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
-    run_dir = work / name
-    strategy = build_strategy(scenario, [GlobalModelEvaluator(scenario, "cpu"), RunRecorder(run_dir, scenario)])
-    prepared = before_start(strategy) if before_start is not None else None
-    started = time.monotonic()
-    strategy.start(LoopbackGrid({"scenario": str(path)}, len(scenario.clients)), num_rounds=scenario.rounds)
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    return InProcessRun(read_metrics(run_dir), summary, run_dir, time.monotonic() - started, prepared)
 
 
 def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -314,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    # Messages built outside a Flower process need the identity a SuperLink run would give them.
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="ranks-bench-"))
     runs = []
@@ -360,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_examples": args.max_examples,
             "overrides": args.set,
             "seeds": args.seeds,
-            "transport": "in-process LoopbackGrid (real strategy round loop and ClientApp; no Flower engine)",
+            "transport": "in-process InProcessGrid (real strategy round loop and ClientApp; no Flower engine)",
         },
         "methods": summarize(runs, QUALITY_KEYS),
         "synthetic": synthetic,

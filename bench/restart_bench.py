@@ -23,8 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleet import ROOT, LoopbackFleet, completed_rounds, run_context, tiny_scenario, wait_for
-
+from fedbrick_flower.deployment.loopback_fleet import (
+    LoopbackFleet,
+    completed_rounds,
+    run_context,
+    tiny_scenario,
+    wait_for,
+)
 from fedbrick_flower.metrics import read_metrics
 from fedbrick_flower.run_dir import checkpoint_round
 from fedbrick_flower.run_files import CHECKPOINT_DIR, SUMMARY_FILE
@@ -34,7 +39,7 @@ CLIENTS = ["node-a", "node-b"]
 
 def restart_once(folder: Path, rounds: int, crash_after: int) -> dict[str, Any]:
     """One run with one SuperLink crash after round ``crash_after``; the figures and what the checks need."""
-    scenario = tiny_scenario(folder / "restart.yaml", CLIENTS, rounds, round_timeout=120)
+    scenario = tiny_scenario(folder / "restart.yaml", CLIENTS, rounds, "fedavg", round_timeout=120)
     fleet = LoopbackFleet(folder, database=True, tls_clients=CLIENTS)
     with fleet.running():
         started = time.monotonic()
@@ -92,7 +97,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--crash-after", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "restart.json")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "restart.json")
     args = parser.parse_args()
     runs = []
     for _ in range(args.repeats):

@@ -90,7 +90,6 @@ def _status_kb(field: str) -> int:
 
 def synthetic_updates(method: str, num_clients: int, seed: int) -> tuple[Any, list[Any], int]:
     """The strategy and ``num_clients`` updates (a pool of :data:`POOL` distinct array sets, reused)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from fedbrick_flower.client_info import ClientInfo
     from fedbrick_flower.registry import server_class
     from fedbrick_flower.strategies.replies import ClientUpdate

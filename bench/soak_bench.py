@@ -33,8 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from fleet import ROOT, LoopbackFleet, completed_rounds, family, run_context, tiny_scenario, wait_for
 
+from fedbrick_flower.deployment.loopback_fleet import (
+    LoopbackFleet,
+    completed_rounds,
+    family,
+    run_context,
+    tiny_scenario,
+    wait_for,
+)
 from fedbrick_flower.run_files import SUMMARY_FILE
 
 WINDOW = 5  # rounds compared at each end
@@ -90,6 +97,7 @@ def soak(folder: Path, nodes: int, rounds: int, kill_every: int, fraction: float
         folder / "soak.yaml",
         clients,
         rounds,
+        "fedavg",
         fraction_train=fraction,
         min_clients=max(1, nodes // 2),
         min_train_clients=1,
@@ -154,7 +162,7 @@ def main() -> None:
     parser.add_argument("--kill-every", type=int, default=3)
     parser.add_argument("--fraction-train", type=float, default=0.25, help="share of the nodes training per round")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "soak.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as folder:
         result = soak(Path(folder), args.nodes, args.rounds, args.kill_every, args.fraction_train, args.seed)

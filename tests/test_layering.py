@@ -214,7 +214,15 @@ ALGORITHM_NAMES = re.compile(
 PACKAGE_WORDS = re.compile(r"fedbrick[-_]flower|FEDBRICK_CACHE|\.fedbrick-complete|fedbrick_global_layer_indices")
 CITATION = re.compile(r"et al\.|arxiv\.org|doi\.org")
 # Shared modules that must name no algorithm (an algorithm's knowledge lives in its own modules and registry entry).
-ALGORITHM_FREE = ("scenario", "preflight.py", "models", "records.py", "report.py", "leaderboard/compare.py", "metrics.py")
+ALGORITHM_FREE = (
+    "scenario",
+    "preflight.py",
+    "models",
+    "records.py",
+    "report.py",
+    "leaderboard/compare.py",
+    "metrics.py",
+)
 
 
 def _algorithm_mentions(text: str) -> list[str]:

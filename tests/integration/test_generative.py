@@ -1,8 +1,8 @@
 """Generative tasks end to end: every algorithm, a tiny random Llama and the pretrained SmolLM2. Marked integration.
 
-The tests drive the real strategy (with the server's global evaluation) and the real ClientApp handlers through
-real Flower ``Message`` objects on an in-process grid (:class:`tests.strategies.loopback.LoopbackGrid`): a
-federation in one process, seconds rather than a Ray start. The Simulation Engine itself does not depend on the
+The tests drive the real strategy (with the server's global evaluation) and the real ClientApp through real Flower
+``Message`` objects on an in-process grid (:func:`fedbrick_flower.inprocess.client_app_grid`): a federation in one
+process, seconds rather than a Ray start. The Simulation Engine itself does not depend on the
 task's kind; ``fedbrick-flower run instruct`` runs a generative task on it (README, "Instruction tuning").
 """
 
@@ -13,15 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from flwr.app import Context, MessageType, RecordDict
 
-from fedbrick_flower import client_app
 from fedbrick_flower.evaluation import GlobalModelEvaluator
+from fedbrick_flower.inprocess import client_app_grid
 from fedbrick_flower.runconfig import SCENARIO_KEY
 from fedbrick_flower.scenario import load_scenario
 from fedbrick_flower.server_app import build_strategy
 from fedbrick_flower.strategies.base import RoundCallback
-from tests.strategies.loopback import LoopbackGrid
 
 pytestmark = pytest.mark.integration
 
@@ -69,21 +67,14 @@ class _Rows(RoundCallback):
 
 
 def _drive(tmp_path: Path, raw: dict) -> tuple[list[dict], object]:
-    """Run ``raw`` with the real strategy and the real ClientApp handlers, one in-process node per client."""
+    """Run ``raw`` with the real strategy and the real ClientApp, one in-process node per client."""
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(raw))
     scenario = load_scenario(str(path))
-    handlers = {MessageType.QUERY: client_app.query, MessageType.TRAIN: client_app.train}
-    handlers[MessageType.EVALUATE] = client_app.evaluate
-
-    def node(index: int):  # noqa: ANN202
-        context = Context(1, index + 1, {"partition-id": index}, RecordDict(), {SCENARIO_KEY: str(path)})
-        return lambda message: handlers[message.metadata.message_type](message, context)
-
     rows = _Rows()
     callbacks = [GlobalModelEvaluator(scenario, "cpu"), rows] if scenario.server.evaluate_global else [rows]
     strategy = build_strategy(scenario, callbacks)
-    grid = LoopbackGrid({index + 1: node(index) for index in range(len(scenario.clients))})
+    grid = client_app_grid({SCENARIO_KEY: str(path)}, len(scenario.clients))
     strategy.start(grid, num_rounds=scenario.rounds, timeout=600)
     return rows.rows, strategy
 

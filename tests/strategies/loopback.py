@@ -1,22 +1,17 @@
-"""An in-process Flower ``Grid`` for unit tests: real ``Message`` and ``RecordDict`` objects, no sockets, no Ray.
-
-Each node is a Python callable that answers a message with a reply built by ``Message(..., reply_to=msg)``,
-the way a ClientApp does. The grid assigns message ids as the SuperLink would and keeps a log of every
-message pushed, so tests can count what was sent to whom.
+"""Hand-written nodes for :class:`fedbrick_flower.inprocess.InProcessGrid`: tiny clients that answer like a
+ClientApp (``Message(..., reply_to=msg)``) without a model, so strategy tests see real ``Message`` and
+``RecordDict`` objects and no sockets, Ray or torch.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedbrick_flower.client_info import ClientInfo
+from fedbrick_flower.inprocess import Node
 from fedbrick_flower.records import (
     ADAPTERS_KEY,
     CONFIG_KEY,
@@ -26,53 +21,6 @@ from fedbrick_flower.records import (
     from_array_record,
     to_array_record,
 )
-
-Node = Callable[[Message], Message]
-
-
-class LoopbackGrid(Grid):
-    """A Grid whose nodes answer in-process as soon as a message is pushed."""
-
-    def __init__(self, nodes: dict[int, Node]) -> None:
-        # Messages need a task identity, which Flower sets in a real ServerApp process.
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-        self.nodes = nodes
-        self.pushed: list[Message] = []
-        self._replies: dict[str, Message] = {}
-        self._ids = (f"m{i}" for i in itertools.count())
-
-    def set_run(self, run: object) -> None:  # noqa: D102 - the Grid interface
-        pass
-
-    @property
-    def run(self) -> object:  # noqa: D102
-        raise NotImplementedError
-
-    def create_message(self, *args: object, **kwargs: object) -> Message:  # noqa: D102
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return list(self.nodes)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
-        ids = []
-        for message in messages:
-            message_id = next(self._ids)
-            message.metadata.__dict__["_message_id"] = message_id
-            self.pushed.append(message)
-            self._replies[message_id] = self.nodes[message.metadata.dst_node_id](message)
-            ids.append(message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
-        return [self._replies.pop(mid) for mid in list(message_ids) if mid in self._replies]
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
-        return self.pull_messages(self.push_messages(messages))
-
-    def sent(self, node: int, message_type: str) -> int:
-        """How many messages of ``message_type`` went to ``node``."""
-        return sum(1 for m in self.pushed if m.metadata.dst_node_id == node and m.metadata.message_type == message_type)
 
 
 def client_info(

@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MessageType
 
+from fedbrick_flower.inprocess import InProcessGrid
 from fedbrick_flower.strategies.aggregation import Robustness, ShapeMismatch
 from fedbrick_flower.strategies.base import RoundCallback
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
 
-from .loopback import LoopbackGrid, client_info, failing_node, training_node
+from .loopback import client_info, failing_node, training_node
 
 
-def _prepare(nodes: dict, **kwargs) -> tuple[LayerwiseFedAvg, LoopbackGrid]:
+def _prepare(nodes: dict, **kwargs) -> tuple[LayerwiseFedAvg, InProcessGrid]:
     kwargs.setdefault("min_clients", len(nodes))
-    return LayerwiseFedAvg(seed=0, node_wait_timeout=5, **kwargs), LoopbackGrid(nodes)
+    return LayerwiseFedAvg(seed=0, node_wait_timeout=5, **kwargs), InProcessGrid(nodes)
 
 
 def _rows(strategy: LayerwiseFedAvg, phase: str) -> list[dict]:

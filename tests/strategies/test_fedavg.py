@@ -10,12 +10,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 
 from fedbrick_flower.adapters.naming import drop_lora
 from fedbrick_flower.client_info import ClientInfo
+from fedbrick_flower.inprocess import InProcessGrid
 from fedbrick_flower.records import ADAPTERS_KEY, from_array_record, to_array_record
 from fedbrick_flower.strategies.aggregation import layerwise_average, random_layer_subset, sample_clients
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
 from fedbrick_flower.strategies.replies import ClientUpdate
 
-from .loopback import LoopbackGrid, client_info, training_node
+from .loopback import client_info, training_node
 
 LAYER_SCHEMA = {"q.lora_A": [2, 4], "q.lora_B": [4, 2]}
 HEAD_SCHEMA = {"head.weight": [3, 4], "head.bias": [3]}
@@ -85,9 +86,9 @@ def test_aggregate_ignores_non_holders_and_keeps_unheld_layers() -> None:
     np.testing.assert_almost_equal(strategy.state["m/t/head.bias"], np.full(3, 2.5))
 
 
-def _prepare_round(nodes: dict) -> tuple[LayerwiseFedAvg, LoopbackGrid]:
+def _prepare_round(nodes: dict) -> tuple[LayerwiseFedAvg, InProcessGrid]:
     """A strategy that has registered ``nodes`` and sent them round 1's train messages."""
-    strategy, grid = LayerwiseFedAvg(seed=0, min_clients=len(nodes)), LoopbackGrid(nodes)
+    strategy, grid = LayerwiseFedAvg(seed=0, min_clients=len(nodes)), InProcessGrid(nodes)
     strategy._register_new_nodes(grid)
     strategy._exchange(grid, strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
     return strategy, grid
@@ -142,7 +143,7 @@ def test_frozen_lora_keeps_lora_off_the_wire_both_ways() -> None:
     # Prepare: a linear probe and a client that still sends its LoRA
     probe, full = client_info("probe", 1), client_info("full", 2)
     strategy = LayerwiseFedAvg(seed=0, min_clients=2, frozen_lora=True)
-    grid = LoopbackGrid({1: _linear_probe_node(probe), 2: training_node(full, 5.0)})
+    grid = InProcessGrid({1: _linear_probe_node(probe), 2: training_node(full, 5.0)})
     strategy._register_new_nodes(grid)
     strategy.state = {f"m/layers.1.{k}": np.ones(s, np.float32) for k, s in LAYER_SCHEMA.items()}
     strategy.state.update({f"m/t/{k}": np.ones(s, np.float32) for k, s in HEAD_SCHEMA.items()})

@@ -9,6 +9,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedbrick_flower.client_info import ClientInfo
+from fedbrick_flower.inprocess import InProcessGrid
 from fedbrick_flower.records import (
     ADAPTERS_KEY,
     CONFIG_KEY,
@@ -20,8 +21,6 @@ from fedbrick_flower.records import (
 from fedbrick_flower.scenario import ScenarioError, load_scenario
 from fedbrick_flower.strategies.fedmosaic import GRADIENT_NAME, FedMosaic, scenario_problems
 from fedbrick_flower.strategies.similarity import columnwise_cosine, softmax_weights
-
-from .loopback import LoopbackGrid
 
 GRADIENT_SHAPE = (2, 3)
 
@@ -109,7 +108,7 @@ def test_two_loopback_rounds_mix_p_q_across_families_and_lora_within_a_family() 
         strategy.layers_for(info, 1, "train")
         shapes[info.client_id] = {n: s for n, s in strategy.expected_update(info, 1).items() if n != GRADIENT_NAME}
     seen = {info.client_id: [] for info in infos}
-    grid = LoopbackGrid(
+    grid = InProcessGrid(
         {
             info.node_id: _node(
                 info, shapes[info.client_id], float(i + 1), gradients[i].astype(np.float32), seen[info.client_id]

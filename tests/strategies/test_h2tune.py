@@ -1,5 +1,5 @@
-"""H2Tune server half: one seeded bank for everybody, slot-wise means, refusals, and a loopback run with the real
-client halves (the ClientApp's handlers, in-process)."""
+"""H2Tune server half: one seeded bank for everybody, slot-wise means, refusals, and an in-process run with the
+real client halves (the ClientApp, one Context per node)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from flwr.app import Context, Message, RecordDict
 
-from fedbrick_flower import client_app
 from fedbrick_flower.client_info import ClientInfo
+from fedbrick_flower.inprocess import client_app_grid
 from fedbrick_flower.records import ADAPTERS_KEY, from_array_record
 from fedbrick_flower.scenario import ScenarioError, load_scenario
 from fedbrick_flower.strategies.base import RoundCallback
 from fedbrick_flower.strategies.h2tune import BANK_MASS_NAME, H2Tune, scenario_problems, slot_mean, update_agreement
 from fedbrick_flower.strategies.replies import ClientUpdate
 from tests.hybrid import TINY_HYBRID
-from tests.strategies.loopback import LoopbackGrid
 
 
 def _info(client_id: str, rank: int, layers: int, model_type: str = "bert", roles=("q", "v")) -> ClientInfo:
@@ -138,19 +136,7 @@ def test_a_loopback_round_with_the_real_client_halves_sends_only_the_bank(tmp_pa
     # Prepare: the tiny hybrid federation (bert 2 x 32 rank 2, llama 5 x 48 rank 4, mpnet 3 x 64 rank 8)
     path = tmp_path / "hybrid.yaml"
     path.write_text(yaml.safe_dump({**TINY_HYBRID, "rounds": 2}))
-    contexts = {
-        node: Context(1, node, {"partition-id": node - 1}, RecordDict(), {"scenario": str(path)})
-        for node in range(1, 7)
-    }
-
-    uploads: list[Message] = []
-
-    def node(message: Message) -> Message:
-        context = contexts[message.metadata.dst_node_id]
-        handler = {"query": client_app.query, "train": client_app.train, "evaluate": client_app.evaluate}
-        reply = handler[message.metadata.message_type](message, context)
-        uploads.extend([reply] if message.metadata.message_type == "train" else [])
-        return reply
+    grid = client_app_grid({"scenario": str(path)}, 6)
 
     class Rows(RoundCallback):
         rows: list[dict] = []
@@ -158,7 +144,6 @@ def test_a_loopback_round_with_the_real_client_halves_sends_only_the_bank(tmp_pa
         def on_round_end(self, strategy, server_round: int, log_rows: list[dict]) -> None:
             self.rows.extend(log_rows)
 
-    grid = LoopbackGrid({n: node for n in contexts})
     strategy = H2Tune(seed=0, min_clients=6, callbacks=[Rows()])
 
     # Execute
@@ -166,6 +151,7 @@ def test_a_loopback_round_with_the_real_client_halves_sends_only_the_bank(tmp_pa
 
     # Assert: every client trained both rounds; R = 8, L_max = 5 (llama-a), q and v
     rows = Rows.rows
+    uploads = [m for m in grid.replies if m.metadata.message_type == "train"]
     assert len(uploads) == 12 and not [r for r in rows if r["phase"] == "rejected"]
     assert {name for m in uploads for name in from_array_record(m.content[ADAPTERS_KEY])} == {"bank.q", "bank.v"}
     downloads = [m for m in grid.pushed if m.metadata.message_type == "train"]
@@ -174,7 +160,7 @@ def test_a_loopback_round_with_the_real_client_halves_sends_only_the_bank(tmp_pa
     assert [r["uploads"] for r in bank_rows] == [6, 6] and all(r["bank-change"] > 0 for r in bank_rows)
     assert all(-1.0 <= r["update-cosine-cross-model"] <= 1.0 for r in bank_rows)
     assert {role: value.shape for role, value in strategy.bank.items()} == {"q": (5, 8, 8), "v": (5, 8, 8)}
-    state = contexts[4].state  # llama-b holds 3 of 5 layers: its Π is 5 x 3, kept on the device
+    state = grid.contexts[4].state  # llama-b holds 3 of 5 layers: its Π is 5 x 3, kept on the device
     assert any(key.endswith("h2tune-local") for key in state)
     assert json.loads(strategy.clients["llama-b"].to_json())["budget"] == 3
 

@@ -2,7 +2,7 @@
 
 ``fedbrick-flower server`` runs the SuperLink and the run; the SuperNodes are started here, one
 ``flower-supernode`` per client, so that a benchmark can kill and restart any of them, or the server, by PID.
-Everything binds 127.0.0.1 on free ports and runs this checkout's package.
+Everything binds 127.0.0.1 on free ports and runs the package this module belongs to. Not used by any command.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import Any
 import psutil
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's package, also when another one is installed
+from .. import runtime
+from ..metrics import read_metrics
+from .certs import CertificateSet, make_certificates
+from .commands import DEPLOYMENT_FILE
+from .processes import supernode_command
 
-from fedbrick_flower import runtime  # noqa: E402
-from fedbrick_flower.deployment.certs import CertificateSet, make_certificates  # noqa: E402
-from fedbrick_flower.deployment.commands import DEPLOYMENT_FILE  # noqa: E402
-from fedbrick_flower.deployment.processes import supernode_command  # noqa: E402
-from fedbrick_flower.metrics import read_metrics  # noqa: E402
+# The folder that holds this package: the server and the SuperNodes import the same package as this process.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 READY = "waiting for SuperNodes"  # printed by `server` once its SuperLink is up
 # A model small enough that a ClientApp process spends its time starting, not training.
@@ -40,12 +40,13 @@ TINY_BERT = {
 }
 
 
-def tiny_scenario(path: Path, client_ids: list[str], rounds: int, **server: Any) -> Path:
-    """A FedAvg scenario of tiny random BERTs, one local step per round, no server evaluation, as a YAML file."""
+def tiny_scenario(path: Path, client_ids: list[str], rounds: int, algorithm: str, **server: Any) -> Path:
+    """A scenario of tiny random BERTs running ``algorithm``, one local step per round, no server evaluation, as a
+    YAML file; ``server`` adds server settings."""
     raw = {
         "name": path.stem,
         "description": "tiny random BERT clients for deployment benchmarks",
-        "algorithm": "fedavg",
+        "algorithm": algorithm,
         "rounds": rounds,
         "seed": 0,
         "models": {"tiny-bert": TINY_BERT},
@@ -167,7 +168,7 @@ class LoopbackFleet:
         self.launches += 1
         log_file = self.folder / f"server-{self.launches}.out"
         command = [sys.executable, "-m", "fedbrick_flower.cli", "server", *args]
-        env = runtime.flower_env(self.folder / ".flwr-home", {"PYTHONPATH": str(ROOT)})
+        env = runtime.flower_env(self.folder / ".flwr-home", {"PYTHONPATH": str(PACKAGE_ROOT)})
         self.server = runtime.start(command, log_file, env)
         self.track()
         wait_for(lambda: READY in log_file.read_text(), 180, "SuperLink ready", self.server)
@@ -202,7 +203,7 @@ class LoopbackFleet:
         )
         home = self.folder / "nodes" / client_id
         home.mkdir(parents=True, exist_ok=True)
-        env = runtime.flower_env(home, {"PYTHONPATH": str(ROOT)})
+        env = runtime.flower_env(home, {"PYTHONPATH": str(PACKAGE_ROOT)})
         node = runtime.start(command, self.folder / "logs" / f"{client_id}.log", env)
         self.nodes[client_id] = node
         self.track()
