@@ -20,7 +20,7 @@ The target (issue 9): FedBip-L above both local and FedIT by more than one stand
 after every run, so an interrupted benchmark keeps what it measured; runs whose directory already holds a
 ``summary.json`` from the same command are read, not repeated (``--fresh`` repeats them).
 
-Reference: Yang et al., FedBip, AAAI-26 (ALGORITHMS.md §2): NLP average FedBip-L 81.90 vs FedIT 79.05.
+Reference: Yang et al., FedBip, AAAI-26 (``docs/algorithms/fedbip.md``): NLP average FedBip-L 81.90 vs FedIT 79.05.
 
 Usage::
 

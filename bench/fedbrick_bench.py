@@ -12,7 +12,7 @@ global model (phase ``server-eval``, the papers' metric), the clients' on-device
 weighted by test examples) and the bytes that travelled (up + down, all clients). Results go to
 ``bench/results/fedbrick.json``.
 
-Reference: FedBRICK, AAAI-26 (spec section 1.9 of ``ALGORITHMS.md``); FedRA, ECCV 2024.
+Reference: FedBRICK, AAAI-26 (``docs/algorithms/fedbrick.md``); FedRA, ECCV 2024.
 
 Usage::
 

@@ -65,9 +65,10 @@ class InProcessGrid(Grid):
         Every reply, in the order the nodes gave them (pulled or not).
     """
 
-    def __init__(self, nodes: Mapping[int, Node]) -> None:
+    def __init__(self, nodes: Mapping[int, Node], silent: Iterable[int] = ()) -> None:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = SERVER_IDENTITY
         self.nodes = dict(nodes)
+        self.silent = frozenset(silent)  # nodes whose replies never arrive, like a node lost mid-round
         self.pushed: list[Message] = []
         self.replies: list[Message] = []
         self._waiting: dict[str, Message] = {}
@@ -111,7 +112,8 @@ class InProcessGrid(Grid):
         return message_ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
-        return [self._waiting.pop(mid) for mid in list(message_ids) if mid in self._waiting]
+        replies = [self._waiting.pop(mid) for mid in list(message_ids) if mid in self._waiting]
+        return [reply for reply in replies if reply.metadata.src_node_id not in self.silent]
 
     def send_and_receive(  # noqa: D102
         self, messages: Iterable[Message], *, timeout: float | None = None

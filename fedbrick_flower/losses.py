@@ -1,4 +1,5 @@
-"""Loss terms that both halves use (spec section 5.7 of ``ALGORITHMS.md``). Pure torch, no Flower imports.
+"""Loss terms that both halves use (``docs/algorithms/fedbrick.md#client-per-round-stage-i-and-stage-ii``). Pure
+torch, no Flower imports.
 
 FedBRICK fits a BRICK to its layer with the same padding-aware MSE on the client (Stage II) and on the server
 (layer-wise distillation), so the term lives here rather than in either half.

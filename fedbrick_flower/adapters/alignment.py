@@ -1,4 +1,5 @@
-"""Weight alignment of Co-LoRA's frozen A and B across models (FedMosaic, ALGORITHMS.md §3.4). Torch only.
+"""Weight alignment of Co-LoRA's frozen A and B across models (FedMosaic;
+``docs/algorithms/fedmosaic.md#alignment-of-the-frozen-a-and-b``). Torch only.
 
 Co-LoRA's P only means the same transformation in two models if their A project matching inputs to matching
 rank-space coordinates and their B carry rank-space coordinates to matching outputs. Done once before round 1:

@@ -16,8 +16,7 @@ distillation the server half's (``strategies/distillation.py``). No Flower impor
 References
 ----------
 FedBRICK: Federated Bias Recovery via Inserted Calibrative Kernels. Proceedings of the
-AAAI Conference on Artificial Intelligence (AAAI-26), 2026. "Spec section" below means
-section 1 (FedBRICK) of the project's algorithm specification, ALGORITHMS.md.
+AAAI Conference on Artificial Intelligence (AAAI-26), 2026. As implemented: ``docs/algorithms/fedbrick.md``.
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ class Brick(nn.Module):
     References
     ----------
     FedBRICK: Federated Bias Recovery via Inserted Calibrative Kernels, AAAI-26, eq. for
-    ``E_l`` (spec section 1.2).
+    ``E_l`` (``docs/algorithms/fedbrick.md#the-brick``).
     """
 
     def __init__(self, hidden_size: int, rank: int = 8) -> None:

@@ -1,7 +1,8 @@
 """The ``colora`` adapter kind: FedMosaic's Co-LoRA (PQ-LoRA) at block-end layers, dual LoRA elsewhere.
 
 Seo et al., "Co-LoRA: Collaborative Model Personalization on Heterogeneous Multi-Modal Clients" (FedMosaic),
-ICLR-26, https://arxiv.org/abs/2506.11024 (our spec: ALGORITHMS.md §3.2). Every adapted projection carries TWO
+ICLR-26, https://arxiv.org/abs/2506.11024 (as implemented:
+``docs/algorithms/fedmosaic.md#adapter-co-lora-dual-lora-and-the-gate``). Every adapted projection carries TWO
 adapters, a global one G (received, frozen on the client) and a local one L (trained), mixed by a gate β::
 
     h = W0 x + β(x) Δ_G(x) + (1 − β(x)) Δ_L(x)

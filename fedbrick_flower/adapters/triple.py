@@ -1,6 +1,6 @@
 """The ``triple`` adapter kind: H2Tune's sparsified triple-matrix LoRA with a shared, layer-aligned middle bank.
 
-Every targeted projection of a held layer computes (``ALGORITHMS.md`` §4.2)::
+Every targeted projection of a held layer computes (``docs/algorithms/h2tune.md#adapter-triple-matrices``)::
 
     h = W0 x + (alpha / r_k) B (T u + u),    u = A dropout(x)
 
@@ -18,7 +18,8 @@ Selection (``selection``): ``fixed`` (default) draws the r_k^2 positions once fr
 federation, nested across ranks (a rank-4 device uses a subset of a rank-8 device's entries); ``block`` takes the
 leading r_k x r_k block; ``straight-through`` keeps trainable scores ``M`` (R x R), selects their top r_k^2 in
 the forward pass and passes gradients to ``M`` through the hard mask. The code's top-k without a straight-through
-estimator gives ``M`` no task gradient, which is why ``fixed`` is the default (§4.4, issue 1).
+estimator gives ``M`` no task gradient, which is why ``fixed`` is the default
+(``docs/algorithms/h2tune.md#departures``, item 1).
 
 The pure math of the bank (download :func:`mix_bank`, upload :func:`project_bank`) lives here as functions of
 tensors, so the client half and the tests use the same statement of it. No Flower imports.
@@ -146,7 +147,8 @@ def project_bank(relation: torch.Tensor, fulls: torch.Tensor, received: torch.Te
 
     ``m_g = sum_l |Π[g, l]|`` is the client's relation mass on slot g. The upload is
     ``Ĝ[g] = sum_l Π[g, l] Ť_l / max(m_g, 1) + max(0, 1 - m_g) G[g]``: a slot the client relates to fully
-    (m_g >= 1) becomes the normalised (weighted-average) projection (§4.4, issue 2: the code uploads an
+    (m_g >= 1) becomes the normalised (weighted-average) projection (``docs/algorithms/h2tune.md#departures``, item
+    2: the code uploads an
     unnormalised sum), and a slot it relates to partly or not at all keeps the rest of what it received, so
     clients do not drag slots they never use towards zero.
 

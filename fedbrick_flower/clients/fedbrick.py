@@ -6,8 +6,9 @@ the head and the missing layers' BRICKs with proximal terms towards the received
 kept layer and its BRICK in parallel, hands the stream over from the layer to the BRICK, and fits the kept
 layers' BRICKs to their layers on local data.
 
-Reference: "FedBRICK: Federated Bias Recovery via Inserted Calibrative Kernels", AAAI-26 (spec section 1.6 of
-``ALGORITHMS.md``: eq. 21 for Stage I, eqs. 22-24 for Stage II).
+Reference: "FedBRICK: Federated Bias Recovery via Inserted Calibrative Kernels", AAAI-26 (the paper's eq. 21 for
+Stage I, eqs. 22-24 for Stage II;
+as implemented: ``docs/algorithms/fedbrick.md#client-per-round-stage-i-and-stage-ii``).
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def blend_alpha(step: int, total_steps: int) -> float:
     """Stage-II weight of the real layer, ``alpha(e) = 1 - e / (E2 - 1)`` over the steps ``e = 0..E2-1``.
 
     In Stage II a kept layer's output is ``alpha * f(x) + (1 - alpha) * E(x)``: it starts as the real layer
-    and hands over linearly to the BRICK (spec section 1.6, eqs. 22-24), reaching ``alpha = 0`` at the last
+    and hands over linearly to the BRICK (the paper's eqs. 22-24), reaching ``alpha = 0`` at the last
     Stage-II step, so the last step trains the BRICK as the layer's sole stand-in. A one-step Stage II is that
     last step.
 
@@ -225,7 +226,8 @@ def blend_alpha(step: int, total_steps: int) -> float:
 def stage_two_steps(steps_per_epoch: int, fraction: float = 0.2, minimum: int = 10) -> int:
     """Default Stage-II length ``E2 = max(minimum, round(fraction * steps_per_epoch))``.
 
-    The paper leaves E2 open (spec section 1.11); we use 20 % of one local epoch and at
+    The paper leaves E2 open (``docs/algorithms/fedbrick.md#where-the-paper-is-silent``); we use 20 % of one local
+    epoch and at
     least 10 steps, so that the linear hand-over of ``blend_alpha`` is never abrupt on
     tiny clients. The result may exceed ``steps_per_epoch``; the caller then cycles its
     data loader.

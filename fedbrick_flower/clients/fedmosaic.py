@@ -1,7 +1,8 @@
 """FedMosaic client half: train the local Co-LoRA / dual LoRA and the gates beside the frozen global adapter.
 
 Seo et al., "Co-LoRA: Collaborative Model Personalization on Heterogeneous Multi-Modal Clients" (FedMosaic),
-ICLR-26, https://arxiv.org/abs/2506.11024 (our spec: ALGORITHMS.md §3.9). Per message the client loads the global
+ICLR-26, https://arxiv.org/abs/2506.11024 (as implemented: ``docs/algorithms/fedmosaic.md#client-per-round``). Per
+message the client loads the global
 adapter G it receives (frozen), restores its local adapter L, gates, head, optimizer state and gradient EMA from
 its state handle, trains L, gates and head (P, Q at their own learning rate), then samples the probe gradient,
 sanitises it and updates its EMA. It uploads L (P, Q; the ordinary LoRA too where it is shared) and the EMA.

@@ -2,7 +2,7 @@
 
 Shared parameters (sent, through the bank): the selected entries of each layer's full middle (its correction D),
 the selection scores M (``straight-through``) and the relation matrix Π. Task-specific (never sent): A, B and the
-task head. Per ``ALGORITHMS.md`` §4.4:
+task head. Per ``docs/algorithms/h2tune.md#client-training``:
 
 - a client's first round trains everything jointly on ``CE + norm_weight * mean ||p||_2`` over the active
   middles, the scores and Π;

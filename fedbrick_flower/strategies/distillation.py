@@ -1,7 +1,7 @@
 """Server-side, layer-wise, teacher-forced distillation of a surrogate module onto its layer (FedBRICK).
 
 The server caches each layer's input and output hidden states of the full-depth global model on its public proxy
-split and fits the BRICK that stands in for the layer to them (spec section 1.5 step 3 of ``ALGORITHMS.md``,
+split and fits the BRICK that stands in for the layer to them (``docs/algorithms/fedbrick.md#server-per-round``, step 5,
 paper eq. 20). Pure torch, no Flower imports.
 
 References
@@ -52,7 +52,7 @@ def distill_brick(
 
     Teacher-forced: the BRICK sees the cached input of the real layer and is fitted to
     the real layer's cached output, minimising ``E||E(a_{l-1}) - f_l(a_{l-1})||^2`` with
-    Adam over shuffled mini-batches of sequences (spec section 1.5 step 3). The
+    Adam over shuffled mini-batches of sequences (``docs/algorithms/fedbrick.md#server-per-round``, step 5). The
     optimiser is fresh on every call; batches without any real token are skipped, so
     they do not move Adam.
 

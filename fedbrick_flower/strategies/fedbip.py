@@ -1,7 +1,7 @@
 """FedBip and FedBip-L: one personalized adapter set per client, mixed by task-vector similarity.
 
 Yang, Long, Lu, Zhu, Jiang, "FedBip: Bi-level Personalization for Federated Foundation Models", AAAI-26,
-https://arxiv.org/abs/2509.12697 (our spec: ALGORITHMS.md §2).
+https://arxiv.org/abs/2509.12697 (as implemented: ``docs/algorithms/fedbip.md``).
 
 Each round client ``i`` starts from its personalized set θ̄_i, trains, and uploads its task vector
 τ_i = θ_i − θ̄_i. The server compares the task vectors of the round and updates every participant::

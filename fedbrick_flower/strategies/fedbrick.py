@@ -6,8 +6,9 @@ layer) per model and client group, sends a client its group's full set with the 
 starts each BRICK from the mean of the uploaded ones and then distils every BRICK onto its layer of the
 full-depth global model on the server's public proxy split (layer-wise, teacher-forced).
 
-Reference: "FedBRICK: Federated Bias Recovery via Inserted Calibrative Kernels", AAAI-26 (spec section 1 of
-``ALGORITHMS.md``): server protocol section 1.4, aggregation and distillation section 1.5 (eq. 1 and eq. 20).
+Reference: "FedBRICK: Federated Bias Recovery via Inserted Calibrative Kernels", AAAI-26 (as implemented:
+``docs/algorithms/fedbrick.md#server-per-round``): allocation, aggregation and distillation (the paper's eq. 1 and
+eq. 20).
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ class FedBRICK(LayerwiseFedAvg):
         with an explicit layer list keeps it).
     upload_bricks : bool (default: True)
         Clients upload all their BRICKs (Stage-I ones for missing layers, Stage-II ones for kept layers) and the
-        server warm-starts each BRICK from their per-group mean. The paper leaves this open (spec 1.4, [D]).
+        server warm-starts each BRICK from their per-group mean. The paper leaves this open
+        (``docs/algorithms/fedbrick.md#where-the-paper-is-silent``).
     distill : bool (default: True)
         Distil every BRICK of every group on the proxy split after aggregation. False gives the "FedRA +
         BRICKs, no distillation" ablation.
     distill_epochs, distill_lr, distill_batch_size : int, float, int (default: 10, 1e-4, 128)
-        Adam budget of the server distillation per BRICK and round (paper defaults, spec 1.5).
+        Adam budget of the server distillation per BRICK and round (paper defaults,
+        ``docs/algorithms/fedbrick.md#options-algorithm_params``).
     distill_device : str (default: "auto")
         Where the server runs the teacher and the distillation.
     brick_rank : int (default: 8)
@@ -76,7 +79,8 @@ class FedBRICK(LayerwiseFedAvg):
         Client objective weights: LoRA proximal term (Stage I), missing-BRICK proximal term (Stage I) and the
         Stage-II distillation term. Sent to the clients with every training message.
     stage_two_fraction, stage_two_min_steps : float, int (default: 0.2, 10)
-        Stage-II length E2 = max(min, round(fraction * local steps)) (spec 1.6, [D]).
+        Stage-II length E2 = max(min, round(fraction * local steps))
+        (``docs/algorithms/fedbrick.md#where-the-paper-is-silent``).
     **kwargs
         See :class:`HeterogeneousStrategy`.
     """
@@ -150,7 +154,7 @@ class FedBRICK(LayerwiseFedAvg):
         ]
         super().aggregate(server_round, lora_updates)
         if self.upload_bricks:
-            # Spec 1.5 step 2: a plain per-group, per-layer mean of the uploaded BRICKs.
+            # docs/algorithms/fedbrick.md, server step 4: a plain per-group, per-layer mean of the uploaded BRICKs.
             contributions = [
                 (u.client.client_id, {brick_key(u.client, n): v for n, v in u.arrays.items() if is_brick(n)}, 1.0)
                 for u in updates
@@ -218,7 +222,8 @@ class FedBRICK(LayerwiseFedAvg):
 
     # ------------------------------------------------------------------ server-side distillation
     def _distill_all(self, server_round: int) -> None:
-        """Spec 1.5 step 3: distil every BRICK of every (model, group) on its proxy data against the teacher."""
+        """Server step 5 (docs/algorithms/fedbrick.md): distil every BRICK of every (model, group) on its proxy data
+        against the teacher."""
         caches: dict[tuple[str, str], tuple[LayerCache, torch.Tensor]] = {}
         for info in self.clients.values():  # a group none of whose clients was sampled yet has no BRICKs
             self._ensure_bricks(info)

@@ -1,7 +1,7 @@
 """FedMosaic: relevance-guided aggregation (RELA) of Co-LoRA's width-independent P and Q across models.
 
 Seo, Kim, Lee, Choi, Tuytelaars, "Co-LoRA: Collaborative Model Personalization on Heterogeneous Multi-Modal
-Clients" (FedMosaic), ICLR-26, https://arxiv.org/abs/2506.11024 (our spec: ALGORITHMS.md §3).
+Clients" (FedMosaic), ICLR-26, https://arxiv.org/abs/2506.11024 (as implemented: ``docs/algorithms/fedmosaic.md``).
 
 Each client uploads its LOCAL adapter (Co-LoRA P, Q per block and role; ordinary LoRA A, B of the other layers)
 and a sanitised probe gradient ĝ_i. The server keeps every client's latest upload and builds for each client i a

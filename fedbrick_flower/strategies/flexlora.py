@@ -1,7 +1,7 @@
 """FlexLoRA: average the full LoRA products, then give each client the truncated SVD at its own rank.
 
 Bai et al., "Federated Fine-tuning of Large Language Models under Heterogeneous Tasks and Client Resources",
-NeurIPS 2024, https://arxiv.org/abs/2402.11505 (``ALGORITHMS.md`` §6b).
+NeurIPS 2024, https://arxiv.org/abs/2402.11505 (as implemented: ``docs/algorithms/flexlora.md``).
 """
 
 from __future__ import annotations

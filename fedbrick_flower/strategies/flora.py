@@ -1,7 +1,7 @@
 """FLoRA: stack heterogeneous-rank LoRA factors so the aggregate is exactly the weighted sum of the products.
 
 Wang et al., "FLoRA: Federated Fine-Tuning Large Language Models with Heterogeneous Low-Rank Adaptations",
-NeurIPS 2024, https://arxiv.org/abs/2409.05976 (``ALGORITHMS.md`` §6b).
+NeurIPS 2024, https://arxiv.org/abs/2409.05976 (as implemented: ``docs/algorithms/flora.md``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """H2Tune: one shared bank of middle matrices for clients that differ in family, width, depth, rank and task.
 
 Guo et al., "H2Tune: Federated Foundation Model Fine-Tuning with Hybrid Heterogeneity", arXiv 2507.22633,
-https://arxiv.org/abs/2507.22633 (``ALGORITHMS.md`` §4).
+https://arxiv.org/abs/2507.22633 (as implemented: ``docs/algorithms/h2tune.md``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """HetLoRA: heterogeneous LoRA ranks by zero-padding, norm-weighted aggregation and truncation.
 
 Cho et al., "Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation Models", EMNLP 2024,
-https://arxiv.org/abs/2401.06432 (``ALGORITHMS.md`` §6b).
+https://arxiv.org/abs/2401.06432 (as implemented: ``docs/algorithms/hetlora.md``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Pure rank math of LoRA factors of different ranks (no Flower, no torch): pad, truncate, stack, SVD, spectra.
 
-Conventions (``ALGORITHMS.md`` §6b): a client of rank r trains ``A`` (r x d_in) and ``B`` (d_out x r) and its
+Conventions (``docs/algorithms/mixed-ranks.md#conventions``): a client of rank r trains ``A`` (r x d_in) and ``B``
+(d_out x r) and its
 update is ``dW = (alpha / r) B A``. Factors of different ranks are only ever mixed after that scale is folded
 in (``scale_one``), so a client's weight never depends on the rank it happens to train at.
 """

@@ -3,7 +3,7 @@
 Both algorithms turn the pairwise cosine similarity of client vectors (FedBip: task vectors, FedMosaic: gradient
 descriptors) into a row-stochastic weight matrix ``P`` and give client ``i`` the mixture ``sum_k P[i, k] x_k``:
 
-- FedBip (Yang et al., AAAI-26, https://arxiv.org/abs/2509.12697, §2.3 of our spec):
+- FedBip (Yang et al., AAAI-26, https://arxiv.org/abs/2509.12697, ``docs/algorithms/fedbip.md#server-per-round``):
   ``c_ik = cos(tau_i, tau_k)``, ``p_ik = max(c_ik, 0) / sum_j max(c_ij, 0)`` with self included (``c_ii = 1``);
   FedBip-L repeats it per layer.
 - FedMosaic's RELA: ``p_ik = softmax_k(c_ik / T)`` over the other clients (self excluded), ``T = 0.5``.

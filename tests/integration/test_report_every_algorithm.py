@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from flwr.app import Context, RecordDict
 
-from fedbrick_flower import client_app
 from fedbrick_flower.evaluation import GlobalModelEvaluator
+from fedbrick_flower.inprocess import client_app_grid
 from fedbrick_flower.leaderboard.compare import write_comparison
 from fedbrick_flower.metrics import MatrixPlot, read_metrics
 from fedbrick_flower.registry import algorithm_entry, algorithm_names, compare_curves, declared_phases
@@ -26,7 +25,6 @@ from fedbrick_flower.run_dir import RunRecorder
 from fedbrick_flower.runconfig import SCENARIO_KEY
 from fedbrick_flower.scenario import load_scenario
 from fedbrick_flower.server_app import build_strategy
-from tests.strategies.loopback import LoopbackGrid
 
 pytestmark = pytest.mark.integration
 
@@ -88,12 +86,7 @@ def _run(folder: Path, algorithm: str) -> Path:
     evaluator = [GlobalModelEvaluator(scenario, "cpu")] if scenario.server.evaluate_global else []
     strategy = build_strategy(scenario, [*evaluator, RunRecorder(run_dir, scenario)])
 
-    def node(index: int) -> Callable:
-        node_config = {"partition-id": index, "num-partitions": len(scenario.clients)}
-        context = Context(1, index + 1, node_config, RecordDict(), {SCENARIO_KEY: str(path)})
-        return lambda message: client_app.app(message, context)
-
-    grid = LoopbackGrid({index + 1: node(index) for index in range(len(scenario.clients))})
+    grid = client_app_grid({SCENARIO_KEY: str(path)}, len(scenario.clients))
     strategy.start(grid, num_rounds=scenario.rounds, timeout=600)
     return run_dir
 

@@ -7,6 +7,7 @@ from flwr.app import MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedbrick_flower.client_info import ClientInfo
+from fedbrick_flower.inprocess import InProcessGrid
 from fedbrick_flower.records import CONFIG_KEY
 from fedbrick_flower.strategies.registration import (
     check_reachable,
@@ -18,7 +19,7 @@ from fedbrick_flower.strategies.registration import (
     unknown_nodes,
 )
 
-from .loopback import LoopbackGrid, client_info, failing_node, training_node
+from .loopback import client_info, failing_node, training_node
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +55,7 @@ def test_replies_register_their_clients_and_name_failures_and_refusals() -> None
     good, odd = client_info("good", node_id=1), client_info("odd", node_id=3)
     nodes = {1: training_node(good), 2: failing_node("client phone: no data file"), 3: training_node(odd)}
     nodes[4] = failing_node("")
-    grid = LoopbackGrid(nodes)
+    grid = InProcessGrid(nodes)
     replies = grid.send_and_receive(query_messages([1, 2, 3, 4]))
     clients: dict[str, ClientInfo] = {}
 
@@ -70,7 +71,7 @@ def test_replies_register_their_clients_and_name_failures_and_refusals() -> None
 def test_a_refusal_sees_the_clients_registered_before_it_in_the_same_batch() -> None:
     # Prepare: a federation-wide condition (one depth), two nodes of different depths answering together
     first, second = client_info("d2", node_id=1, num_layers=2), client_info("d4", node_id=2, num_layers=4)
-    grid = LoopbackGrid({1: training_node(first), 2: training_node(second)})
+    grid = InProcessGrid({1: training_node(first), 2: training_node(second)})
     replies = grid.send_and_receive(query_messages([1, 2]))
     clients: dict[str, ClientInfo] = {}
 

@@ -7,6 +7,7 @@ import pytest
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedbrick_flower.client_info import ClientInfo
+from fedbrick_flower.inprocess import InProcessGrid, Node
 from fedbrick_flower.records import ADAPTERS_KEY, CONFIG_KEY, METRICS_KEY, UpdateRejected, json_config
 from fedbrick_flower.strategies.replies import (
     ClientUpdate,
@@ -17,14 +18,14 @@ from fedbrick_flower.strategies.replies import (
     training_set_size,
 )
 
-from .loopback import LoopbackGrid, Node, client_info, failing_node, training_node
+from .loopback import client_info, failing_node, training_node
 
 LAYERS = [0, 1]
 
 
 def _replies(nodes: dict[int, Node]) -> tuple[dict[str, Message], dict[str, str]]:
     """Round-1 train replies of ``nodes`` by the id of the message each answers, and message id -> node's client."""
-    grid = LoopbackGrid(nodes)
+    grid = InProcessGrid(nodes)
     content = {ADAPTERS_KEY: ArrayRecord(), CONFIG_KEY: json_config(layers=LAYERS)}
     messages = [Message(RecordDict(content), dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]
     ids = list(grid.push_messages(messages))

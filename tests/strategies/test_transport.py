@@ -7,10 +7,11 @@ import pytest
 from flwr.app import MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedbrick_flower.inprocess import InProcessGrid
 from fedbrick_flower.records import ADAPTERS_KEY, CONFIG_KEY, STATE_SCOPE_KEY, decode_config
 from fedbrick_flower.strategies.transport import exchange, pull, round_message
 
-from .loopback import LoopbackGrid, client_info, training_node
+from .loopback import client_info, training_node
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +50,7 @@ def test_an_instruction_that_repeats_a_config_key_is_an_error() -> None:
 def test_the_exchange_maps_each_message_to_its_client_and_returns_the_replies() -> None:
     # Prepare
     clients = {"a": client_info("a", node_id=1), "b": client_info("b", node_id=2)}
-    grid = LoopbackGrid({1: training_node(clients["a"]), 2: training_node(clients["b"])})
+    grid = InProcessGrid({1: training_node(clients["a"]), 2: training_node(clients["b"])})
 
     # Execute
     sent, replies = exchange(grid, [_message(2), _message(1)], clients, timeout=5)
@@ -62,29 +63,17 @@ def test_the_exchange_maps_each_message_to_its_client_and_returns_the_replies() 
 
 def test_an_empty_exchange_pushes_nothing() -> None:
     # Prepare
-    grid = LoopbackGrid({})
+    grid = InProcessGrid({})
 
     # Execute / Assert
     assert exchange(grid, [], {}, timeout=5) == ({}, [])
     assert grid.pushed == []
 
 
-class _SilentGrid(LoopbackGrid):
-    """A grid whose node ``silent`` never answers."""
-
-    def __init__(self, nodes: dict, silent: int) -> None:
-        super().__init__(nodes)
-        self.silent = silent
-
-    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
-        replies = super().pull_messages(message_ids)
-        return [r for r in replies if r.metadata.src_node_id != self.silent]
-
-
 def test_a_client_that_misses_the_timeout_has_no_reply_but_stays_attributed() -> None:
     # Prepare
     clients = {"a": client_info("a", node_id=1), "b": client_info("b", node_id=2)}
-    grid = _SilentGrid({1: training_node(clients["a"]), 2: training_node(clients["b"])}, silent=2)
+    grid = InProcessGrid({1: training_node(clients["a"]), 2: training_node(clients["b"])}, silent={2})
 
     # Execute
     sent, replies = exchange(grid, [_message(1), _message(2)], clients, timeout=0.05)
@@ -96,7 +85,7 @@ def test_a_client_that_misses_the_timeout_has_no_reply_but_stays_attributed() ->
 
 def test_pull_returns_each_reply_once_and_stops_when_all_arrived() -> None:
     # Prepare
-    grid = LoopbackGrid({1: training_node(client_info("a", 1)), 2: training_node(client_info("b", 2))})
+    grid = InProcessGrid({1: training_node(client_info("a", 1)), 2: training_node(client_info("b", 2))})
     ids = list(grid.push_messages([_message(2), _message(1)]))
 
     # Execute
