@@ -321,6 +321,11 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         client="fedbrick_flower.clients.local:LocalClient",
         description="local training only, no aggregation",
     ),
+    "fedsa": AlgorithmEntry(
+        server="fedbrick_flower.strategies.fedsa:FedSALoRA",
+        client="fedbrick_flower.clients.fedsa:FedSAClient",
+        description="selective aggregation: LoRA A averaged layer-wise, B and the head stay on the device (FedSA-LoRA)",
+    ),
 }
 
 # Keyword arguments of a strategy that the ServerApp fills from the scenario itself and its ``server`` section

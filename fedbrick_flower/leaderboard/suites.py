@@ -215,6 +215,7 @@ PERSONALIZATION = Suite(
         Method("fedit", "fedavg", {}, "FedIT: one shared LoRA, one head per task"),
         Method("fedbip", "fedbip", {}, "FedBip: per-client mixing by task-vector similarity"),
         Method("fedbip-l", "fedbip-l", {}, "FedBip-L: one similarity weighting per layer"),
+        Method("fedsa", "fedsa", {}, "FedSA-LoRA: A shared, B and the head personal"),
         Method("fedmosaic", "fedmosaic", {}, "FedMosaic"),
     ),
 )
