@@ -26,7 +26,8 @@ from typing import Any
 
 from ..run_files import CHECKPOINT_DIR, SUMMARY_FILE
 from ..scenario import parse_overrides
-from .suites import Cell, expand, suite
+from .protocol import PoweredSuite
+from .suites import Cell, Suite, expand, suite
 
 CELL_FILE = "cell.json"
 SUITE_FILE = "suite.json"
@@ -191,12 +192,34 @@ def _versions(entries: list[dict[str, Any]]) -> dict[str, str] | None:
     return None
 
 
+def resolve_suite(name: str, methods: list[str] | None, powered: bool) -> Suite | PoweredSuite:
+    """What ``bench NAME`` runs: a scenario file (a suite of ``methods`` built from it), a powered suite (with
+    ``--powered``) or a suite; ``ValueError`` says which names exist."""
+    from .protocol import POWERED, powered_suite, suite_from_file, user_powered_suite
+
+    if name.endswith((".yaml", ".yml")) or Path(name).is_file():
+        built = suite_from_file(name, methods or [])
+        return user_powered_suite(built) if powered else built
+    if powered:
+        if name in POWERED:
+            return powered_suite(name)
+        raise ValueError(f"bench --powered: {name!r} is not one of the powered suites {sorted(POWERED)}")
+    return suite(name)
+
+
 def main(args: argparse.Namespace) -> int:
     """``fedbrick-flower bench``: run the suite, then write ``suite.json`` and the comparison."""
     from .compare import write_comparison
+    from .powered import main as powered_main
 
-    chosen = suite(args.suite)
-    seeds = list(range(args.seeds)) if args.seed is None else list(args.seed)
+    try:
+        chosen = resolve_suite(args.suite, args.methods, getattr(args, "powered", False))
+    except ValueError as error:
+        print(f"fedbrick-flower bench: error: {error}", file=sys.stderr)
+        return 2
+    if not isinstance(chosen, Suite):
+        return powered_main(args, chosen)
+    seeds = list(range(args.seeds or 3)) if args.seed is None else list(args.seed)
     cells = expand(chosen, seeds, parse_overrides(args.set), args.methods)
     out = (args.out or Path("runs") / f"bench-{chosen.name}").resolve()
     started = time.monotonic()
