@@ -206,7 +206,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "suite",
         help="a suite (" + "; ".join(f"{s.name}: {s.description}" for s in SUITES.values()) + "), a powered suite "
-        f"({', '.join(POWERED)}; with --powered), or a scenario YAML file (with --methods)",
+        f"({', '.join(POWERED)}; with --powered), a scenario YAML file (with --methods), or `status`: which powered "
+        "suites have results under --out (default bench/results)",
     )
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: 3; --powered: the protocol's 5)")
     parser.add_argument("--seed", type=int, nargs="+", help="these seeds instead of --seeds")

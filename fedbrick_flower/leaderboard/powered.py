@@ -288,6 +288,22 @@ def _reuse_tuning_cell(tuning_out: Path, out: Path, cell: Cell) -> None:
         shutil.copytree(source, target)
 
 
+def suite_states(results: Path) -> dict[str, str]:
+    """Each powered suite's state under ``results``: ``not run``, or how many of its cells finished."""
+    from .protocol import POWERED
+
+    states = {}
+    for name in POWERED:
+        path = results / f"powered-{name}" / SUITE_FILE
+        if not path.is_file():
+            states[name] = NOT_RUN
+            continue
+        cells = json.loads(path.read_text())["cells"]
+        done = sum(1 for c in cells if c["status"] == "finished")
+        states[name] = f"{done} of {len(cells)} cells finished"
+    return states
+
+
 def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
     """``bench SUITE --powered``: run it and write ``suite.json`` (this invocation appended)."""
     from ..scenario import parse_overrides

@@ -211,7 +211,12 @@ def main(args: argparse.Namespace) -> int:
     """``fedbrick-flower bench``: run the suite, then write ``suite.json`` and the comparison."""
     from .compare import write_comparison
     from .powered import main as powered_main
+    from .powered import suite_states
 
+    if args.suite == "status":  # every powered suite, run or not
+        for name, state in suite_states(args.out or Path("bench") / "results").items():
+            print(f"{name:18s} {state}")
+        return 0
     try:
         chosen = resolve_suite(args.suite, args.methods, getattr(args, "powered", False))
     except ValueError as error:

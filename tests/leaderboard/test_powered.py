@@ -96,3 +96,20 @@ def test_powered_suite_tunes_measures_compares_and_resumes(tmp_path: Path) -> No
     assert compare["methods"]["good"]["mean"]["on_device_micro_accuracy"] == pytest.approx(0.875)
     assert compare["methods"]["gone"]["status"].startswith("not available")
     assert (tmp_path / "compare.md").read_text().count("good - base") == 1
+
+
+def test_suite_states_list_suites_not_run(tmp_path: Path) -> None:
+    # Prepare
+    from fedbrick_flower.leaderboard.powered import suite_states
+
+    folder = tmp_path / "powered-rank"
+    folder.mkdir()
+    cells = [{"status": "finished"}, {"status": "failed: exit code 1"}]
+    (folder / "suite.json").write_text(json.dumps({"cells": cells}))
+
+    # Execute
+    states = suite_states(tmp_path)
+
+    # Assert
+    assert states["rank"] == "1 of 2 cells finished"
+    assert states["depth-2of6"] == "not run"
