@@ -113,3 +113,13 @@ def test_unknown_method_and_missing_methods_are_named(tmp_path: Path) -> None:
         suite_from_file(path, ["fedra", "not-a-method"])
     with pytest.raises(ValueError, match="--methods"):
         suite_from_file(path, [])
+
+
+def test_rank_suite_holds_every_client_at_full_depth_and_a_large_test_split() -> None:
+    # Execute
+    cells = expand(POWERED["rank"].suite, [0])
+
+    # Assert
+    for cell in cells:
+        assert all(cell.overrides[f"clients.{i}.layers"] == 6 for i in range(8)), cell.method
+        assert cell.overrides["data.server_test_fraction"] == 0.3
