@@ -51,8 +51,8 @@ def cached_config(spec: ModelSpec) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile | None) -> TextDataset:
-    """The examples of one split of a task: ``proxy`` / ``server_test`` (``client`` None) or a client's ``train``
-    / ``test``.
+    """The examples of one split of a task: ``proxy`` / ``server_test`` / ``server_validation`` (``client`` None)
+    or a client's ``train`` / ``test`` / ``validation`` (``data.validation_fraction`` of its training data).
 
     Every process computes the same deterministic split from the scenario, so no data ever travels. A client
     whose profile names its own files (``train``, ``test``) reads only those; the task's data is partitioned
@@ -63,7 +63,12 @@ def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile |
     if client is not None and client.train is not None:
         dataset, num_test = local_dataset(task, spec, client.train, client.test)
         split = split_local(
-            dataset, client.id, seed=scenario.seed, test_fraction=settings.client_test_fraction, num_test=num_test
+            dataset,
+            client.id,
+            seed=scenario.seed,
+            test_fraction=settings.client_test_fraction,
+            num_test=num_test,
+            validation_fraction=settings.validation_fraction,
         )
         return dataset.subset(getattr(split, part))
     if not spec.sources:
@@ -82,6 +87,7 @@ def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile |
         partition_params=settings.partitioner_params(),
         max_examples=spec.max_examples,
         test_indices=test_indices,
+        validation_fraction=settings.validation_fraction,
     )
     indices = getattr(split.clients[client.id], part) if client is not None else getattr(split, part)
     return dataset.subset(indices)

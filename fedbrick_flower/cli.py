@@ -192,21 +192,34 @@ def _report(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ bench
 def _add_bench(commands: argparse._SubParsersAction) -> None:
+    from .leaderboard.protocol import POWERED
     from .leaderboard.suites import SUITES
 
     parser = commands.add_parser(
         "bench",
         help="run a suite's methods x seeds as ordinary runs (resumable), then compare them",
         description="Each cell (method, seed) is a `fedbrick-flower run` in OUT/METHOD/seed-N; finished cells are "
-        "not run again, so rerunning the command resumes the suite. Writes OUT/suite.json and OUT/compare.*.",
+        "not run again, so rerunning the command resumes the suite. Writes OUT/suite.json and OUT/compare.*. "
+        "--powered applies the protocol of docs/results.md: learning rates tuned on a validation split, rounds "
+        "until the validation loss plateaus, 5 seeds, paired differences with 95 %% intervals, positive controls.",
     )
     parser.add_argument(
-        "suite", choices=sorted(SUITES), help="; ".join(f"{s.name}: {s.description}" for s in SUITES.values())
+        "suite",
+        help="a suite (" + "; ".join(f"{s.name}: {s.description}" for s in SUITES.values()) + "), a powered suite "
+        f"({', '.join(POWERED)}; with --powered), a scenario YAML file (with --methods), or `status`: which powered "
+        "suites have results under --out (default bench/results)",
     )
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: 3; --powered: the protocol's 5)")
     parser.add_argument("--seed", type=int, nargs="+", help="these seeds instead of --seeds")
-    parser.add_argument("--methods", nargs="+", help="only these methods of the suite")
-    parser.add_argument("--out", type=Path, help="suite directory (default: runs/bench-<suite>)")
+    parser.add_argument("--methods", nargs="+", help="only these methods of the suite (a scenario file: required)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="suite directory (default: runs/bench-<suite>; --powered: bench/results/powered-<suite>)",
+    )
+    parser.add_argument(
+        "--powered", action="store_true", help="apply the protocol (tuning, plateau stop, paired statistics)"
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key for every method"
     )
@@ -214,7 +227,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .leaderboard.runner import main as bench_main
+    from .leaderboard.command import main as bench_main
 
     return bench_main(args)
 

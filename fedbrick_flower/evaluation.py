@@ -42,14 +42,19 @@ class GlobalModelEvaluator(RoundCallback):
             if self.scenario.server.evaluate_without_lora:
                 bare = self.evaluate(model_key, task, without_lora(tensors))
                 row.update({f"{name}-without-lora": value for name, value in bare.items()})
+            if self.scenario.data.validation_fraction > 0:  # carved from the training pool, never the test split
+                validation = self.evaluate(model_key, task, tensors, "server_validation")
+                row.update({f"validation-{name}": value for name, value in validation.items()})
             log_rows.append(row)
 
-    def evaluate(self, model_key: str, task: str, tensors: dict[str, Any]) -> dict[str, float]:
+    def evaluate(
+        self, model_key: str, task: str, tensors: dict[str, Any], part: str = "server_test"
+    ) -> dict[str, float]:
         """The task objective's metrics (``accuracy``, ``loss``; ``perplexity`` and more for a generative task) of
-        the full-depth model with ``tensors`` loaded, on the task's server test split."""
+        the full-depth model with ``tensors`` loaded, on the task's server test split (or ``part``)."""
         model = build_global_model(self.scenario, model_key, task, tensors, self.device)
         tokenizer = self.scenario.models[model_key].tokenizer_source
-        examples = task_examples(self.scenario, task, "server_test", None, tokenizer)
+        examples = task_examples(self.scenario, task, part, None, tokenizer)
         objective = task_objective(self.scenario, task, tokenizer)
         return objective.score(model, examples, self.scenario.train.eval_batch_size, self.device)
 

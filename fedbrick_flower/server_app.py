@@ -12,6 +12,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from .plateau import PlateauStop
 from .preflight import check_scenario
 from .run_dir import SUMMARY_FILE, RunRecorder
 from .runconfig import OUT_DIR_KEY, RESUME_KEY, SCENARIO_KEY, scenario_overrides
@@ -21,6 +22,14 @@ from .strategies.build import build_strategy
 
 app = ServerApp()
 logger = logging.getLogger(__name__)
+
+
+def plateau_stop(scenario: Scenario) -> PlateauStop | None:
+    """The early stop of ``server.stop_when_plateau``, or None when it is off."""
+    server = scenario.server
+    if server.stop_when_plateau == "off":
+        return None
+    return PlateauStop(server.stop_when_plateau, server.plateau_window, server.plateau_tolerance)
 
 
 def run_directory(run_config: dict, scenario: Scenario) -> Path:
@@ -61,10 +70,13 @@ def main(grid: Grid, context: Context) -> None:
 
         callbacks.append(GlobalModelEvaluator(scenario))
     recorder = RunRecorder(run_dir, scenario)
-    callbacks.append(recorder)
+    plateau = plateau_stop(scenario)
+    callbacks += [plateau, recorder] if plateau is not None else [recorder]  # the recorder writes its rows
     strategy = build_strategy(scenario, callbacks, state_scope=_state_scope(run_dir))
     if run_config.get(RESUME_KEY):
         logger.info("resuming %s after round %d", run_dir, recorder.resume(strategy))
+        if plateau is not None:
+            plateau.prime(recorder.rows)  # the plateau rule continues from the rounds already run
     try:
         strategy.start(grid, num_rounds=scenario.rounds, timeout=scenario.server.round_timeout)
     except Exception:

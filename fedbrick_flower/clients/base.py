@@ -124,8 +124,16 @@ class ClientAlgorithm:
     def score(self, model: nn.Module) -> dict[str, float]:
         """The task objective's metrics on this client's own test split: accuracy and loss; for a generative task
         also perplexity, token accuracy and, where answers are short, exact match
-        (:func:`~fedbrick_flower.scoring.evaluate_generative`)."""
-        examples = self.session.examples("test")
+        (:func:`~fedbrick_flower.scoring.evaluate_generative`). With ``data.validation_fraction`` > 0 the same
+        metrics on its validation split follow under ``validation-*`` names."""
+        scores = self._score_on(model, "test")
+        if self.session.scenario.data.validation_fraction > 0:  # the protocol's on-device validation loss
+            validation = self._score_on(model, "validation")
+            scores.update({f"validation-{name}": value for name, value in validation.items()})
+        return scores
+
+    def _score_on(self, model: nn.Module, part: str) -> dict[str, float]:
+        examples = self.session.examples(part)
         scores = self.session.objective.score(
             model, examples, self.session.scenario.train.eval_batch_size, self.session.device
         )

@@ -24,14 +24,22 @@ from fedbrick_flower.data.tasks import TextDataset
 # then one per client. SeedSequence streams are prefix-stable, so the server's splits
 # do not change with the number of clients.
 _NUM_STAGE_SEEDS = 4
+# Salt of the validation carve-out's own seed stream: outside the stage seeds above, so that a split without
+# validation (fraction 0) draws exactly what it drew before validation existed.
+_VALIDATION_SALT = 0x56414C  # "VAL"
 
 
 @dataclass(frozen=True)
 class ClientSplit:
-    """Indices of one client's local train and test examples."""
+    """Indices of one client's local train, test and validation examples.
+
+    ``validation`` is carved from what would otherwise be the client's training data (never from its test
+    split); empty unless a validation fraction is asked for.
+    """
 
     train: tuple[int, ...]
     test: tuple[int, ...]
+    validation: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,12 +53,18 @@ class FederatedSplit:
     server_test : tuple of int
         The server's held-out evaluation split.
     clients : dict of str to ClientSplit
-        Each client's local train/test split, keyed by client id in input order.
+        Each client's local train/test/validation split, keyed by client id in input order.
     """
 
     proxy: tuple[int, ...]
     server_test: tuple[int, ...]
     clients: dict[str, ClientSplit]
+
+    @property
+    def server_validation(self) -> tuple[int, ...]:
+        """The server's validation holdout: the union of the clients' validation splits, all carved from the
+        training pool, so the global model is tuned on training data and never on a test split."""
+        return tuple(sorted(index for split in self.clients.values() for index in split.validation))
 
 
 def stratified_holdout(
@@ -100,6 +114,7 @@ def split_federated(
     partition_params: Mapping[str, Any] | None = None,
     max_examples: int | None = None,
     test_indices: Sequence[int] | None = None,
+    validation_fraction: float = 0.0,
 ) -> FederatedSplit:
     """Split a task into a server proxy set, a server test set and client shares.
 
@@ -136,6 +151,9 @@ def split_federated(
         The server test split as given (a task's own test file); these examples
         are kept out of the proxy and the pool, and ``server_test_fraction`` is
         not used.
+    validation_fraction : float, default 0.0
+        Share of each client's training examples held out as its validation split (stratified, from its own
+        seed stream); 0 keeps every split exactly as without it.
 
     Returns
     -------
@@ -164,14 +182,25 @@ def split_federated(
         server_test = fixed_test
     shares = partition_pool(partition, params, dataset.labels, pool, len(client_ids), partition_seed)
     clients = {
-        client_id: _split_client(labels, share, client_test_fraction, client_seed, client_id)
+        client_id: _carve_validation(
+            labels,
+            _split_client(labels, share, client_test_fraction, client_seed, client_id),
+            validation_fraction,
+            client_seed,
+        )
         for client_id, share, client_seed in zip(client_ids, shares, seeds[_NUM_STAGE_SEEDS:], strict=True)
     }
     return FederatedSplit(proxy=tuple(proxy), server_test=tuple(server_test), clients=clients)
 
 
 def split_local(
-    dataset: TextDataset, client_id: str, *, seed: int, test_fraction: float, num_test: int = 0
+    dataset: TextDataset,
+    client_id: str,
+    *,
+    seed: int,
+    test_fraction: float,
+    num_test: int = 0,
+    validation_fraction: float = 0.0,
 ) -> ClientSplit:
     """Train/test split of a device's own examples.
 
@@ -188,18 +217,24 @@ def split_local(
     num_test : int, default 0
         How many of the last examples come from the device's test file; when > 0 they are the test split and
         every other example is for training.
+    validation_fraction : float, default 0.0
+        Share of the training examples held out as the device's validation split.
 
     Returns
     -------
     ClientSplit
-        Sorted, disjoint train and test indices into ``dataset``.
+        Sorted, disjoint train, test and validation indices into ``dataset``.
     """
     if num_test > 0:
         cut = len(dataset) - num_test
-        return ClientSplit(train=tuple(range(cut)), test=tuple(range(cut, len(dataset))))
-    _check_fraction("client_test_fraction", test_fraction)
     client_seed = int(np.random.SeedSequence([seed, zlib.crc32(client_id.encode())]).generate_state(1)[0])
-    return _split_client(dataset.strata, list(range(len(dataset))), test_fraction, client_seed, client_id)
+    if num_test > 0:
+        cut = len(dataset) - num_test
+        split = ClientSplit(train=tuple(range(cut)), test=tuple(range(cut, len(dataset))))
+        return _carve_validation(dataset.strata, split, validation_fraction, client_seed)
+    _check_fraction("client_test_fraction", test_fraction)
+    split = _split_client(dataset.strata, list(range(len(dataset))), test_fraction, client_seed, client_id)
+    return _carve_validation(dataset.strata, split, validation_fraction, client_seed)
 
 
 def _by_class(labels: Sequence[int], indices: Sequence[int]) -> list[list[int]]:
@@ -251,6 +286,20 @@ def _split_client(
         moved = train.pop(int(np.random.default_rng(seed).integers(len(train))))
         test = [moved]
     return ClientSplit(train=tuple(train), test=tuple(test))
+
+
+def _carve_validation(labels: Sequence[int], split: ClientSplit, fraction: float, client_seed: int) -> ClientSplit:
+    """``split`` with about ``fraction`` of its training examples moved to its validation split (stratified).
+
+    The draw comes from the client's seed salted into a stream of its own, so it is the same in every process
+    and leaves every other draw of the split untouched; a fraction of 0 returns ``split`` unchanged.
+    """
+    _check_fraction("validation_fraction", fraction)
+    if fraction == 0 or len(split.train) < 2:
+        return split
+    seed = int(np.random.SeedSequence([client_seed, _VALIDATION_SALT]).generate_state(1)[0])
+    validation, train = stratified_holdout(labels, split.train, fraction, seed)
+    return ClientSplit(train=tuple(train), test=split.test, validation=tuple(validation))
 
 
 def _derive_seeds(seed: int, count: int) -> list[int]:

@@ -10,8 +10,6 @@ checkpoint (``run --resume``); one with a different configuration starts over. A
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -25,8 +23,7 @@ from statistics import mean
 from typing import Any
 
 from ..run_files import CHECKPOINT_DIR, SUMMARY_FILE
-from ..scenario import parse_overrides
-from .suites import Cell, expand, suite
+from .suites import Cell
 
 CELL_FILE = "cell.json"
 SUITE_FILE = "suite.json"
@@ -189,48 +186,3 @@ def _versions(entries: list[dict[str, Any]]) -> dict[str, str] | None:
         if path.is_file():
             return json.loads(path.read_text())
     return None
-
-
-def main(args: argparse.Namespace) -> int:
-    """``fedbrick-flower bench``: run the suite, then write ``suite.json`` and the comparison."""
-    from .compare import write_comparison
-
-    chosen = suite(args.suite)
-    seeds = list(range(args.seeds)) if args.seed is None else list(args.seed)
-    cells = expand(chosen, seeds, parse_overrides(args.set), args.methods)
-    out = (args.out or Path("runs") / f"bench-{chosen.name}").resolve()
-    started = time.monotonic()
-    load_before = machine()["load_average"]
-    entries = run_suite(cells, out)
-    wall = time.monotonic() - started
-    invocation = {
-        "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "wall_seconds": wall,
-        "cells_run": sum(1 for e in entries if e.get("resumed") is False or e["status"].startswith("failed")),
-        "machine": {**machine(), "load_average_before": load_before},
-    }
-    record = {
-        "suite": chosen.name,
-        "description": chosen.description,
-        "scenario": chosen.scenario,
-        "command": invocation["command"],
-        "seeds": seeds,
-        "extra_overrides": parse_overrides(args.set),
-        "date": invocation["date"],
-        "wall_seconds_this_invocation": wall,
-        "wall_seconds_all_cells": sum(e.get("seconds", 0.0) for e in entries),
-        "machine": invocation["machine"],
-        "invocations": [*earlier_invocations(out / SUITE_FILE), invocation],
-        "versions": _versions(entries),
-        "cells": entries,
-    }
-    (out / SUITE_FILE).write_text(json.dumps(record, indent=2))
-    runs = [Path(e["run_dir"]) for e in entries if e["status"] == "finished"]
-    unavailable = {e["method"]: e["status"] for e in entries if e["status"].startswith("not available")}
-    if runs:
-        for path in write_comparison(runs, out, title=f"fedbrick-flower bench {chosen.name}", notes=unavailable):
-            print(f"wrote {path}")
-    print(f"wrote {out / SUITE_FILE}")
-    failed = [e for e in entries if e["status"].startswith("failed")]
-    return 1 if failed else 0

@@ -61,6 +61,7 @@ RANGES: dict[str, Range] = {
     "data.proxy_fraction": Range(0, 1, high_open=True),  # 0: no public proxy split (nothing to distil on)
     "data.server_test_fraction": _OPEN_UNIT,
     "data.client_test_fraction": _OPEN_UNIT,
+    "data.validation_fraction": Range(0, 1, high_open=True),
     "data.max_length": Range(2),
     "data.short_answer_tokens": Range(0),
     "train.local_steps": _AT_LEAST_1,
@@ -82,18 +83,22 @@ RANGES: dict[str, Range] = {
     "server.outlier_norm_multiple": Range(1, low_open=True),
     "server.clip_norm": _POSITIVE,
     "server.clip_norm_multiple": _POSITIVE,
+    "server.plateau_window": _AT_LEAST_1,
+    "server.plateau_tolerance": Range(0, 1, high_open=True),
     "clients[].rank": _AT_LEAST_1,
     "clients[].batch_size": _AT_LEAST_1,
 }
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "mps", "cuda", "cuda:N")
 WIRE_DTYPES = ("float32", "float16")
+PLATEAU_METRICS = ("off", "global", "on-device")
 # Fields whose value is one of a fixed list known without importing torch; dataset, partition and model names
 # come from their registries in :mod:`fedbrick_flower.preflight`.
 CHOICES: dict[str, tuple[str, ...]] = {
     "server.wire_dtype": WIRE_DTYPES,
     "server.aggregation": AGGREGATIONS,
     "server.norm_scope": NORM_SCOPES,
+    "server.stop_when_plateau": PLATEAU_METRICS,
     "clients[].dtype": DTYPES,
     "clients[].device": DEVICES,
 }
@@ -121,6 +126,11 @@ def semantic_problems(scenario: Scenario, raw_clients: int | None = None) -> lis
     problems += _lora_problems(scenario.lora)
     problems += _data_problems(scenario)
     server = scenario.server
+    if server.stop_when_plateau != "off" and data.validation_fraction == 0:
+        problems.append(
+            f"server.stop_when_plateau: {server.stop_when_plateau!r} watches a validation loss; "
+            "set data.validation_fraction > 0"
+        )
     if server.min_clients is not None and scenario.clients and server.min_clients > len(scenario.clients):
         problems.append(f"server.min_clients: must be <= the {len(scenario.clients)} clients, got {server.min_clients}")
     for index, profile in enumerate(scenario.clients):

@@ -104,6 +104,9 @@ class DataSettings:
     max_length: int = 64
     overlong: str = "truncate"
     short_answer_tokens: int = 8
+    validation_fraction: float = 0.0
+    """Share of each client's training examples held out as its validation split; the server scores the global
+    model on the union of those splits. 0: no validation split (every split exactly as without the field)."""
 
     def partitioner_params(self) -> dict[str, Any]:
         """The partitioner's parameters as given, with ``alpha`` from ``dirichlet_alpha`` for ``dirichlet``."""
@@ -167,6 +170,14 @@ class ServerSettings:
     norm_scope: str = "layer"
     clip_norm: float | None = None
     clip_norm_multiple: float | None = None
+    stop_when_plateau: str = "off"
+    """End the run early once the validation loss stops improving: ``global`` (the server's global models on
+    their validation split) or ``on-device`` (mean over clients of their own validation split); needs
+    ``data.validation_fraction`` > 0. ``rounds`` stays the cap."""
+    plateau_window: int = 5
+    plateau_tolerance: float = 0.01
+    """Stop when the best loss of the last ``plateau_window`` rounds is less than this share below the best
+    loss before them."""
 
 
 @dataclass(frozen=True)

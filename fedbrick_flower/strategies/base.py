@@ -60,6 +60,10 @@ class RoundCallback:
     def on_run_end(self, strategy: HeterogeneousStrategy, rounds_completed: int) -> None:
         """Called once after the last round."""
 
+    def stop_requested(self) -> bool:
+        """True ends the run after the round just completed (``num_rounds`` is then a cap, not a count)."""
+        return False
+
 
 class HeterogeneousStrategy(Strategy):
     """Base of every fedbrick-flower strategy.
@@ -362,6 +366,10 @@ class HeterogeneousStrategy(Strategy):
             for callback in self.callbacks:
                 callback.on_round_end(self, server_round, rows)
             completed = server_round
+            # Duck-typed: a callback that is not a RoundCallback subclass has no say in stopping.
+            if any(getattr(callback, "stop_requested", bool)() for callback in self.callbacks):
+                log(INFO, "Stopping after round %d of at most %d: a round callback asked", server_round, num_rounds)
+                break
         for callback in self.callbacks:
             callback.on_run_end(self, completed)
         result.arrays = self._flat_global_adapters()

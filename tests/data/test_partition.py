@@ -314,3 +314,66 @@ def test_local_split_holds_out_a_stratified_share_or_uses_the_test_file() -> Non
     assert sorted(dataset.labels[i] for i in held.test) == [0, 0, 1, 1]
     assert sorted(held.train + held.test) == list(range(20))
     assert given.train == tuple(range(15)) and given.test == tuple(range(15, 20))
+
+
+def test_validation_fraction_zero_is_the_split_without_validation() -> None:
+    # Prepare
+    dataset = _toy_dataset(TOY_LABELS)
+
+    # Execute
+    before = split_federated(dataset, CLIENTS, seed=3)
+    zero = split_federated(dataset, CLIENTS, seed=3, validation_fraction=0.0)
+
+    # Assert
+    assert zero == before
+    assert all(client.validation == () for client in zero.clients.values())
+    assert zero.server_validation == ()
+
+
+def test_validation_split_is_carved_from_training_data_and_disjoint_from_test() -> None:
+    # Prepare
+    dataset = _toy_dataset(TOY_LABELS)
+    without = split_federated(dataset, CLIENTS, seed=3)
+
+    # Execute
+    split = split_federated(dataset, CLIENTS, seed=3, validation_fraction=0.25)
+
+    # Assert: each client's validation + train is its old train; test, proxy and server test are unchanged
+    for client_id, client in split.clients.items():
+        old = without.clients[client_id]
+        assert client.validation, client_id
+        assert sorted(client.train + client.validation) == list(old.train)
+        assert not set(client.validation) & set(client.train)
+        assert client.test == old.test
+    assert split.proxy == without.proxy and split.server_test == without.server_test
+    held_out = set(split.server_test) | set(split.proxy) | {i for c in split.clients.values() for i in c.test}
+    assert not set(split.server_validation) & held_out
+    assert set(split.server_validation) == {i for c in split.clients.values() for i in c.validation}
+
+
+def test_validation_split_follows_the_seed() -> None:
+    # Prepare
+    dataset = _toy_dataset(TOY_LABELS)
+
+    # Execute
+    again = [split_federated(dataset, CLIENTS, seed=s, validation_fraction=0.25).server_validation for s in (1, 1, 2)]
+
+    # Assert
+    assert again[0] == again[1]
+    assert again[0] != again[2]
+
+
+def test_split_local_carves_validation_from_train_only() -> None:
+    # Prepare
+    dataset = _toy_dataset(TOY_LABELS)
+
+    # Execute
+    plain = split_local(dataset, "alice", seed=0, test_fraction=0.2)
+    carved = split_local(dataset, "alice", seed=0, test_fraction=0.2, validation_fraction=0.2)
+    own_test = split_local(dataset, "alice", seed=0, test_fraction=0.2, num_test=10, validation_fraction=0.2)
+
+    # Assert
+    assert carved.test == plain.test
+    assert sorted(carved.train + carved.validation) == list(plain.train) and carved.validation
+    assert own_test.test == tuple(range(len(TOY_LABELS) - 10, len(TOY_LABELS)))
+    assert not set(own_test.validation) & set(own_test.test)

@@ -165,3 +165,26 @@ def test_resumed_suite_keeps_the_earlier_invocations_load_and_wall_time(tmp_path
     ]
     assert [i["command"] for i in from_new] == ["a", "b"]
     assert missing == []
+
+
+def test_bench_resolves_a_scenario_file_a_powered_suite_or_a_suite(tmp_path: Path) -> None:
+    # Prepare
+    from fedbrick_flower.leaderboard.command import resolve_suite
+    from fedbrick_flower.leaderboard.protocol import PoweredSuite
+    from fedbrick_flower.leaderboard.suites import Suite
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("algorithm: fedavg\n")
+
+    # Execute
+    from_file = resolve_suite(str(path), ["fedra", "fedbrick"], powered=False)
+    powered_file = resolve_suite(str(path), ["fedra", "fedbrick"], powered=True)
+    powered = resolve_suite("depth-2of6", None, powered=True)
+    plain = resolve_suite("depth", None, powered=False)
+
+    # Assert
+    assert isinstance(from_file, Suite) and [m.name for m in from_file.methods] == ["fedra", "fedbrick"]
+    assert isinstance(powered_file, PoweredSuite) and isinstance(powered, PoweredSuite)
+    assert isinstance(plain, Suite) and plain.name == "depth"
+    with pytest.raises(ValueError, match="powered suites"):
+        resolve_suite("depth", None, powered=True)

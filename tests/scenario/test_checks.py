@@ -148,3 +148,29 @@ def test_a_linear_probe_needs_a_layerwise_algorithm(algorithm: str, accepted: bo
             "(fedavg, fedbrick); fedbip mixes every client's LoRA"
         ]
     )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"server.stop_when_plateau": "global"}, "server.stop_when_plateau: 'global' watches a validation loss"),
+        ({"server.stop_when_plateau": "test"}, "server.stop_when_plateau: 'test' is not one of"),
+        ({"data.validation_fraction": 1.0}, r"data.validation_fraction: must be in \[0, 1\)"),
+        ({"server.plateau_window": 0}, "server.plateau_window: must be >= 1"),
+    ],
+)
+def test_validation_and_plateau_fields_are_checked(overrides: dict, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        parse_scenario(apply_overrides(copy.deepcopy(BASE), overrides))
+
+
+def test_plateau_stop_with_a_validation_split_is_valid_and_off_by_default() -> None:
+    # Execute
+    default = parse_scenario(copy.deepcopy(BASE))
+    stopping = parse_scenario(
+        apply_overrides(copy.deepcopy(BASE), {"data.validation_fraction": 0.2, "server.stop_when_plateau": "on-device"})
+    )
+
+    # Assert
+    assert default.server.stop_when_plateau == "off" and default.data.validation_fraction == 0.0
+    assert stopping.server.stop_when_plateau == "on-device" and stopping.server.plateau_window == 5

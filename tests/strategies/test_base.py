@@ -245,3 +245,32 @@ class _Collect(RoundCallback):
 
     def on_round_end(self, strategy, server_round: int, log_rows: list[dict]) -> None:
         self.sink.extend(log_rows)
+
+
+def test_a_callback_asking_to_stop_ends_the_run_after_that_round() -> None:
+    # Prepare
+    infos = [client_info("a", 1)]
+    strategy, grid = _prepare({1: training_node(infos[0])})
+    ended: list[int] = []
+
+    class StopAfterTwo(RoundCallback):
+        def __init__(self) -> None:
+            self.rounds = 0
+
+        def on_round_end(self, strategy, server_round: int, log_rows: list[dict]) -> None:
+            self.rounds = server_round
+
+        def on_run_end(self, strategy, rounds_completed: int) -> None:
+            ended.append(rounds_completed)
+
+        def stop_requested(self) -> bool:
+            return self.rounds >= 2
+
+    strategy.callbacks = [StopAfterTwo()]
+
+    # Execute
+    strategy.start(grid, num_rounds=10)
+
+    # Assert
+    assert grid.sent(1, MessageType.TRAIN) == 2
+    assert ended == [2]

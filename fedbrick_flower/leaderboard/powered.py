@@ -1,0 +1,322 @@
+"""``fedbrick-flower bench SUITE --powered``: a suite under the protocol (:mod:`.protocol`), resumable.
+
+Two stages, each an ordinary suite run (:func:`.runner.run_suite`, so finished cells are not run again):
+
+1. **tuning**: every method at every grid point at the tuning seed, in ``OUT/tuning/<point>/METHOD/seed-N``;
+   each method takes the point with the lowest final validation loss;
+2. **measurement**: every method at its chosen point for seeds 0..N-1 in ``OUT/METHOD/seed-N``. The tuning cell
+   of the chosen point is the same configuration as the measurement cell at the tuning seed, so it is copied,
+   not run again.
+
+Then ``OUT/suite.json`` (protocol, budgets, chosen values with every tuning loss, rounds run per cell, machine,
+load, versions) and ``OUT/compare.json`` / ``compare.md`` (per-seed figures, paired differences with 95 % t
+intervals, control verdicts) are written from the run directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..metrics import mean_of, read_metrics
+from ..run_files import SUMMARY_FILE
+from .protocol import MIN_LOCAL_STEPS, MIN_ROUNDS_CAP, MIN_SEEDS, PoweredSuite
+from .runner import RunCell, _versions, cell_dir, cell_status, earlier_invocations, machine, run_in_child
+from .runner import run_suite as run_cells
+from .stats import NOT_RUN, paired, verdict
+from .suites import Cell, expand
+
+SUITE_FILE, COMPARE_FILE = "suite.json", "compare.json"
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def cell_figures(rows: list[dict], summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers one cell contributes: last-round global and on-device accuracy and loss, the on-device figures
+    also pooled over every client's test examples (micro-average), the final validation losses, rounds run and
+    the summary's other numbers (e.g. an algorithm's storage overhead)."""
+    server = [r for r in rows if r.get("phase") == "server-eval"]
+    last_round = max((r["round"] for r in server), default=None)
+    server_last = [r for r in server if r["round"] == last_round]
+    last: dict[str, dict] = {}
+    for row in sorted((r for r in rows if r.get("phase") == "evaluate"), key=lambda r: r["round"]):
+        last[row["client"]] = row
+    clients = list(last.values())
+    figures = {
+        "global_accuracy": mean_of(r.get("accuracy") for r in server_last),
+        "global_loss": mean_of(r.get("loss") for r in server_last),
+        "global_accuracy_without_lora": mean_of(r.get("accuracy-without-lora") for r in server_last),
+        "global_loss_without_lora": mean_of(r.get("loss-without-lora") for r in server_last),
+        "global_validation_loss": mean_of(r.get("validation-loss") for r in server_last),
+        "on_device_accuracy": mean_of(r.get("accuracy") for r in clients),
+        "on_device_loss": mean_of(r.get("loss") for r in clients),
+        "on_device_micro_accuracy": _pooled(clients, "accuracy"),
+        "on_device_micro_loss": _pooled(clients, "loss"),
+        "on_device_received_accuracy": mean_of(r.get("received-accuracy") for r in clients),
+        "on_device_validation_loss": mean_of(r.get("validation-loss") for r in clients),
+        "rounds_run": summary.get("rounds_completed"),
+    }
+    extra = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {**figures, "summary": extra}
+
+
+def _pooled(rows: list[dict], key: str) -> float | None:
+    """Every client's test examples pooled: sum of value x examples over the sum of examples (accuracy x examples
+    is the client's correct count)."""
+    weighted = [(r[key], r["num-examples"]) for r in rows if r.get(key) is not None and r.get("num-examples")]
+    total = sum(n for _, n in weighted)
+    return sum(v * n for v, n in weighted) / total if total else None
+
+
+def load_figures(folder: Path) -> dict[str, Any] | None:
+    """A finished run directory's :func:`cell_figures`, None when it has no summary."""
+    if not (folder / SUMMARY_FILE).is_file():
+        return None
+    return cell_figures(read_metrics(folder), json.loads((folder / SUMMARY_FILE).read_text()))
+
+
+# ------------------------------------------------------------------------------------------------ tuning
+def point_label(point: dict[str, Any]) -> str:
+    """A grid point as a folder name: ``{"train.lr": 0.001, "train.head_lr": 0.01}`` -> ``lr-0.001_head_lr-0.01``."""
+    return "_".join(f"{key.rpartition('.')[2]}-{value}" for key, value in point.items()) or "default"
+
+
+def choose(losses: dict[str, float | None]) -> str | None:
+    """The grid point (label) with the lowest validation loss; None when no tuning cell finished."""
+    finished = {label: loss for label, loss in losses.items() if loss is not None}
+    return min(finished, key=finished.__getitem__) if finished else None
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def headline_keys(headline: str) -> tuple[str, str]:
+    prefix = "global" if headline == "global" else "on_device"
+    return f"{prefix}_accuracy", f"{prefix}_loss"
+
+
+def by_seed(cells: dict[str, dict[int, dict[str, Any]]], method: str, key: str) -> dict[int, float | None]:
+    return {seed: figures.get(key) for seed, figures in cells.get(method, {}).items()}
+
+
+def comparison_entry(cells: dict[str, dict[int, dict[str, Any]]], method: str, baseline: str, headline: str) -> dict:
+    """Paired differences ``method - baseline`` (accuracy in points, loss in nats) with 95 % t intervals."""
+    accuracy, loss = headline_keys(headline)
+    entry: dict[str, Any] = {"method": method, "baseline": baseline}
+    for key, scale in ((accuracy, 100.0), (loss, 1.0)):
+        interval = paired(
+            {s: _scaled(v, scale) for s, v in by_seed(cells, method, key).items()},
+            {s: _scaled(v, scale) for s, v in by_seed(cells, baseline, key).items()},
+        )
+        entry[key] = interval.as_dict()
+    return entry
+
+
+def control_entry(cells: dict[str, dict[int, dict[str, Any]]], control: Any) -> dict:
+    """A positive control's paired difference (points) and verdict: met when the interval lies above zero."""
+    interval = paired(
+        {s: _scaled(v, 100.0) for s, v in by_seed(cells, control.method, control.metric).items()},
+        {s: _scaled(v, 100.0) for s, v in by_seed(cells, control.baseline, control.baseline_metric).items()},
+    )
+    return {**dataclasses.asdict(control), "difference_points": interval.as_dict(), "verdict": verdict(interval, 0.0)}
+
+
+def _scaled(value: float | None, scale: float) -> float | None:
+    return None if value is None else value * scale
+
+
+def summarize_interval(interval: dict[str, Any]) -> str:
+    """``+1.23 [+0.40, +2.06] (n=5)``, or what is missing."""
+    if not interval["n"]:
+        return "no pairs"
+    if interval["low"] is None:
+        return f"{interval['mean']:+.2f} (n=1, no interval)"
+    return f"{interval['mean']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}] (n={interval['n']})"
+
+
+def comparison_record(powered: PoweredSuite, cells: dict[str, dict[int, dict[str, Any]]], notes: dict) -> dict:
+    """What ``compare.json`` holds."""
+    headline = powered.protocol.headline
+    methods = {}
+    for method in powered.suite.methods:
+        seeds = cells.get(method.name, {})
+        keys = sorted({k for figures in seeds.values() for k in figures if k != "summary"})
+        methods[method.name] = {
+            "seeds": sorted(seeds),
+            "per_seed": {str(s): f for s, f in sorted(seeds.items())},
+            "mean": {k: mean_of(f.get(k) for f in seeds.values()) for k in keys},
+            "status": notes.get(method.name, "finished" if seeds else NOT_RUN),
+        }
+    return {
+        "suite": powered.name,
+        "headline": headline,
+        "methods": methods,
+        "comparisons": [comparison_entry(cells, c.method, c.baseline, headline) for c in powered.comparisons],
+        "controls": [control_entry(cells, c) for c in powered.controls],
+    }
+
+
+def compare_markdown(record: dict[str, Any]) -> str:
+    """The comparison as markdown: per-method means, paired differences, controls."""
+    accuracy, loss = headline_keys(record["headline"])
+    lines = [f"# Powered suite `{record['suite']}` (headline: {record['headline']})", ""]
+    lines += ["| method | seeds | accuracy % | loss | micro acc % | rounds run | status |", "|---" * 7 + "|"]
+    for name, entry in record["methods"].items():
+        mean_of = entry["mean"]
+        cells = [
+            _format(mean_of.get(accuracy), 100, 1),
+            _format(mean_of.get(loss), 1, 3),
+            _format(mean_of.get("on_device_micro_accuracy"), 100, 1),
+            _format(mean_of.get("rounds_run"), 1, 1),
+        ]
+        lines.append(f"| {name} | {len(entry['seeds'])} | " + " | ".join(cells) + f" | {entry['status']} |")
+    lines += ["", "| method - baseline | accuracy points, 95 % t | loss, 95 % t |", "|---|---|---|"]
+    for entry in record["comparisons"]:
+        lines.append(
+            f"| {entry['method']} - {entry['baseline']} | {summarize_interval(entry[accuracy])} | "
+            f"{summarize_interval(entry[loss])} |"
+        )
+    lines += ["", "| positive control | difference, points | verdict |", "|---|---|---|"]
+    for entry in record["controls"]:
+        lines.append(f"| {entry['name']} | {summarize_interval(entry['difference_points'])} | {entry['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _format(value: float | None, scale: float, digits: int) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def protocol_checks(powered: PoweredSuite, overrides: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """Whether the budgets actually run meet the protocol's minimums (``--set`` may lower them for a try)."""
+    cap, steps = overrides.get("rounds"), overrides.get("train.local_steps")
+    checks = {
+        f"rounds cap >= {MIN_ROUNDS_CAP}": cap is not None and cap >= MIN_ROUNDS_CAP,
+        f"local steps >= {MIN_LOCAL_STEPS}": steps is not None and steps >= MIN_LOCAL_STEPS,
+        f"seeds >= {MIN_SEEDS}": len(seeds) >= MIN_SEEDS,
+    }
+    return {"rounds_cap": cap, "local_steps": steps, "checks": checks, "met": all(checks.values())}
+
+
+def run_powered(
+    powered: PoweredSuite,
+    out: Path,
+    seeds: list[int],
+    extra: dict[str, Any] | None = None,
+    methods: list[str] | None = None,
+    run_cell: RunCell = run_in_child,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Tune, measure and write ``suite.json`` and ``compare.json`` into ``out``; returns the suite record."""
+    protocol = powered.protocol
+    shared = {**protocol.overrides(), **(extra or {})}
+    points = protocol.grid_points()
+    _, left_out = protocol.available_grid()
+    tuning: dict[str, dict[str, Any]] = {}
+    for point in points:
+        echo(f"tuning {point_label(point)} at seed {protocol.tuning_seed}")
+        cells = expand(powered.suite, [protocol.tuning_seed], {**shared, **point}, methods)
+        ran = run_cells(cells, out / "tuning" / point_label(point), run_cell, echo)
+        for entry, cell in zip(ran, cells, strict=True):
+            folder = Path(entry["run_dir"])
+            figures = load_figures(folder) if entry["status"] == "finished" else None
+            loss = figures.get(f"{protocol.plateau_metric.replace('-', '_')}_validation_loss") if figures else None
+            tuning.setdefault(cell.method, {"points": {}, "losses": {}, "status": entry["status"]})
+            tuning[cell.method]["points"][point_label(point)] = point
+            tuning[cell.method]["losses"][point_label(point)] = loss
+    entries: list[dict[str, Any]] = []
+    chosen: dict[str, dict[str, Any]] = {}
+    notes: dict[str, str] = {}
+    for method in powered.suite.methods:
+        if methods and method.name not in methods:
+            continue
+        record = tuning.get(method.name, {"losses": {}, "points": {}, "status": NOT_RUN})
+        label = choose(record["losses"])
+        if label is None:
+            notes[method.name] = record["status"] if record["status"] != "finished" else "tuning gave no loss"
+            chosen[method.name] = {"point": None, "tuning_losses": record["losses"], "status": notes[method.name]}
+            continue
+        point = record["points"][label]
+        chosen[method.name] = {"point": point, "label": label, "tuning_losses": record["losses"]}
+        cells = expand(powered.suite, seeds, {**shared, **point}, [method.name])
+        for cell in cells:
+            _reuse_tuning_cell(out / "tuning" / label, out, cell)
+        entries += run_cells(cells, out, run_cell, echo)
+    cells_figures: dict[str, dict[int, dict[str, Any]]] = {}
+    for entry in entries:
+        figures = load_figures(Path(entry["run_dir"])) if entry["status"] == "finished" else None
+        if figures is not None:
+            cells_figures.setdefault(entry["method"], {})[entry["seed"]] = figures
+            entry["rounds_run"] = figures["rounds_run"]
+    comparison = comparison_record(powered, cells_figures, notes)
+    (out / COMPARE_FILE).write_text(json.dumps(comparison, indent=2))
+    (out / "compare.md").write_text(compare_markdown(comparison))
+    record = {
+        "suite": powered.name,
+        "description": powered.suite.description,
+        "scenario": powered.suite.scenario,
+        "protocol": {**dataclasses.asdict(protocol), "grid_left_out": left_out},
+        "budgets": protocol_checks(powered, shared, seeds),
+        "seeds": seeds,
+        "extra_overrides": extra or {},
+        "chosen": chosen,
+        "rounds_run": {f"{e['method']}/seed-{e['seed']}": e.get("rounds_run") for e in entries},
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "invocations": earlier_invocations(out / SUITE_FILE),
+        "versions": _versions(entries),
+        "cells": entries,
+    }
+    return record
+
+
+def _reuse_tuning_cell(tuning_out: Path, out: Path, cell: Cell) -> None:
+    """Copy the tuning run of this very configuration (same method, seed and overrides) instead of rerunning it."""
+    source, target = cell_dir(tuning_out, cell), cell_dir(out, cell)
+    if cell_status(source, cell) == "finished" and cell_status(target, cell) != "finished":
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+
+
+def suite_states(results: Path) -> dict[str, str]:
+    """Each powered suite's state under ``results``: ``not run``, or how many of its cells finished."""
+    from .protocol import POWERED
+
+    states = {}
+    for name in POWERED:
+        path = results / f"powered-{name}" / SUITE_FILE
+        if not path.is_file():
+            states[name] = NOT_RUN
+            continue
+        cells = json.loads(path.read_text())["cells"]
+        done = sum(1 for c in cells if c["status"] == "finished")
+        states[name] = f"{done} of {len(cells)} cells finished"
+    return states
+
+
+def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
+    """``bench SUITE --powered``: run it and write ``suite.json`` (this invocation appended)."""
+    from ..scenario import parse_overrides
+
+    seeds = list(range(args.seeds if args.seeds is not None else powered.protocol.seeds))
+    seeds = seeds if args.seed is None else list(args.seed)
+    out = (args.out or Path("bench") / "results" / f"powered-{powered.name}").resolve()
+    started, load_before = time.monotonic(), machine()["load_average"]
+    record = run_powered(powered, out, seeds, parse_overrides(args.set), args.methods)
+    invocation = {
+        "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
+        "date": record["date"],
+        "wall_seconds": time.monotonic() - started,
+        "machine": {**machine(), "load_average_before": load_before},
+    }
+    record["invocations"].append(invocation)
+    (out / SUITE_FILE).write_text(json.dumps(record, indent=2))
+    print((out / "compare.md").read_text())
+    print(f"wrote {out / SUITE_FILE}, {out / COMPARE_FILE}")
+    failed = [e for e in record["cells"] if e["status"].startswith("failed")]
+    return 1 if failed else 0

@@ -1,0 +1,115 @@
+"""A powered suite on fake runs: tuning picks the lowest validation loss, seed 0 reuses its tuning run, the
+comparison holds paired intervals, micro-averages and control verdicts; a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedbrick_flower.leaderboard.powered import cell_figures, choose, run_powered
+from fedbrick_flower.leaderboard.protocol import Comparison, Control, PoweredSuite, Protocol
+from fedbrick_flower.leaderboard.suites import Cell, Method, Suite
+
+SUITE = Suite(
+    "toy",
+    "two methods",
+    "fedbrick-tiny",
+    (Method("good", "fedavg", {}), Method("base", "fedavg", {"train.freeze_lora": True}), Method("gone", "nope")),
+)
+PROTOCOL = Protocol(rounds_cap=3, local_steps=2, grid={"train.lr": (0.001, 0.002)}, seeds=3)
+POWERED = PoweredSuite(
+    SUITE,
+    PROTOCOL,
+    comparisons=(Comparison("good", "base"),),
+    controls=(Control("good beats base", "good", "base"), Control("good with LoRA", "good", "good",
+                                                                  "global_accuracy", "global_accuracy_without_lora")),
+)  # fmt: skip
+
+
+class FakeRuns:
+    """Writes a run directory: the validation loss is lowest at lr 0.002, ``good`` beats ``base`` by 5 + seed
+    points, and the run stops after 2 of its 3 rounds."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, cell: Cell, folder: Path, resume: bool, log: Path) -> int:
+        self.calls.append(f"{folder.parent.parent.name}/{cell.key}")
+        lr = cell.overrides["train.lr"]
+        accuracy = 0.6 + (0.05 + 0.01 * cell.seed if cell.method == "good" else 0.0)
+        rows = [
+            {"round": 2, "phase": "server-eval", "accuracy": accuracy, "loss": 1 - accuracy,
+             "accuracy-without-lora": 0.6, "validation-loss": 1.0 - lr * 100},
+            {"round": 2, "phase": "evaluate", "client": "a", "accuracy": 0.5, "loss": 1.0, "num-examples": 10.0},
+            {"round": 2, "phase": "evaluate", "client": "b", "accuracy": 1.0, "loss": 0.5, "num-examples": 30.0},
+        ]  # fmt: skip
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "summary.json").write_text(json.dumps({"rounds_completed": 2, "storage": 0.01}))
+        return 0
+
+
+def test_cell_figures_pool_the_clients_test_examples() -> None:
+    # Prepare
+    rows = [
+        {"round": 1, "phase": "evaluate", "client": "a", "accuracy": 0.0, "num-examples": 10.0},
+        {"round": 2, "phase": "evaluate", "client": "a", "accuracy": 0.5, "num-examples": 10.0},
+        {"round": 2, "phase": "evaluate", "client": "b", "accuracy": 1.0, "num-examples": 30.0},
+    ]
+
+    # Execute
+    figures = cell_figures(rows, {"rounds_completed": 2})
+
+    # Assert: mean over clients 0.75; pooled (5 + 30) / 40 = 0.875
+    assert figures["on_device_accuracy"] == 0.75
+    assert figures["on_device_micro_accuracy"] == pytest.approx(0.875)
+    assert figures["rounds_run"] == 2 and figures["global_accuracy"] is None
+
+
+def test_choose_takes_the_lowest_finished_loss() -> None:
+    # Execute / Assert
+    assert choose({"lr-0.001": 0.9, "lr-0.002": 0.8, "lr-0.004": None}) == "lr-0.002"
+    assert choose({"lr-0.001": None}) is None
+
+
+def test_powered_suite_tunes_measures_compares_and_resumes(tmp_path: Path) -> None:
+    # Prepare
+    runs = FakeRuns()
+
+    # Execute
+    record = run_powered(POWERED, tmp_path, [0, 1, 2], run_cell=runs, echo=lambda _: None)
+    again = FakeRuns()
+    run_powered(POWERED, tmp_path, [0, 1, 2], run_cell=again, echo=lambda _: None)
+
+    # Assert: 2 grid points x 2 methods tuned, then seeds 1 and 2 (seed 0 is the tuning run, copied)
+    assert len(runs.calls) == 4 + 4 and again.calls == []
+    assert record["chosen"]["good"]["point"] == {"train.lr": 0.002}
+    assert record["chosen"]["gone"]["point"] is None
+    assert record["rounds_run"]["good/seed-1"] == 2
+    assert record["budgets"]["met"] is False  # a cap of 3 rounds is below the protocol's 30
+    compare = json.loads((tmp_path / "compare.json").read_text())
+    difference = compare["comparisons"][0]["global_accuracy"]
+    assert difference["differences"] == pytest.approx([5.0, 6.0, 7.0])
+    assert difference["low"] == pytest.approx(6 - 4.3027 / 3**0.5, abs=1e-3)
+    assert [c["verdict"] for c in compare["controls"]] == ["met", "met"]
+    assert compare["methods"]["good"]["mean"]["on_device_micro_accuracy"] == pytest.approx(0.875)
+    assert compare["methods"]["gone"]["status"].startswith("not available")
+    assert (tmp_path / "compare.md").read_text().count("good - base") == 1
+
+
+def test_suite_states_list_suites_not_run(tmp_path: Path) -> None:
+    # Prepare
+    from fedbrick_flower.leaderboard.powered import suite_states
+
+    folder = tmp_path / "powered-rank"
+    folder.mkdir()
+    cells = [{"status": "finished"}, {"status": "failed: exit code 1"}]
+    (folder / "suite.json").write_text(json.dumps({"cells": cells}))
+
+    # Execute
+    states = suite_states(tmp_path)
+
+    # Assert
+    assert states["rank"] == "1 of 2 cells finished"
+    assert states["depth-2of6"] == "not run"
