@@ -27,6 +27,7 @@ from .scenario import (
     DataSettings,
     FaultSettings,
     LoraDefaults,
+    PrivacySettings,
     ServerSettings,
     TaskSpec,
     TrainSettings,
@@ -44,6 +45,7 @@ _SECTIONS: dict[str, tuple[type, str]] = {
     "lora": (LoraDefaults, "lora"),
     "server": (ServerSettings, "server"),
     "faults": (FaultSettings, "faults"),
+    "privacy": (PrivacySettings, "privacy"),
     "clients[]": (ClientProfile, "clients[]"),
 }
 _TOP_LEVEL_TYPES = {
@@ -61,6 +63,7 @@ _TOP_LEVEL_TYPES = {
     "lora": ("mapping", "defaults below"),
     "server": ("mapping", "defaults below"),
     "faults": ("mapping", "defaults below"),
+    "privacy": ("mapping", "defaults below"),
 }
 
 # What semantic_problems and the pre-flight check across fields, in words.

@@ -46,6 +46,20 @@ DISTILL_PHASE = "distill"  # a metric phase, declared with its row keys in the r
 LayerCache = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
+def scenario_problems(scenario: Scenario) -> list[str]:
+    """FedBRICK's own scenario check (its registry entry's ``scenario_checks``).
+
+    Under ``privacy.secure_aggregation`` the server learns only weighted sums of LoRA and heads; the uploaded
+    BRICKs are averaged with weight 1, not n_k, so they cannot share the masked sum and must stay on the device.
+    """
+    if scenario.privacy.secure_aggregation and scenario.algorithm_params.get("upload_bricks", True):
+        return [
+            "algorithm_params.upload_bricks: must be false under privacy.secure_aggregation (BRICKs are averaged "
+            "unweighted, outside the masked weighted sum of LoRA and heads)"
+        ]
+    return []
+
+
 class FedBRICK(LayerwiseFedAvg):
     """FedBRICK: FedRA allocation and layer-wise LoRA FedAvg, plus server-distilled per-group BRICK sets.
 
@@ -160,6 +174,15 @@ class FedBRICK(LayerwiseFedAvg):
                 for u in updates
             ]
             self.bricks.update(self.combine_layerwise(contributions))
+        self._after_aggregation(server_round, updates)
+
+    def aggregate_means(self, server_round: int, means: dict[str, np.ndarray], updates: list[ClientUpdate]) -> None:
+        """LoRA and heads from the secure means (no BRICK travels: ``upload_bricks`` is false), then distillation."""
+        super().aggregate_means(server_round, means, updates)
+        self._after_aggregation(server_round, updates)
+
+    def _after_aggregation(self, server_round: int, updates: list[ClientUpdate]) -> None:
+        """The clients' BRICK storage overhead, then the server distillation of every BRICK."""
         for update in updates:
             self._record_storage(update)
         if self.distill:
