@@ -33,9 +33,9 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from .clients.profile import session_for
 from .records import ADAPTERS_KEY, METRICS_KEY, from_array_record
-from .secure_layout import LAYOUT_KEY, pack
 from .runconfig import AUDIT_KEY
 from .scenario import FaultSettings
+from .secure_layout import LAYOUT_KEY, pack
 
 AUDIT_FILE = "wire-audit.jsonl"
 

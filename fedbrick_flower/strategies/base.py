@@ -476,18 +476,10 @@ class HeterogeneousStrategy(Strategy):
         messages = list(messages)
         by_node = {info.node_id: info for info in self.clients.values()}
         sampled = [by_node[message.metadata.dst_node_id] for message in messages]
-        keys = {
-            client.client_id: {
-                name: self.aggregation_key(client, name)
-                for name in self._on_wire(self.expected_update(client, server_round))
-            }
-            for client in sampled
-        }
+        wire = {client.client_id: self._on_wire(self.expected_update(client, server_round)) for client in sampled}
+        keys = {c.client_id: {name: self.aggregation_key(c, name) for name in wire[c.client_id]} for c in sampled}
         layout = Layout.union(
-            [
-                {keys[c.client_id][name]: shape for name, shape in self._on_wire(self.expected_update(c, server_round)).items()}
-                for c in sampled
-            ]
+            [{keys[cid][name]: shape for name, shape in schema.items()} for cid, schema in wire.items()]
         )
         clipping = self.secure_aggregation.clipping_range
         for message, client in zip(messages, sampled, strict=True):

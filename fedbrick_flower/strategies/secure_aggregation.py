@@ -221,7 +221,9 @@ def unmasked_sum(secure: SecureRound) -> Vector:
             continue
         # A node that left after sharing its keys: rebuild the pairwise masks its active neighbours added.
         for other in sorted(secure.neighbours[nid] & active):
-            shared = generate_shared_key(bytes_to_private_key(secret), bytes_to_public_key(secure.public_keys[other][0]))
+            shared = generate_shared_key(
+                bytes_to_private_key(secret), bytes_to_public_key(secure.public_keys[other][0])
+            )
             mask = pseudo_rand_gen(shared, p.modulus_range, shapes)
             total = parameters_addition(total, mask) if nid > other else parameters_subtraction(total, mask)
     _, vectors = factor_extract(parameters_mod(total, p.modulus_range))
@@ -249,7 +251,10 @@ def read_masked(reply: Message) -> Vector:
 
 
 # ------------------------------------------------------------------------------------------------ the stages
-def _share_keys(grid: Grid, secure: SecureRound, server_round: int, timeout: float) -> dict[int, list[tuple[int, bytes]]]:
+Forward = dict[int, list[tuple[int, bytes]]]  # node id -> (source node, ciphertext) of each share addressed to it
+
+
+def _share_keys(grid: Grid, secure: SecureRound, server_round: int, timeout: float) -> Forward:
     """Forward each node its neighbours' public keys; returns, per node, the encrypted shares addressed to it."""
     live = set(secure.public_keys)
 
@@ -260,7 +265,7 @@ def _share_keys(grid: Grid, secure: SecureRound, server_round: int, timeout: flo
     replies = _round_trip(grid, {nid: _stage_message(nid, config(nid), server_round) for nid in live}, timeout)
     secure.keyed = set(replies)
     _check(secure, secure.keyed, "share-keys")
-    forward: dict[int, list[tuple[int, bytes]]] = {nid: [] for nid in secure.keyed}
+    forward: Forward = {nid: [] for nid in secure.keyed}
     for src, reply in sorted(replies.items()):
         result = reply.content.config_records[RECORD_KEY_CONFIGS]
         destinations = cast(list[int], result[Key.DESTINATION_LIST])
@@ -274,7 +279,7 @@ def _collect(
     grid: Grid,
     secure: SecureRound,
     by_node: Mapping[int, Message],
-    forward: Mapping[int, list[tuple[int, bytes]]],
+    forward: Forward,
     timeout: float,
 ) -> tuple[dict[str, int], list[Message]]:
     """Send each keyed node its training message with its shares; keep the masked vectors that come back."""

@@ -16,9 +16,13 @@ from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.inprocess import InProcessGrid, Node
 from fedbrick_flower.mods import secure_aggregation_mod
 from fedbrick_flower.records import ADAPTERS_KEY, from_array_record, to_array_record
+from fedbrick_flower.scenario import apply_overrides, parse_scenario
+from fedbrick_flower.strategies import build
 from fedbrick_flower.strategies.aggregation import Robustness
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
+from fedbrick_flower.strategies.fedbrick import scenario_problems
 from fedbrick_flower.strategies.secure_aggregation import SecAggParameters, SecureAggregationFailed, unmasked_sum
+from tests.scenario.smoke import BASE
 
 from .loopback import client_info, training_node
 
@@ -199,3 +203,35 @@ def test_a_strategy_refuses_defences_that_need_individual_updates() -> None:
         LayerwiseFedAvg(robustness=Robustness(outlier_norm_multiple=3.0), secure_aggregation=PARAMETERS)
     with pytest.raises(ValueError, match="privacy.secure_aggregation"):
         LayerwiseFedAvg(robustness=Robustness(aggregation="median"), secure_aggregation=PARAMETERS)
+
+
+def test_norm_screening_is_off_with_a_logged_line_under_secure_aggregation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a scenario whose server screens norms by default (not written in the file)
+    scenario = parse_scenario(apply_overrides(BASE, {"privacy.secure_aggregation": True}))
+    scenario = dataclasses.replace(scenario, server=dataclasses.replace(scenario.server, outlier_norm_multiple=5.0))
+    lines: list[str] = []
+    monkeypatch.setattr(build, "log", lambda level, text, *args: lines.append(text % args))
+
+    # Execute
+    arguments = build.runtime_arguments(scenario, [])
+
+    # Assert
+    assert arguments["robustness"].outlier_norm_multiple is None
+    assert arguments["secure_aggregation"] == SecAggParameters()
+    assert lines == [
+        "privacy.secure_aggregation: norm screening (server.outlier_norm_multiple) is off: "
+        "the server sees no individual update"
+    ]
+
+
+def test_fedbrick_under_secure_aggregation_keeps_its_bricks_on_the_device() -> None:
+    # Prepare
+    secure = {"privacy.secure_aggregation": True, "algorithm": "fedbrick"}
+
+    # Execute
+    uploading = scenario_problems(parse_scenario(apply_overrides(BASE, secure)))
+    kept = scenario_problems(parse_scenario(apply_overrides(BASE, {**secure, "algorithm_params.upload_bricks": False})))
+
+    # Assert
+    assert len(uploading) == 1 and uploading[0].startswith("algorithm_params.upload_bricks: must be false under")
+    assert kept == []
