@@ -72,7 +72,7 @@ _CROSS_CHECKS = {
     "data.server_test_fraction": "(with proxy_fraction: sum < 1)",
     "server.min_clients": "(at most the number of clients)",
     "server.aggregation": "(median, trimmed-mean: only algorithms that average each tensor over its holders)",
-    "privacy.secure_aggregation": "(algorithms whose server needs only sums; mean aggregation, no clipping or norm screening)",
+    "privacy.secure_aggregation": "(algorithms whose server needs only sums; mean, no clipping or norm screening)",
     "faults.nan_update": "client ids",
     "faults.scaled_update": "client ids",
     "faults.sign_flip": "client ids",
