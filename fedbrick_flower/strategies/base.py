@@ -8,7 +8,9 @@ shares with every algorithm lives in pure helper modules, each tested on its own
 (per-client messages, replies attributed to their client), :mod:`.replies` (reply checks that reject and log a
 bad update while the round goes on), :mod:`.screening` (norm outliers and clipping) and :mod:`.metric_rows`
 (the rows of ``metrics.jsonl``). An algorithm subclass implements four verbs: :meth:`payload`,
-:meth:`expected_update`, :meth:`aggregate` and, where it keeps one, :meth:`global_adapters`.
+:meth:`expected_update`, :meth:`aggregate` and, where it keeps one, :meth:`global_adapters`; one whose server
+needs only sums adds :meth:`aggregation_key` and :meth:`aggregate_means` and runs under secure aggregation
+(:mod:`.secure_aggregation`, SecAgg+).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .registration import (
     too_few_connected,
     unknown_nodes,
 )
-from .replies import ClientUpdate, attribute, read_updates, reply_metrics
+from .replies import ClientUpdate, attribute, read_updates, reply_metrics, training_set_size
 from .screening import screen_updates
 from .secure_aggregation import SecAggParameters, SecureAggregationFailed, SecureRound, run_protocol, unmasked_sum
 from .transport import exchange, round_message
@@ -517,8 +519,8 @@ class HeterogeneousStrategy(Strategy):
             if client.node_id in secure.rejected:
                 self._reject(server_round, client, "train", secure.rejected[client.node_id])
                 continue
-            metrics = reply_metrics(reply)
-            update = ClientUpdate(client, {}, int(metrics["num-examples"]), metrics)
+            metrics = reply_metrics(reply)  # read_masked checked them
+            update = ClientUpdate(client, {}, training_set_size(metrics), metrics)
             updates.append(update)
             rows = metric_rows.train_rows(
                 server_round,

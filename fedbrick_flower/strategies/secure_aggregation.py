@@ -47,7 +47,8 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-from ..records import ADAPTERS_KEY, UpdateRejected
+from ..records import ADAPTERS_KEY, METRICS_KEY, UpdateRejected
+from .replies import reply_metrics, training_set_size
 from .transport import pull
 
 Vector = list[np.ndarray]
@@ -238,15 +239,17 @@ def read_masked(reply: Message) -> Vector:
     Raises
     ------
     UpdateRejected
-        If the reply is an error, has no masked vector, or carries tensors in the clear.
+        If the reply is an error, carries tensors in the clear, or lacks its masked vector or its training-set
+        size (the weight the strategy reports it with).
     """
     if reply.has_error():
         raise UpdateRejected(f"node error: {reply.error.reason}")
     if any(len(record) for record in reply.content.array_records.values()):
         raise UpdateRejected(f"a masked reply carries tensors in the clear ({ADAPTERS_KEY} or other arrays)")
     configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
-    if configs is None or Key.MASKED_PARAMETERS not in configs:
-        raise UpdateRejected("reply has no masked vector")
+    if configs is None or Key.MASKED_PARAMETERS not in configs or METRICS_KEY not in reply.content.metric_records:
+        raise UpdateRejected("reply has no masked vector or no metrics")
+    training_set_size(reply_metrics(reply))
     return [bytes_to_ndarray(blob) for blob in cast(list[bytes], configs[Key.MASKED_PARAMETERS])]
 
 
