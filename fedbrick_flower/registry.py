@@ -267,7 +267,6 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         robust_aggregation=True,
         linear_probe=True,
         secure_aggregation=True,
-        scenario_checks="fedbrick_flower.strategies.fedbrick:scenario_problems",
         metrics=_FEDBRICK_METRICS,
     ),
     "fedbip": AlgorithmEntry(

@@ -46,20 +46,6 @@ DISTILL_PHASE = "distill"  # a metric phase, declared with its row keys in the r
 LayerCache = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def scenario_problems(scenario: Scenario) -> list[str]:
-    """FedBRICK's own scenario check (its registry entry's ``scenario_checks``).
-
-    Under ``privacy.secure_aggregation`` the server learns only weighted sums of LoRA and heads; the uploaded
-    BRICKs are averaged with weight 1, not n_k, so they cannot share the masked sum and must stay on the device.
-    """
-    if scenario.privacy.secure_aggregation and scenario.algorithm_params.get("upload_bricks", True):
-        return [
-            "algorithm_params.upload_bricks: must be false under privacy.secure_aggregation (BRICKs are averaged "
-            "unweighted, outside the masked weighted sum of LoRA and heads)"
-        ]
-    return []
-
-
 class FedBRICK(LayerwiseFedAvg):
     """FedBRICK: FedRA allocation and layer-wise LoRA FedAvg, plus server-distilled per-group BRICK sets.
 
@@ -118,6 +104,12 @@ class FedBRICK(LayerwiseFedAvg):
         stage_two_min_steps: int = 10,
         **kwargs: Any,
     ) -> None:
+        if upload_bricks and kwargs.get("secure_aggregation") is not None:
+            # The server learns only the weighted sum of LoRA and heads; BRICKs are averaged unweighted, outside it.
+            raise ValueError(
+                "algorithm_params.upload_bricks: must be false under privacy.secure_aggregation (BRICKs are averaged "
+                "unweighted, outside the masked weighted sum of LoRA and heads)"
+            )
         super().__init__(resample_layers=resample_layers, **kwargs)
         if distill and scenario is None:
             raise ValueError("FedBRICK: distill=True needs the scenario (build it with FedBRICK.from_scenario)")

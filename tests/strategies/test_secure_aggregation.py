@@ -20,7 +20,7 @@ from fedbrick_flower.scenario import apply_overrides, parse_scenario
 from fedbrick_flower.strategies import build
 from fedbrick_flower.strategies.aggregation import Robustness
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
-from fedbrick_flower.strategies.fedbrick import scenario_problems
+from fedbrick_flower.strategies.fedbrick import FedBRICK
 from fedbrick_flower.strategies.secure_aggregation import SecAggParameters, SecureAggregationFailed, unmasked_sum
 from tests.scenario.smoke import BASE
 
@@ -225,13 +225,7 @@ def test_norm_screening_is_off_with_a_logged_line_under_secure_aggregation(monke
 
 
 def test_fedbrick_under_secure_aggregation_keeps_its_bricks_on_the_device() -> None:
-    # Prepare
-    secure = {"privacy.secure_aggregation": True, "algorithm": "fedbrick"}
-
-    # Execute
-    uploading = scenario_problems(parse_scenario(apply_overrides(BASE, secure)))
-    kept = scenario_problems(parse_scenario(apply_overrides(BASE, {**secure, "algorithm_params.upload_bricks": False})))
-
-    # Assert
-    assert len(uploading) == 1 and uploading[0].startswith("algorithm_params.upload_bricks: must be false under")
-    assert kept == []
+    # Execute / Assert: refused by the strategy's constructor, which the pre-flight runs at load
+    with pytest.raises(ValueError, match="algorithm_params.upload_bricks: must be false under"):
+        FedBRICK(distill=False, secure_aggregation=PARAMETERS)
+    assert FedBRICK(distill=False, upload_bricks=False, secure_aggregation=PARAMETERS).secure_aggregation
