@@ -1,4 +1,9 @@
-"""Flower ClientApp mods: fault injection and a wire audit, both off unless a run asks for them.
+"""Flower ClientApp mods: secure aggregation, fault injection and a wire audit, all off unless a run asks for them.
+
+- ``secure_aggregation_mod``: on the training messages of a round under ``privacy.secure_aggregation`` (they
+  carry Flower's ``secaggplus`` config record), Flower's ``secaggplus_mod`` runs the SecAgg+ stages; in the
+  stage that trains, the update is padded to the round's layout (:mod:`fedbrick_flower.secure_layout`) and only
+  its masked vector leaves the device, never the tensors. Any other message passes through.
 
 - ``fault_injection_mod``: a scenario's ``faults`` lists clients whose training replies are corrupted after
   training: ``nan_update`` writes a NaN into the first tensor (a diverged client), ``scaled_update`` multiplies
@@ -20,14 +25,46 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from .clients.profile import session_for
-from .records import ADAPTERS_KEY
+from .records import ADAPTERS_KEY, METRICS_KEY, from_array_record
 from .runconfig import AUDIT_KEY
 from .scenario import FaultSettings
+from .secure_layout import LAYOUT_KEY, pack
 
 AUDIT_FILE = "wire-audit.jsonl"
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run Flower's ``secaggplus_mod`` on a SecAgg+ training message; pass any other message through."""
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    return secaggplus_mod(msg, context, lambda inner, ctxt: masking_input(inner, call_next(inner, ctxt)))
+
+
+def masking_input(msg: Message, reply: Message) -> Message:
+    """The training ``reply`` as ``secaggplus_mod`` reads it: the update, packed to the message's layout, as the
+    legacy ``FitRes`` arrays with the training-set size as its weight; the tensors themselves are dropped.
+
+    Raises
+    ------
+    RuntimeError
+        If training failed (the node then answers with an error and drops out of the round).
+    """
+    if reply.has_error():
+        raise RuntimeError(f"training failed: {reply.error.reason}")
+    tensors = from_array_record(reply.content.array_records.pop(ADAPTERS_KEY))
+    vectors = pack(tensors, msg.content.config_records[LAYOUT_KEY])
+    weight = int(reply.content[METRICS_KEY]["num-examples"])
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(vectors), weight, {})
+    for key, record in fitres_to_recorddict(fitres, keep_input=True).items():
+        reply.content[key] = record
+    return reply
 
 
 def fault_injection_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

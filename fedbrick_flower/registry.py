@@ -54,6 +54,10 @@ class AlgorithmEntry:
         True if the strategy keeps global LoRA per layer, a layer nobody sent staying at its seeded start (B = 0),
         so under ``train.freeze_lora`` LoRA stays off the wire both ways and only the head (and the algorithm's
         own modules) travel. Scenarios with ``train.freeze_lora`` are refused at load under any other algorithm.
+    secure_aggregation : bool (default: False)
+        True if the server needs only sums of the updates: each tensor's weighted mean over its holders, which
+        the strategy takes through ``aggregation_key`` and ``aggregate_means``. Only such algorithms run under
+        ``privacy.secure_aggregation`` (SecAgg+); the others, needing each client's own update, are refused at load.
     scenario_checks : str, optional
         ``module:function`` of the algorithm's own scenario check (the scenario contract block below).
     metrics : MetricDeclarations (default: none)
@@ -70,6 +74,7 @@ class AlgorithmEntry:
     robust_aggregation: bool = False
     classification_only: bool = False
     linear_probe: bool = False
+    secure_aggregation: bool = False
     # ---- metric rows: phases, their row keys, and what report and compare draw (see metrics.py) ----
     metrics: MetricDeclarations = MetricDeclarations()
 
@@ -253,6 +258,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="layer-wise FedAvg over layer holders (FedIT); FedRA with resample_layers",
         robust_aggregation=True,
         linear_probe=True,
+        secure_aggregation=True,
     ),
     "fedbrick": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbrick:FedBRICK",
@@ -260,6 +266,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="FedRA allocation + per-group BRICK surrogates for missing layers, distilled on the server",
         robust_aggregation=True,
         linear_probe=True,
+        secure_aggregation=True,
         metrics=_FEDBRICK_METRICS,
     ),
     "fedbip": AlgorithmEntry(
@@ -347,6 +354,7 @@ RUNTIME_ARGUMENTS = frozenset(
         "wire_dtype",
         "max_update_bytes",
         "robustness",
+        "secure_aggregation",
         "callbacks",
     }
 )
@@ -404,6 +412,11 @@ def linear_probe_algorithms() -> list[str]:
 def robust_aggregation_algorithms() -> list[str]:
     """The algorithms whose strategies take ``server.aggregation`` (median, trimmed mean) for every tensor."""
     return [name for name in algorithm_names() if _ALGORITHMS[name].robust_aggregation]
+
+
+def secure_aggregation_algorithms() -> list[str]:
+    """The algorithms whose server needs only sums, so they run under ``privacy.secure_aggregation``."""
+    return [name for name in algorithm_names() if _ALGORITHMS[name].secure_aggregation]
 
 
 def declared_phases() -> dict[str, Phase]:

@@ -20,6 +20,7 @@ from ..registry import (  # entries only: no strategy import
     one_rank,
     rank_mixing_algorithms,
     robust_aggregation_algorithms,
+    secure_aggregation_algorithms,
 )
 from .building import did_you_mean
 from .schema import AGGREGATIONS, NORM_SCOPES, ClientProfile, LoraDefaults, Scenario, TaskSpec
@@ -140,7 +141,7 @@ def semantic_problems(scenario: Scenario, raw_clients: int | None = None) -> lis
             if client_id not in ids:
                 problems.append(f"faults.{fault}: {client_id!r} is not a client id of this scenario {ids}")
     problems += rank_problems(scenario) + aggregation_problems(scenario) + objective_problems(scenario)
-    problems += linear_probe_problems(scenario)
+    problems += linear_probe_problems(scenario) + secure_aggregation_problems(scenario)
     return problems
 
 
@@ -160,6 +161,37 @@ def aggregation_problems(scenario: Scenario) -> list[str]:
         f"({', '.join(supported)}); {scenario.algorithm} mixes updates by its own rule, so only 'mean' applies "
         "(server.outlier_norm_multiple and server.clip_norm apply to every algorithm)"
     ]
+
+
+def secure_aggregation_problems(scenario: Scenario) -> list[str]:
+    """``privacy.secure_aggregation`` where the server would need an individual update: an algorithm that mixes
+    updates by its own rule, a robust aggregation, clipping, an explicit norm screening, or one client."""
+    if not scenario.privacy.secure_aggregation or scenario.algorithm not in algorithm_names():
+        return []
+    why = "the server learns only the sum of the masked updates"
+    supported = secure_aggregation_algorithms()
+    problems = []
+    if scenario.algorithm not in supported:
+        problems.append(
+            f"privacy.secure_aggregation: {scenario.algorithm} needs each client's individual update; {why}, "
+            f"which only algorithms averaging each tensor over its holders can use ({', '.join(supported)})"
+        )
+    server = scenario.server
+    if server.aggregation != "mean":
+        problems.append(f"privacy.secure_aggregation: server.aggregation {server.aggregation!r} needs every "
+                        f"update; {why}, so only 'mean' applies")  # fmt: skip
+    for key in ("clip_norm", "clip_norm_multiple"):
+        if getattr(server, key) is not None:
+            problems.append(f"privacy.secure_aggregation: server.{key} needs each update's norm; {why}")
+    written = scenario.raw.get("server")
+    if isinstance(written, dict) and written.get("outlier_norm_multiple") is not None:
+        problems.append(
+            f"privacy.secure_aggregation: server.outlier_norm_multiple screens each update's norm; {why} "
+            "(left unset, the screening is off under secure aggregation)"
+        )
+    if 0 < len(scenario.clients) < 2:
+        problems.append(f"privacy.secure_aggregation: needs at least 2 clients, got {len(scenario.clients)}")
+    return problems
 
 
 def _lora_problems(lora: LoraDefaults) -> list[str]:

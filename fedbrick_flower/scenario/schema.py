@@ -191,6 +191,17 @@ class FaultSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """What the server may learn of a client's update.
+
+    ``secure_aggregation``: Flower's SecAgg+ masks every client's update, so the server learns only the sum over
+    the round's clients (``docs/secure-aggregation.md``); only algorithms whose server needs sums take it.
+    """
+
+    secure_aggregation: bool = False
+
+
+@dataclass(frozen=True)
 class ClientProfile:
     """A device profile: what one client holds and where it runs.
 
@@ -235,6 +246,7 @@ class Scenario:
     lora: LoraDefaults = field(default_factory=LoraDefaults)
     server: ServerSettings = field(default_factory=ServerSettings)
     faults: FaultSettings = field(default_factory=FaultSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -273,6 +285,7 @@ SCENARIO_KEYS: dict[str, str] = {
     "lora": "LoRA defaults",
     "server": "round mechanics",
     "faults": "fault injection for resilience tests",
+    "privacy": "what the server may learn of a client's update",
 }
 MODEL_KEYS: dict[str, str] = {
     "source": "pretrained: a packaged name, a local folder, or a hub id (hub ids only when the hub is reachable)",

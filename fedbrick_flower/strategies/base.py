@@ -8,7 +8,9 @@ shares with every algorithm lives in pure helper modules, each tested on its own
 (per-client messages, replies attributed to their client), :mod:`.replies` (reply checks that reject and log a
 bad update while the round goes on), :mod:`.screening` (norm outliers and clipping) and :mod:`.metric_rows`
 (the rows of ``metrics.jsonl``). An algorithm subclass implements four verbs: :meth:`payload`,
-:meth:`expected_update`, :meth:`aggregate` and, where it keeps one, :meth:`global_adapters`.
+:meth:`expected_update`, :meth:`aggregate` and, where it keeps one, :meth:`global_adapters`; one whose server
+needs only sums adds :meth:`aggregation_key` and :meth:`aggregate_means` and runs under secure aggregation
+(:mod:`.secure_aggregation`, SecAgg+).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..adapters.naming import drop_lora
 from ..client_info import ClientInfo
 from ..data.checks import label_mismatch
 from ..records import content_bytes, to_array_record
+from ..secure_layout import LAYOUT_KEY, Layout
 from . import metric_rows
 from .aggregation import Contribution, Robustness, random_layer_subset, sample_clients
 from .registration import (
@@ -40,8 +43,9 @@ from .registration import (
     too_few_connected,
     unknown_nodes,
 )
-from .replies import ClientUpdate, attribute, read_updates, reply_metrics
+from .replies import ClientUpdate, attribute, read_updates, reply_metrics, training_set_size
 from .screening import screen_updates
+from .secure_aggregation import SecAggParameters, SecureAggregationFailed, SecureRound, run_protocol, unmasked_sum
 from .transport import exchange, round_message
 
 if TYPE_CHECKING:
@@ -108,6 +112,11 @@ class HeterogeneousStrategy(Strategy):
         round's median norm (an outlier is rejected and logged like an invalid reply) and optionally clipped
         before :meth:`aggregate`; layer-wise methods combine tensors through :meth:`combine_layerwise`, which
         applies its ``aggregation`` (mean, median or trimmed mean over each tensor's holders).
+    secure_aggregation : SecAggParameters, optional
+        Run each round's training through SecAgg+ (``privacy.secure_aggregation``): the strategy receives only
+        masked vectors and unmasks their sum, the layer-wise weighted mean over holders, which it folds in with
+        :meth:`aggregate_means`. Only for strategies whose registry entry declares ``secure_aggregation``, and
+        with no ``robustness`` that needs individual updates (norm screening, clipping, median, trimmed mean).
     callbacks : Sequence[RoundCallback] (default: ())
         Round hooks: metrics files, checkpoints, server-side evaluation.
     """
@@ -129,8 +138,13 @@ class HeterogeneousStrategy(Strategy):
         state_scope: str = "",
         frozen_lora: bool = False,
         robustness: Robustness = NO_DEFENCE,
+        secure_aggregation: SecAggParameters | None = None,
         callbacks: Sequence[RoundCallback] = (),
     ) -> None:
+        if secure_aggregation is not None and (robustness.screens or robustness.aggregation != "mean"):
+            raise ValueError(
+                f"privacy.secure_aggregation: the server sees no individual update, so {robustness} cannot apply"
+            )
         self.seed = seed
         self.fraction_train = fraction_train
         self.min_train_clients = min_train_clients
@@ -144,6 +158,7 @@ class HeterogeneousStrategy(Strategy):
         self.state_scope = state_scope
         self.frozen_lora = frozen_lora
         self.robustness = robustness
+        self.secure_aggregation = secure_aggregation
         self.task_labels = dict(task_labels or {})
         self.callbacks = list(callbacks)
         self.clients: dict[str, ClientInfo] = {}
@@ -155,6 +170,7 @@ class HeterogeneousStrategy(Strategy):
         self._last_replies: list[Message] = []
         self._trained: set[str] = set()  # clients whose train reply (with its evaluation) came back this round
         self._failed_nodes: dict[int, str] = {}  # node id -> why it could not register (asked once)
+        self._secure: tuple[SecureRound, Layout] | None = None  # this round's protocol state and slots
 
     @classmethod
     def from_scenario(cls, scenario: Scenario, **kwargs: Any) -> HeterogeneousStrategy:
@@ -174,6 +190,16 @@ class HeterogeneousStrategy(Strategy):
     @abstractmethod
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> None:
         """Fold the round's validated updates into the server state."""
+
+    def aggregation_key(self, client: ClientInfo, name: str) -> str:
+        """Under secure aggregation: the key under which a tensor of ``client`` is averaged with the other
+        holders' (tensors of one key must have one shape). Only strategies whose server needs sums define it."""
+        raise NotImplementedError(f"{type(self).__name__} needs individual updates: no secure aggregation")
+
+    def aggregate_means(self, server_round: int, means: dict[str, np.ndarray], updates: list[ClientUpdate]) -> None:
+        """Under secure aggregation: fold the round's layer-wise weighted means (by :meth:`aggregation_key`) into
+        the server state; ``updates`` hold the clients' metrics and no tensors."""
+        raise NotImplementedError(f"{type(self).__name__} needs individual updates: no secure aggregation")
 
     def global_adapters(self) -> dict[tuple[str, str], dict[str, np.ndarray]]:
         """Full-depth global adapters per ``(model, task)``, for server evaluation; empty where none exists."""
@@ -258,6 +284,8 @@ class HeterogeneousStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.secure_aggregation is not None:
+            return self._aggregate_masked(server_round, replies)
         validated, invalid = read_updates(
             attribute(replies, self._sent, self.clients),
             lambda client: self._on_wire(self.expected_update(client, server_round)),
@@ -347,7 +375,7 @@ class HeterogeneousStrategy(Strategy):
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
             self._register_new_nodes(grid)
             messages = self.configure_train(server_round, ArrayRecord(), train_config or ConfigRecord(), grid)
-            self._exchange(grid, messages)
+            self._exchange_train(grid, messages, server_round)
             _, train_metrics = self.aggregate_train(server_round, self._last_replies)
             log(INFO, "\t└──> train: %s", train_metrics)
             result.train_metrics_clientapp[server_round] = train_metrics
@@ -448,6 +476,78 @@ class HeterogeneousStrategy(Strategy):
     def _exchange(self, grid: Grid, messages: Iterable[Message]) -> None:
         """Push messages, remember which logical client each went to, and pull the replies."""
         self._sent, self._last_replies = exchange(grid, messages, self.clients, self.round_timeout)
+
+    def _exchange_train(self, grid: Grid, messages: Iterable[Message], server_round: int) -> None:
+        """The training exchange: plain, or the SecAgg+ stages with each client's update padded to the union of
+        the round's tensors (``secure_layout``)."""
+        if self.secure_aggregation is None:
+            self._exchange(grid, messages)
+            return
+        messages = list(messages)
+        by_node = {info.node_id: info for info in self.clients.values()}
+        sampled = [by_node[message.metadata.dst_node_id] for message in messages]
+        wire = {client.client_id: self._on_wire(self.expected_update(client, server_round)) for client in sampled}
+        keys = {c.client_id: {name: self.aggregation_key(c, name) for name in wire[c.client_id]} for c in sampled}
+        layout = Layout.union(
+            [{keys[cid][name]: shape for name, shape in schema.items()} for cid, schema in wire.items()]
+        )
+        clipping = self.secure_aggregation.clipping_range
+        for message, client in zip(messages, sampled, strict=True):
+            message.content[LAYOUT_KEY] = ConfigRecord(layout.for_client(keys[client.client_id], clipping))
+        self._secure, self._sent, self._last_replies = None, {}, []
+        try:
+            secure, sent, self._last_replies = run_protocol(
+                grid,
+                messages,
+                self.secure_aggregation,
+                max_weight=max(client.num_train_examples for client in sampled),
+                server_round=server_round,
+                timeout=self.round_timeout,
+                seed=f"{self.seed}/secagg/{server_round}",
+            )
+        except SecureAggregationFailed as error:
+            log(ERROR, "round %d: %s; no aggregation this round", server_round, error)
+            return
+        self._secure = secure, layout
+        self._sent = {mid: by_node[nid].client_id for mid, nid in sent.items()}
+
+    def _aggregate_masked(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregation under secure aggregation: ``replies`` hold masked vectors and metrics, never an update.
+
+        The unmasked sum gives each tensor's weighted mean over its holders; a client whose reply failed is
+        rejected with its reason (its masks are removed through its neighbours' shares).
+        """
+        if self._secure is None:
+            return None, MetricRecord(metric_rows.train_metrics([]))
+        secure, layout = self._secure
+        updates = []
+        for reply, client in attribute(replies, self._sent, self.clients):
+            if client.node_id in secure.rejected:
+                self._reject(server_round, client, "train", secure.rejected[client.node_id])
+                continue
+            metrics = reply_metrics(reply)  # read_masked checked them
+            update = ClientUpdate(client, {}, training_set_size(metrics), metrics)
+            updates.append(update)
+            rows = metric_rows.train_rows(
+                server_round,
+                update,
+                self.round_layers.get(client.client_id),
+                content_bytes(reply.content),
+                self._bytes_down.get((client.client_id, "train")),
+            )
+            self._log_rows.extend(rows)
+        self._trained = {u.client.client_id for u in updates}
+        started = time.perf_counter()
+        try:
+            means = layout.means(*unmasked_sum(secure))
+        except SecureAggregationFailed as error:
+            log(ERROR, "round %d: %s; no aggregation this round", server_round, error)
+            return None, MetricRecord(metric_rows.train_metrics(updates))
+        self.aggregate_means(server_round, means, updates)
+        self._log_rows.append(metric_rows.aggregate_row(server_round, time.perf_counter() - started, len(updates)))
+        return None, MetricRecord(metric_rows.train_metrics(updates))
 
     def _reject(self, server_round: int, client: ClientInfo, phase: str, reason: str) -> None:
         log(WARNING, "round %d: rejected %s reply of client %s: %s", server_round, phase, client.client_id, reason)

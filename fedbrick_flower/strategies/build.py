@@ -6,11 +6,15 @@ the strategy's ``__init__`` chain refuses.
 
 from __future__ import annotations
 
+from logging import INFO
 from typing import TYPE_CHECKING, Any
+
+from flwr.supercore import log
 
 from ..data import task_labels
 from ..registry import server_class
 from .aggregation import Robustness
+from .secure_aggregation import SecAggParameters
 
 if TYPE_CHECKING:
     from ..scenario import Scenario
@@ -21,9 +25,16 @@ def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_
     """The strategy arguments the ServerApp fills in from the scenario's server settings (not algorithm params).
 
     The server waits for ``server.min_clients`` connected clients (all of the scenario's by default) and then
-    samples ``server.fraction_train`` of them for each round, at least ``server.min_train_clients``.
+    samples ``server.fraction_train`` of them for each round, at least ``server.min_train_clients``. Under
+    ``privacy.secure_aggregation`` the server sees no individual update, so the norm screening
+    (``server.outlier_norm_multiple``) is off, with a logged line; a scenario that sets it explicitly is refused
+    at load (``scenario.checks.secure_aggregation_problems``).
     """
     server = scenario.server
+    secure = scenario.privacy.secure_aggregation
+    if secure and server.outlier_norm_multiple is not None:
+        log(INFO, "privacy.secure_aggregation: norm screening (server.outlier_norm_multiple) is off: "
+            "the server sees no individual update")  # fmt: skip
     return {
         "seed": scenario.seed,
         "fraction_train": server.fraction_train,
@@ -40,11 +51,12 @@ def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_
         "robustness": Robustness(
             aggregation=server.aggregation,
             trim_fraction=server.trim_fraction,
-            outlier_norm_multiple=server.outlier_norm_multiple,
+            outlier_norm_multiple=None if secure else server.outlier_norm_multiple,
             norm_scope=server.norm_scope,
             clip_norm=server.clip_norm,
             clip_norm_multiple=server.clip_norm_multiple,
         ),
+        "secure_aggregation": SecAggParameters() if secure else None,
         "callbacks": callbacks,
     }
 

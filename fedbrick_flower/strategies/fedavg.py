@@ -54,6 +54,12 @@ class LayerwiseFedAvg(HeterogeneousStrategy):
         ]
         self.state.update(self.combine_layerwise(contributions))
 
+    def aggregation_key(self, client: ClientInfo, name: str) -> str:
+        return scoped_name(client, name)
+
+    def aggregate_means(self, server_round: int, means: dict[str, np.ndarray], updates: list[ClientUpdate]) -> None:
+        self.state.update(means)
+
     def layer_adapters(self, model: str) -> dict[str, np.ndarray]:
         """The global LoRA tensors of one model (every layer anyone has trained), under canonical names."""
         prefix = f"{model}/"

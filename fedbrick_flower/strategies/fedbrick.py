@@ -104,6 +104,12 @@ class FedBRICK(LayerwiseFedAvg):
         stage_two_min_steps: int = 10,
         **kwargs: Any,
     ) -> None:
+        if upload_bricks and kwargs.get("secure_aggregation") is not None:
+            # The server learns only the weighted sum of LoRA and heads; BRICKs are averaged unweighted, outside it.
+            raise ValueError(
+                "algorithm_params.upload_bricks: must be false under privacy.secure_aggregation (BRICKs are averaged "
+                "unweighted, outside the masked weighted sum of LoRA and heads)"
+            )
         super().__init__(resample_layers=resample_layers, **kwargs)
         if distill and scenario is None:
             raise ValueError("FedBRICK: distill=True needs the scenario (build it with FedBRICK.from_scenario)")
@@ -160,6 +166,15 @@ class FedBRICK(LayerwiseFedAvg):
                 for u in updates
             ]
             self.bricks.update(self.combine_layerwise(contributions))
+        self._after_aggregation(server_round, updates)
+
+    def aggregate_means(self, server_round: int, means: dict[str, np.ndarray], updates: list[ClientUpdate]) -> None:
+        """LoRA and heads from the secure means (no BRICK travels: ``upload_bricks`` is false), then distillation."""
+        super().aggregate_means(server_round, means, updates)
+        self._after_aggregation(server_round, updates)
+
+    def _after_aggregation(self, server_round: int, updates: list[ClientUpdate]) -> None:
+        """The clients' BRICK storage overhead, then the server distillation of every BRICK."""
         for update in updates:
             self._record_storage(update)
         if self.distill:
