@@ -23,6 +23,9 @@ PROFILE_KEY = "profile"  # the query reply's JSON profile (see ``client_info.Cli
 STATE_SCOPE_KEY = "state-scope"  # the run a client's durable state belongs to
 # Metric names of the evaluation a client runs inside its train message (one ClientApp start per round).
 EVAL_PREFIX = "eval-"
+# Inside the train message the client first scores the model it received, before training, under these names
+# after ``EVAL_PREFIX`` (``eval-received-accuracy``): what the server sent, apart from the local fine-tune.
+RECEIVED_PREFIX = "received-"
 LORA_RANK_KEY = "lora-rank"  # config: the LoRA rank a client trains at; metric: the rank it reports (pruning)
 # An algorithm's own keys are declared by its registry entry (``registry.AlgorithmEntry.wire_keys``).
 # Framing of one record entry that protobuf adds around the values (tags and length prefixes), counted flat.

@@ -224,10 +224,19 @@ _FLORA_STACK = Phase(
     ("round", "stack-rank-max", "stack-rank-mean", "stack-bytes"),
     "per round: the rank and bytes of the stacked factors every client downloads",
 )
+_FLORA_RANK = Phase(
+    "flora",  # strategies/flora.py: RANK_PHASE
+    ("round", "module", "stacked-rank", "rank-sum", "max-client-rank"),
+    "per round: the numerical rank of one module's stacked update, against the sum and the largest client rank",
+)
 _FLORA_METRICS = MetricDeclarations(
-    phases=(_RANK_DIAGNOSTIC, _FLORA_STACK),
+    phases=(_RANK_DIAGNOSTIC, _FLORA_STACK, _FLORA_RANK),
     report_plots=(_RANK_COLLAPSE,),
-    report_columns=(_RANK_COLUMN, TableColumn("stack_bytes", _FLORA_STACK.name, "stack-bytes")),
+    report_columns=(
+        _RANK_COLUMN,
+        TableColumn("stack_bytes", _FLORA_STACK.name, "stack-bytes"),
+        TableColumn("stacked_rank", _FLORA_RANK.name, "stacked-rank", digits=0),
+    ),
 )
 
 _H2TUNE_BANK = "h2tune"  # strategies/h2tune.py: BANK_PHASE

@@ -43,8 +43,9 @@ from .naming import layer_tensor_name
 
 GATES = ("input", "scalar")
 # ``algorithm_params.block_rule`` -> the :func:`~fedbrick_flower.models.depth.block_end_layers` rule it names;
-# ``fedmosaic`` is the official code's ``get_target_layers``.
-BLOCK_RULES = {"fedmosaic": "floor-step", "balanced": "balanced"}
+# ``relative-depth`` puts block b of every model at the same relative depth (the paper's matching principle),
+# ``fedmosaic`` is the official code's ``get_target_layers`` (MiniLM's 6 layers: 0, 1, 2, 5).
+BLOCK_RULES = {"relative-depth": "relative-depth", "fedmosaic": "floor-step", "balanced": "balanced"}
 BLOCK_PREFIX = "colora."
 _BLOCK_NAME = re.compile(r"^colora\.(\d+)\.(\w+)\.(P|Q|A|B)$")
 # Variance of the code's gate noise: softplus(x · w_noise) + 1e-5 with w_noise = 0, i.e. log 2 + 1e-5.
@@ -64,7 +65,10 @@ class ColoraSettings:
     rank: int = field(default=8, metadata={"help": "LoRA rank r, the same for every client (P is r x r)."})
     alpha: float = field(default=16.0, metadata={"help": "Scaling numerator: updates are scaled by alpha / r."})
     n_blocks: int = field(default=4, metadata={"help": "Depth blocks N_B; Co-LoRA sits on each block's last layer."})
-    block_rule: str = field(default="fedmosaic", metadata={"help": "Block-end rule: 'fedmosaic' (code) or 'balanced'."})
+    block_rule: str = field(
+        default="relative-depth",
+        metadata={"help": "Block-end rule: 'relative-depth' (equal relative depth), 'fedmosaic' (code), 'balanced'."},
+    )
     gate: str = field(default="input", metadata={"help": "'input' (sigmoid of mean_tokens(x w)) or 'scalar'."})
     gate_noise: bool = field(
         default=True, metadata={"help": "The code's Gaussian noise on the input gate in training."}

@@ -14,7 +14,7 @@ from torch import nn
 from ..adapters.lora import adapter_tensors, load_adapter_tensors
 from ..adapters.naming import drop_lora
 from ..models import model_family, stable_seed
-from ..records import EVAL_PREFIX
+from ..records import EVAL_PREFIX, RECEIVED_PREFIX
 from .profile import ClientSession
 from .state import ClientState
 from .trainer import TrainResult, make_optimizer, process_peak_rss_mb, seed_torch, train_steps
@@ -77,15 +77,19 @@ class ClientAlgorithm:
         return adapter_tensors(model, model_family(model.backbone))
 
     def train(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-        """One training message: build, load, train, extract, then evaluate the trained network.
+        """One training message: build, load, score the received network, train, extract, score the trained one.
 
-        The evaluation of the client's own test split runs here, on the network just trained, so a round costs
-        one ClientApp start per client (in deployment each message is a fresh process). Its metrics travel with
-        the update under ``eval-*`` names.
+        The evaluations of the client's own test split run here, so a round costs one ClientApp start per client
+        (in deployment each message is a fresh process). Their metrics travel with the update under ``eval-*``
+        names: the trained network's as ``eval-accuracy``, ``eval-loss``..., and the network as received, before
+        any local step (the server's model, or the personalized one the server mixed for this client), as
+        ``eval-received-accuracy``, ``eval-received-loss``... Scoring the trained network alone would credit every
+        method with a local fine-tune.
         """
         seed_torch(self.round_seed(config, "torch"))  # dropout and any other torch draw of this round
         model = self.build_model(list(config["layers"]), config)
         self.receive(model, arrays)
+        received = self.score(model)
         result = self.local_training(model, config)
         update = self.update(model, config)
         if self.session.scenario.train.freeze_lora:  # a linear probe: its LoRA is unchanged, so it stays home
@@ -104,6 +108,9 @@ class ClientAlgorithm:
             "data-dropped": float(train.dropped),
         }
         metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
+        metrics.update(
+            {EVAL_PREFIX + RECEIVED_PREFIX + key: value for key, value in received.items() if key != "num-examples"}
+        )
         metrics["local-rounds"] = float(self.count_local_round())
         metrics["peak-memory-mb"] = result.peak_bytes / 2**20  # this client's training alone
         metrics["process-peak-rss-mb"] = process_peak_rss_mb()  # the whole process (mixes clients in a Ray worker)

@@ -25,10 +25,18 @@ from ..adapters.colora import (
     local_tensors,
     parse_block_tensor_name,
 )
-from ..assembly import build_network, cached_backbone, task_examples
+from ..assembly import build_network, cached_backbone, label_names, task_examples
 from ..data import iterate_batches
-from ..models import SequenceClassifier, model_family
-from ..models.probe import check_probe, down_projection_gradient, ema, probe_rows, probe_spec, sanitize
+from ..models import SequenceClassifier, load_tokenizer, model_family
+from ..models.probe import (
+    append_answers,
+    check_probe,
+    down_projection_gradient,
+    ema,
+    probe_rows,
+    probe_spec,
+    sanitize,
+)
 from .base import ClientAlgorithm
 from .trainer import TrainResult, train_steps
 
@@ -118,9 +126,20 @@ class FedMosaicClient(ClientAlgorithm):
         )
         seed = self.round_seed(config, f"probe-{sample}")
         batch = next(iterate_batches(examples, self.session.batch_size, shuffle=True, seed=seed))
-        gradient = down_projection_gradient(probe, batch["input_ids"], batch["attention_mask"]).numpy()
+        ids, mask, target = batch["input_ids"], batch["attention_mask"], None
+        if options["loss"] == "answer":  # the paper's answer tokens: prompt = text, answer = the label's word
+            tokenizer = load_tokenizer(spec.tokenizer_source)
+            words = label_names(scenario, self.session.profile.task)
+            answers = [verbalised_label(tokenizer, words[int(label)]) for label in batch["labels"]]
+            ids, mask, target = append_answers(ids, mask, answers, int(tokenizer.pad_token_id))
+        gradient = down_projection_gradient(probe, ids, mask, target).numpy()
         rows = probe_rows(int(options["seed"]), gradient.shape[0], float(options["fraction"]))
         return sanitize(gradient, rows, float(options["sigma"]), np.random.default_rng(seed))
+
+
+def verbalised_label(tokenizer: Any, label: str) -> list[int]:
+    """The answer tokens of a class label: its name as a word after the text (``sci_tech`` -> " sci tech")."""
+    return list(tokenizer(" " + label.replace("_", " "), add_special_tokens=False)["input_ids"])
 
 
 def _optimizer_arrays(optimizer: torch.optim.Optimizer, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

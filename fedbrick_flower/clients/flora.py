@@ -4,8 +4,10 @@ The merged updates persist ON THE DEVICE, in the client state (``flora-merged``:
 per adapted module of the held layers, plus the last round merged per layer), because a device process starts
 afresh for every message. Each message rebuilds the network from the pretrained base, adds the merged deltas
 to the frozen base weights, and attaches a fresh LoRA at the client's own rank (B = 0, so it starts at the
-merged model). Training messages commit the newly received stacks to the state; evaluation messages apply
-them to a copy only.
+merged model) whose A is drawn anew for every client and round, from (run seed, client, round): with A seeded
+alike everywhere, a rank-2 client's A would be the first rows of a rank-16 client's and each round's stack would
+lie in one row space of the largest rank instead of growing toward the sum of the ranks. Training messages
+commit the newly received stacks to the state; evaluation messages apply them to a copy only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adapters.lora import lora_modules
+from ..adapters.lora import lora_modules, reset_lora
 from ..adapters.naming import layer_of
 from ..models import SequenceClassifier, model_family
 from ..registry import FLORA_SEGMENTS_KEY
@@ -57,6 +59,7 @@ class FLoRAClient(RankClient):
     ) -> SequenceClassifier:
         model = super().build_model(layers, config)
         add_to_base_weights(model, merged)
+        reset_lora(model.backbone, model_family(model.backbone), self.round_seed(config, "lora-a"))
         return model
 
 

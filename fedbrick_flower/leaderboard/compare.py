@@ -11,6 +11,9 @@ Per run:
   pairs; ``global w/o LoRA``: the same model with its LoRA B zeroed (``server.evaluate_without_lora``);
 - ``on-device``: mean over clients of each client's last evaluation on its own test split (the network the
   device runs: its depth, its personalized adapters where the method has them); ``worst client``: the lowest;
+  ``on-device received`` (the last column): the same over each client's last score of the model its train message
+  received, before local training (the server's model, or the client's personalized one), so a local fine-tune
+  does not count as the method's;
 - bytes: serialized messages, ``up``/``down`` per client and round (mean over train replies), and the run's
   cumulative total (train and evaluation messages, all clients);
 - ``train s``: a client's pure local training seconds per round; ``peak MB``: the memory of one client's
@@ -51,6 +54,7 @@ from ..metrics import (
     of_round,
     read_metrics,
 )
+from ..records import RECEIVED_PREFIX
 from ..registry import compare_curves
 from ..run_files import SUMMARY_FILE
 
@@ -66,7 +70,11 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("train_seconds", "train s/round", "s"),
     ("peak_memory_mb", "peak MB (largest client)", "mb"),
     ("aggregation_seconds", "agg s/round", "s"),
+    ("on_device_received_accuracy", "on-device received acc %", "acc"),
 )
+
+# An evaluate row written from a train message also holds the score of the model it received, before training.
+RECEIVED_ACCURACY = RECEIVED_PREFIX + "accuracy"
 
 
 @dataclass
@@ -149,6 +157,7 @@ def run_figures(rows: Sequence[dict]) -> dict[str, Any]:
     phases = by_phase(rows)
     rounds = sorted({row["round"] for row in phases[TRAIN] + phases[EVALUATE]})
     last_evaluation = last_by_client(phases[EVALUATE])
+    last_received = last_by_client(r for r in phases[EVALUATE] if RECEIVED_ACCURACY in r)
     server_last = of_round(phases[SERVER_EVAL], last_round(phases[SERVER_EVAL]))
     peak_by_client: dict[str, float] = {}
     for row in phases[TRAIN]:
@@ -164,6 +173,7 @@ def run_figures(rows: Sequence[dict]) -> dict[str, Any]:
     return {
         "global_accuracy": mean_of(r["accuracy"] for r in server_last),
         "global_accuracy_without_lora": mean_of(r.get("accuracy-without-lora") for r in server_last),
+        "on_device_received_accuracy": mean_of(r[RECEIVED_ACCURACY] for r in last_received.values()),
         "on_device_accuracy": mean_of(r["accuracy"] for r in last_evaluation.values()),
         "worst_client_accuracy": min((r["accuracy"] for r in last_evaluation.values()), default=None),
         "bytes_up_per_client_round": mean_of(r.get("bytes_up") for r in phases[TRAIN]),

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-BlockRule = Literal["balanced", "floor-step"]
+BlockRule = Literal["relative-depth", "balanced", "floor-step"]
 
 
 def block_end_layers(num_layers: int, n_blocks: int = 4, rule: BlockRule = "balanced") -> list[int]:
@@ -28,12 +28,16 @@ def block_end_layers(num_layers: int, n_blocks: int = 4, rule: BlockRule = "bala
         Depth L of the model.
     n_blocks : int (default: 4)
         Number of blocks N_B.
-    rule : {"balanced", "floor-step"} (default: "balanced")
-        ``balanced``: block b (1-based) ends at ``ceil(b L / N_B) - 1``, so layer ``l`` belongs to block
-        ``floor(l N_B / L)`` and block sizes differ by at most one; each block end sits as close as the integer
-        grid allows to relative depth ``b / N_B``. ``floor-step``: with ``step = L // N_B`` the ends are
-        ``{b step - 1 : b < N_B} U {L - 1}``; every block but the last has ``step`` layers and the last takes the
-        remainder, so for L = 6 the ends are 0, 1, 2, 5. Both rules agree whenever N_B divides L.
+    rule : {"relative-depth", "balanced", "floor-step"} (default: "balanced")
+        ``relative-depth``: block b (1-based) ends at the layer nearest relative depth ``b / N_B`` on the axis
+        ``l / (L - 1)`` of :func:`relative_depth_positions`, i.e. ``round(b (L - 1) / N_B)`` (a half rounds up), so
+        block b of models of any depth sits at the same relative depth, within half a layer (for L = 6, 12, 30:
+        1, 3, 4, 5 / 3, 6, 8, 11 / 7, 15, 22, 29). ``balanced``: block b (1-based) ends at ``ceil(b L / N_B) - 1``,
+        so layer ``l`` belongs to block ``floor(l N_B / L)`` and block sizes differ by at most one; each block end
+        sits as close as the integer grid allows to the share ``b / N_B`` of the layers. ``floor-step``: with
+        ``step = L // N_B`` the ends are ``{b step - 1 : b < N_B} U {L - 1}``; every block but the last has ``step``
+        layers and the last takes the remainder, so for L = 6 the ends are 0, 1, 2, 5. ``balanced`` and
+        ``floor-step`` agree whenever N_B divides L.
 
     Returns
     -------
@@ -47,12 +51,18 @@ def block_end_layers(num_layers: int, n_blocks: int = 4, rule: BlockRule = "bala
     """
     if not 1 <= n_blocks <= num_layers:
         raise ValueError(f"n_blocks must be in 1..{num_layers} (the model's depth), got {n_blocks}")
+    if rule == "relative-depth":
+        # Integer arithmetic: floor((2 b (L - 1) + N_B) / (2 N_B)) is b (L - 1) / N_B rounded half up. Targets
+        # are at least one layer apart while N_B < L; N_B = L blocks are every layer.
+        if n_blocks == num_layers:
+            return list(range(num_layers))
+        return [(2 * b * (num_layers - 1) + n_blocks) // (2 * n_blocks) for b in range(1, n_blocks + 1)]
     if rule == "balanced":
         return [-(-b * num_layers // n_blocks) - 1 for b in range(1, n_blocks + 1)]
     if rule == "floor-step":
         step = num_layers // n_blocks
         return [b * step - 1 for b in range(1, n_blocks)] + [num_layers - 1]
-    raise ValueError(f"rule must be 'balanced' or 'floor-step', got {rule!r}")
+    raise ValueError(f"rule must be 'relative-depth', 'balanced' or 'floor-step', got {rule!r}")
 
 
 def relative_depth_positions(source_layers: int, target_layers: int) -> np.ndarray:

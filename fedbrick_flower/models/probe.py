@@ -8,13 +8,16 @@ next-token loss with respect to the probe's LAST MLP down-projection weight, in 
     g_pre = RMSNorm VJP of g_h       (exact here; the official code uses a diagonal approximation)
     G     = Σ_tokens g_preᵀ u        (d × d_ff; u is the down-projection's input)
 
-The loss needs no labels, so classification clients are described as well. Sanitisation keeps a fixed row subset
-(server-seeded), adds Gaussian noise, averages the round's samples and keeps an EMA across rounds.
+The loss covers the positions a target mask names: every real next token of the input (the text alone), or, as
+the paper does with answer tokens, only the answer appended to the text (:func:`append_answers`: a classification
+client's verbalised label), so clients with the same texts and different labels get different gradients.
+Sanitisation keeps a fixed row subset (server-seeded), adds Gaussian noise, averages the round's samples and keeps
+an EMA across rounds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +44,10 @@ def check_probe(backbone: nn.Module) -> None:
 
 @torch.no_grad()
 def down_projection_gradient(
-    backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    backbone: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    target_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Closed-form gradient of the mean next-token loss w.r.t. the last layer's ``mlp.down_proj.weight``.
 
@@ -50,7 +56,10 @@ def down_projection_gradient(
     backbone : nn.Module
         A Llama-style ``AutoModel`` (``layers``, ``norm``, ``embed_tokens``) with a tied LM head.
     input_ids, attention_mask : torch.Tensor
-        ``(batch, tokens)``; the loss covers every position whose next token is real.
+        ``(batch, tokens)``.
+    target_mask : torch.Tensor, optional
+        ``(batch, tokens)``, true at the tokens the loss predicts (from the position before); by default every
+        real token after the first (the whole text).
 
     Returns
     -------
@@ -74,7 +83,8 @@ def down_projection_gradient(
     rs = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
     weight = norm.weight.double()
     hidden = weight * x * rs
-    valid = (attention_mask[:, :-1] * attention_mask[:, 1:]).bool()
+    targets = attention_mask if target_mask is None else target_mask
+    valid = (attention_mask[:, :-1] * targets[:, 1:]).bool()
     count = max(int(valid.sum()), 1)
     delta = torch.softmax(hidden[:, :-1] @ embedding.T, dim=-1)
     delta -= F.one_hot(input_ids[:, 1:], embedding.shape[0]).double()
@@ -84,6 +94,41 @@ def down_projection_gradient(
     gw = g_h * weight
     g_pre = rs * gw - x * rs.pow(3) * (gw * x).mean(dim=-1, keepdim=True)
     return torch.einsum("btd,btf->df", g_pre, u).float()
+
+
+def append_answers(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, answers: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's real tokens (prompt) followed by its answer tokens, right-padded, and the answer's target mask.
+
+    Parameters
+    ----------
+    input_ids, attention_mask : torch.Tensor
+        ``(batch, tokens)`` prompts, padded on either side.
+    answers : Sequence[Sequence[int]]
+        One non-empty token sequence per row.
+    pad_id : int
+        Filler of the padding (masked out).
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        ``input_ids``, ``attention_mask`` and ``target_mask`` (true at the answer tokens) for
+        :func:`down_projection_gradient`.
+    """
+    rows = [
+        ids[mask.bool()].tolist() + list(answer)
+        for ids, mask, answer in zip(input_ids, attention_mask, answers, strict=True)
+    ]
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.zeros((len(rows), width), dtype=torch.bool)
+    for index, (row, answer) in enumerate(zip(rows, answers, strict=True)):
+        ids[index, : len(row)] = torch.tensor(row)
+        mask[index, : len(row)] = 1
+        target[index, len(row) - len(answer) : len(row)] = True
+    return ids, mask, target
 
 
 def probe_rows(seed: int, width: int, fraction: float) -> np.ndarray:

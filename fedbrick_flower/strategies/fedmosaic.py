@@ -40,6 +40,7 @@ GRADIENT_NAME = "rela.gradient"
 ALIGNMENTS = ("random_shared", "pivot_l2_cca")
 SIMILARITIES = ("colwise", "flat")
 WEIGHTINGS = ("rela", "uniform")
+PROBE_LOSSES = ("answer", "text")
 # Metric phases (declared with their row keys in the registry entry, which report and compare read).
 RELEVANCE_PHASE = "fedmosaic-relevance"
 BYTES_PHASE = "fedmosaic-bytes"
@@ -74,6 +75,7 @@ def parameter_problems(
     align: str,
     similarity: str,
     weighting: str,
+    probe_loss: str,
     temperature: float,
     ema_alpha: float,
     gradient_every: int,
@@ -88,6 +90,7 @@ def parameter_problems(
             ("align", align, ALIGNMENTS),
             ("similarity", similarity, SIMILARITIES),
             ("weighting", weighting, WEIGHTINGS),
+            ("probe_loss", probe_loss, PROBE_LOSSES),
         )
         if value not in choices
     ]
@@ -111,9 +114,10 @@ class FedMosaic(HeterogeneousStrategy):
     ----------
     n_blocks : int (default: 4)
         Depth blocks N_B; Co-LoRA sits on the last layer of each (block b of every model is matched).
-    block_rule : str (default: "fedmosaic")
-        ``fedmosaic`` (the code's ``get_target_layers``: the ``floor-step`` rule of
-        ``models.depth.block_end_layers``) or ``balanced``.
+    block_rule : str (default: "relative-depth")
+        ``relative-depth``: block b ends at the layer nearest relative depth b / N_B in every model, so matched
+        blocks sit at equal relative depth (the paper's principle); ``fedmosaic``: the code's
+        ``get_target_layers`` (the ``floor-step`` rule of ``models.depth.block_end_layers``); or ``balanced``.
     gate : str (default: "input")
         ``input``: the code's input-conditioned gate; ``scalar``: σ(b) per module.
     share_homogeneous_lora : bool (default: True)
@@ -128,6 +132,9 @@ class FedMosaic(HeterogeneousStrategy):
         Softmax temperature τ.
     probe : str (default: "smollm2-135m")
         The frozen probe model: a key of the scenario's ``models`` or a packaged/hub source (tied LM head).
+    probe_loss : str (default: "answer")
+        ``answer``: the probe's loss on the verbalised label appended to the text (the paper's answer tokens);
+        ``text``: the next-token loss over the text alone (blind to labels: clients of one text source look alike).
     gradient_fraction, gradient_noise : float (default: 0.4, 1e-4)
         Share ρ of the probe's rows kept (a server-seeded subset, fixed for the run) and Gaussian noise σ.
     gradient_every : int (default: 10)
@@ -152,7 +159,7 @@ class FedMosaic(HeterogeneousStrategy):
         self,
         *,
         n_blocks: int = 4,
-        block_rule: str = "fedmosaic",
+        block_rule: str = "relative-depth",
         gate: str = "input",
         share_homogeneous_lora: bool = True,
         share_across_models: bool = True,
@@ -160,6 +167,7 @@ class FedMosaic(HeterogeneousStrategy):
         similarity: str = "colwise",
         temperature: float = 0.5,
         probe: str = "smollm2-135m",
+        probe_loss: str = "answer",
         gradient_fraction: float = 0.4,
         gradient_noise: float = 1e-4,
         gradient_every: int = 10,
@@ -178,6 +186,7 @@ class FedMosaic(HeterogeneousStrategy):
             align=align,
             similarity=similarity,
             weighting=weighting,
+            probe_loss=probe_loss,
             temperature=temperature,
             ema_alpha=ema_alpha,
             gradient_every=gradient_every,
@@ -198,6 +207,7 @@ class FedMosaic(HeterogeneousStrategy):
             "every": gradient_every,
             "alpha": ema_alpha,
             "seed": seed_of(kwargs.get("seed", 0)),
+            "loss": probe_loss,
         }
         self.pq_lr = pq_lr
         self.align = align
@@ -395,6 +405,7 @@ class FedMosaic(HeterogeneousStrategy):
             "share_homogeneous_lora": self.share_homogeneous_lora,
             "share_across_models": self.share_across_models,
             "probe": self.probe,
+            "probe_loss": self.rela["loss"],
         }
 
     def summary_fields(self) -> dict[str, Any]:

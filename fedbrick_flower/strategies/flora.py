@@ -19,6 +19,12 @@ from .rank_methods import Holder, RankHeterogeneousLoRA, lora_tensors
 from .replies import ClientUpdate
 
 STACK_PHASE = "flora-stack"  # a metric phase, declared with its row keys in the registry entry
+RANK_PHASE = "flora"  # likewise
+# Singular values below this share of the largest count as zero in ``stacked-rank`` (an effective rank). Clients
+# train A too, so stacks of A drawn from one shared seed leave the shared row space only by their few steps' drift:
+# on `ranks` (2 rounds, 3 steps) their spectrum falls from ~3e-2 to ~1e-2 after the 16th value and trails to ~2e-3,
+# while fresh draws keep all 46 values above 1e-2 of the largest. At 1e-4 both count 46.
+STACKED_RANK_TOLERANCE = 1e-2
 _MERGED = ".merged"
 _STACK = "stack/"
 
@@ -98,6 +104,8 @@ class FLoRA(RankHeterogeneousLoRA):
                 "stack-bytes": int(sum(a.nbytes + b.nbytes for a, b in stacks.values())),
             }
         )
+        if groups:
+            self._log_rows.append(stacked_rank_row(server_round, groups, spectra))
         return spectra
 
     def global_factors(self, model: str) -> dict[str, ranks.Factors]:
@@ -170,3 +178,19 @@ class FLoRA(RankHeterogeneousLoRA):
         for server_round in [r for r in self.stacks if r <= boundary]:
             del self.stacks[server_round]
         self.pruned_through = max(self.pruned_through, boundary)
+
+
+def stacked_rank_row(server_round: int, groups: dict[str, list[Holder]], spectra: dict[str, np.ndarray]) -> dict:
+    """The ``flora`` row of a round: the numerical rank of one module's stacked update ``B A``, beside the sum and
+    the largest of its holders' ranks. The module is the one with the most holders (the first by name among
+    them), so the rank can reach the sum over the most clients."""
+    key = min(groups, key=lambda k: (-len(groups[k]), k))
+    holder_ranks = [h.rank for h in groups[key]]
+    return {
+        "round": server_round,
+        "phase": RANK_PHASE,
+        "module": key,
+        "stacked-rank": ranks.numerical_rank(spectra[key], STACKED_RANK_TOLERANCE),
+        "rank-sum": sum(holder_ranks),
+        "max-client-rank": max(holder_ranks),
+    }

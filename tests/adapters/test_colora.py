@@ -84,7 +84,18 @@ def test_p_and_q_shapes_and_names_do_not_depend_on_width_or_family() -> None:
 @pytest.mark.parametrize(("depth", "ends"), [(6, [0, 1, 2, 5]), (12, [2, 5, 8, 11]), (30, [6, 13, 20, 29])])
 def test_block_end_layers_follow_the_official_rule(depth: int, ends: list[int]) -> None:
     # Execute / Assert
-    assert ColoraSettings(n_blocks=4).targets(depth) == ends
+    assert ColoraSettings(n_blocks=4, block_rule="fedmosaic").targets(depth) == ends
+
+
+@pytest.mark.parametrize(("depth", "ends"), [(6, [1, 3, 4, 5]), (12, [3, 6, 8, 11]), (30, [7, 15, 22, 29])])
+def test_default_block_ends_sit_at_equal_relative_depth(depth: int, ends: list[int]) -> None:
+    # Execute
+    targets = ColoraSettings(n_blocks=4).targets(depth)
+
+    # Assert: block b of MiniLM (6), MPNet (12) and SmolLM2 (30) ends within half a layer of relative depth b / 4
+    assert targets == ends
+    for block, layer in enumerate(targets, start=1):
+        assert abs(layer - block * (depth - 1) / 4) <= 0.5
 
 
 def test_inject_names_every_part_and_the_schema_matches_the_local_tensors() -> None:

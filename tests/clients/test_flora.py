@@ -116,3 +116,34 @@ def test_merged_updates_persist_in_client_state_across_messages() -> None:
     original = dict(pristine.backbone.named_parameters())
     name = next(n for n in base if n.endswith("encoder.layer.1.attention.self.value.base_layer.weight"))
     torch.testing.assert_close(base[name] - original[name], torch.as_tensor(expected), rtol=1e-4, atol=1e-6)
+
+
+def test_fresh_lora_a_is_drawn_per_client_and_round_and_repeats_for_the_same_pair() -> None:
+    # Prepare: two clients of one model, at ranks 4 and 2, as FLoRA's server assigns them
+    from flwr.app import RecordDict
+
+    from fedbrick_flower.clients.flora import FLoRAClient
+    from fedbrick_flower.clients.profile import ClientSession
+    from fedbrick_flower.clients.state import ClientState
+    from fedbrick_flower.records import LORA_RANK_KEY
+    from fedbrick_flower.scenario import load_scenario
+
+    scenario = load_scenario("fedbrick-tiny", {"algorithm": "flora"})
+    name = "layers.0.attention.self.query.lora_A"
+
+    def fresh_a(client: str, rank: int, server_round: int) -> torch.Tensor:
+        session = ClientSession(scenario, scenario.client(client))
+        config = {"layers": [0], "server-round": server_round, LORA_RANK_KEY: rank}
+        model = FLoRAClient(session, ClientState(RecordDict())).build_model([0], config)
+        return lora_tensors(model.backbone, family_of("bert"))[name].detach().clone()
+
+    # Execute
+    high, low = fresh_a("bert-4", 4, 1), fresh_a("bert-2", 2, 1)
+    high_next, high_again = fresh_a("bert-4", 4, 2), fresh_a("bert-4", 4, 1)
+
+    # Assert: the rank-2 A is not the leading rows of the rank-4 one, so the stack spans 4 + 2 rows; a new round
+    # draws anew; the same (seed, client, round) gives the same A in any process
+    stacked = torch.cat([high, low])
+    assert int(torch.linalg.matrix_rank(stacked.double())) == 6
+    assert not torch.allclose(high, high_next)
+    torch.testing.assert_close(high, high_again, rtol=0, atol=0)

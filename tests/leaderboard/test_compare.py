@@ -181,3 +181,22 @@ def test_a_path_without_runs_is_an_error(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(CompareError, match="no finished run"):
         find_runs([tmp_path])
+
+
+def test_on_device_received_accuracy_is_each_clients_last_score_before_training() -> None:
+    # Prepare: each train message scored the received model (received-accuracy) before training; client b's last
+    # evaluation came from an evaluate-only message, which has no received score
+    rows = _rows([0.5, 0.6], {"a": [0.4, 0.9], "b": [0.5, 0.7]})
+    for row in rows:
+        if row["phase"] == "evaluate":
+            row["received-accuracy"] = row["accuracy"] - 0.2
+    rows.append({"round": 3, "phase": "evaluate", "client": "b", "accuracy": 0.1, "bytes_up": 0, "bytes_down": 0})
+
+    # Execute
+    figures = run_figures(rows)
+    table = markdown_table(method_table([]))
+
+    # Assert: a's round 2 (0.7) and b's round 2 (0.5); the trained score stays the on-device one
+    assert figures["on_device_received_accuracy"] == pytest.approx(0.6)
+    assert figures["on_device_accuracy"] == pytest.approx(0.5)
+    assert "on-device received acc %" in table and "on-device acc %" in table

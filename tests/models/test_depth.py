@@ -40,6 +40,20 @@ def test_balanced_blocks_differ_in_size_by_at_most_one() -> None:
             assert sizes.max() - sizes.min() <= 1
 
 
+def test_relative_depth_ends_increase_end_at_the_last_layer_and_sit_nearest_b_over_n() -> None:
+    for num_layers in range(1, 40):
+        for n_blocks in range(1, num_layers + 1):
+            # Execute
+            ends = block_end_layers(num_layers, n_blocks, rule="relative-depth")
+
+            # Assert
+            assert ends[-1] == num_layers - 1 and len(ends) == n_blocks
+            assert all(np.diff(ends) > 0)
+            if n_blocks < num_layers:
+                targets = np.arange(1, n_blocks + 1) * (num_layers - 1) / n_blocks
+                assert np.all(np.abs(np.array(ends) - targets) <= 0.5)
+
+
 @pytest.mark.parametrize("n_blocks", [0, 7])
 def test_block_count_outside_the_depth_is_refused(n_blocks: int) -> None:
     with pytest.raises(ValueError, match="n_blocks must be in 1..6"):

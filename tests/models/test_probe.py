@@ -8,7 +8,14 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel
 
-from fedbrick_flower.models.probe import check_probe, down_projection_gradient, ema, probe_rows, sanitize
+from fedbrick_flower.models.probe import (
+    append_answers,
+    check_probe,
+    down_projection_gradient,
+    ema,
+    probe_rows,
+    sanitize,
+)
 
 
 def _probe() -> torch.nn.Module:
@@ -46,6 +53,29 @@ def test_closed_form_gradient_equals_autograd_on_a_tiny_probe() -> None:
     # Assert
     assert closed.shape == (16, 24)
     torch.testing.assert_close(closed, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_answer_only_gradient_equals_autograd_and_tells_labels_apart_on_the_same_texts() -> None:
+    # Prepare: the same two texts (the second left-padded) with two different verbalised labels
+    probe = _probe()
+    ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    weight = probe.layers[-1].mlp.down_proj.weight
+
+    # Execute
+    answered, answer_mask, target = append_answers(ids, mask, [[20, 21], [22]], pad_id=0)
+    closed = down_projection_gradient(probe, answered, answer_mask, target)
+    other = down_projection_gradient(probe, *append_answers(ids, mask, [[30, 31], [32]], pad_id=0))
+    weight.requires_grad_(True)
+    hidden = probe(input_ids=answered, attention_mask=answer_mask).last_hidden_state
+    logits = hidden[:, :-1] @ probe.embed_tokens.weight.T
+    (expected,) = torch.autograd.grad(F.cross_entropy(logits[target[:, 1:]], answered[:, 1:][target[:, 1:]]), weight)
+
+    # Assert: prompt then answer, right-padded; the loss covers the 3 answer tokens only
+    assert answered.tolist() == [[5, 6, 7, 8, 20, 21], [9, 10, 22, 0, 0, 0]]
+    assert target.sum() == 3 and target[1].tolist() == [False, False, True, False, False, False]
+    torch.testing.assert_close(closed, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(closed, other, atol=1e-6)
 
 
 def test_an_untied_probe_is_refused_with_the_field_named() -> None:

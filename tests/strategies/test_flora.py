@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedbrick_flower.registry import FLORA_SEGMENTS_KEY as SEGMENTS_KEY
-from fedbrick_flower.strategies.flora import STACK_PHASE, FLoRA
+from fedbrick_flower.strategies.flora import RANK_PHASE, STACK_PHASE, FLoRA
 from tests.strategies.rank_clients import factors, prepared, rank_client, scaled_product, update
 
 RANKS = [1, 4, 8]
@@ -115,3 +115,29 @@ def test_global_factors_are_the_cumulative_merged_update_and_survive_a_checkpoin
     assert restored.payload(clients[0], 3, "train")[1][SEGMENTS_KEY] == {
         "0": [[2, 2, 13]]
     }  # layer 1: merged, untouched since
+
+
+def test_stacked_rank_row_counts_the_rank_of_the_stacked_update() -> None:
+    # Prepare: ranks 2 and 1 on a 5 x 4 module; once with independent A, once with the rank-1 client's A the
+    # first row of the rank-2 client's (one seed for every client: the stack spans only the larger row space)
+    a_two, b_two = factors(2, 0)
+    a_one, b_one = factors(1, 1)
+    clients = [rank_client("r2", 2), rank_client("r1", 1)]
+    fresh, shared = prepared(FLoRA, clients), prepared(FLoRA, clients)
+
+    # Execute
+    fresh.aggregate(1, [update(clients[0], {0: (a_two, b_two)}, 10), update(clients[1], {0: (a_one, b_one)}, 10)])
+    shared.aggregate(1, [update(clients[0], {0: (a_two, b_two)}, 10), update(clients[1], {0: (a_two[:1], b_one)}, 10)])
+    (fresh_row,) = [r for r in fresh._log_rows if r["phase"] == RANK_PHASE]
+    (shared_row,) = [r for r in shared._log_rows if r["phase"] == RANK_PHASE]
+
+    # Assert
+    assert fresh_row == {
+        "round": 1,
+        "phase": RANK_PHASE,
+        "module": "m/layers.0.q",
+        "stacked-rank": 3,
+        "rank-sum": 3,
+        "max-client-rank": 2,
+    }
+    assert shared_row["stacked-rank"] == 2
