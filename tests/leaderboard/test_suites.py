@@ -70,6 +70,17 @@ def test_rank_suite_gives_fedavg_one_rank_and_the_mix_to_rank_methods() -> None:
     assert ranks["hetlora"] == [16, 8, 8, 4, 4, 2, 2, 2]
 
 
+def test_rank_suite_keeps_every_client_at_full_depth_so_depth_does_not_confound_rank() -> None:
+    # Prepare
+    cells = expand(SUITES["rank"], [0])
+
+    # Execute
+    depths = {cell.method: [p.layers for p in _scenario(cell).clients] for cell in cells}
+
+    # Assert: no client holds part of the depth (None: the model's full depth)
+    assert all(layers == [None] * 8 for layers in depths.values()), depths
+
+
 def test_unregistered_algorithms_are_declared_unavailable_until_registered(monkeypatch) -> None:
     # Prepare
     hybrid = SUITES["hybrid"]
