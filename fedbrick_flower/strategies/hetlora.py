@@ -32,10 +32,10 @@ class HetLoRA(RankHeterogeneousLoRA):
     ``dW_k = s_k B_k A_k`` (a client whose update is small weighs little). As in the paper (``dW_k = B_k A_k``)
     every client trains at scale s_k = 1 (its LoRA alpha equals its rank), so a small rank neither inflates its
     update nor its weight; ``scaling="alpha"`` keeps the shared alpha, s_k = alpha / r_k. Components beyond R
-    that nobody held this round keep their value. Client k receives the first r_k rows of A (divided by its own scale) and the first
-    r_k columns of B. With ``rank_pruning`` the client regularises its last components and, once their share
-    of its update falls under ``prune_threshold``, lowers its rank to floor(``prune_gamma`` r_k) and reports
-    it; the server uses the new rank from the next round on.
+    that nobody held this round keep their value. Client k receives the first r_k rows of A (divided by its own
+    scale) and the first r_k columns of B. With ``rank_pruning`` the client regularises its last components
+    and, once their share of its update falls under ``prune_threshold``, lowers its rank to
+    floor(``prune_gamma`` r_k) and reports it; the server uses the new rank from the next round on.
 
     Known weakness (the paper's and ours): the mean of the factors is not the mean of the products.
 
