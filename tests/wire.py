@@ -25,6 +25,8 @@ DECLARED_METRICS = {
     "train-loss-first",
     "train-loss-last",
     "train-seconds",
+    "optimizer-steps",
+    "forward-passes",
     "peak-memory-mb",
     "process-peak-rss-mb",
     "model-parameters",

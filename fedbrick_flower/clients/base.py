@@ -98,6 +98,9 @@ class ClientAlgorithm:
             "train-loss-first": result.loss_first,
             "train-loss-last": result.loss_last,
             "train-seconds": result.seconds,
+            # The round's compute, counted while training: a second stage or an inner optimizer shows.
+            "optimizer-steps": float(result.optimizer_steps),
+            "forward-passes": float(result.forward_passes),
             "model-parameters": float(sum(p.numel() for p in model.parameters())),
             # Training examples longer than data.max_length: cut (a generative response is cut), or left out.
             "data-truncated": float(train.truncated),
