@@ -105,7 +105,7 @@ class FedBrickClient(ClientAlgorithm):
             config,
             stage_two_steps(steps, float(config["stage-two-fraction"]), int(config["stage-two-min-steps"])),
         )
-        return first.followed_by(second)
+        return first.combined_with(second)
 
     def stage_one(self, model: SequenceClassifier, config: dict[str, Any], steps: int) -> TrainResult:
         """Eq. 21: task loss + lambda_w sum ||w - w_recv||^2 (kept LoRA) + lambda_theta sum ||theta - theta_recv||^2

@@ -40,9 +40,9 @@ class TrainResult:
     forward_passes: int = 0
     """Forward passes of the trained network (an objective may run more than one per batch)."""
 
-    def followed_by(self, other: TrainResult) -> TrainResult:
-        """This training then ``other`` on the same network (two stages of one round): the counts and seconds
-        add up, the peak is the larger one, and the losses stay this one's (the task objective's stage)."""
+    def combined_with(self, other: TrainResult) -> TrainResult:
+        """This training and ``other`` on the same network in one round (a second stage, a warm-up): the counts
+        and seconds add up, the peak is the larger one, and the losses stay this one's (the main objective's)."""
         return dataclasses.replace(
             self,
             steps=self.steps + other.steps,
@@ -61,6 +61,23 @@ def make_optimizer(model: nn.Module, lr: float, head_lr: float, weight_decay: fl
             (head if name.startswith("head.") else rest).append(parameter)
     groups = [{"params": rest, "lr": lr}, {"params": head, "lr": head_lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
+
+
+@contextmanager
+def head_only(model: nn.Module) -> Iterator[list[nn.Parameter]]:
+    """Within the block only the task head (``head.*``) of ``model`` trains; yields its trainable parameters.
+
+    Every other parameter is frozen for the block and gets its own ``requires_grad`` back after it.
+    """
+    flags = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+    head = [p for name, p in model.named_parameters() if name.startswith("head.") and p.requires_grad]
+    try:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("head.") and flags[name])
+        yield head
+    finally:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(flags[name])
 
 
 def cycle_batches(examples: EncodedExamples, batch_size: int, seed: int) -> Iterator[Batch]:

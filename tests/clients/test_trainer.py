@@ -79,6 +79,47 @@ def test_an_objective_that_steps_its_own_optimizer_and_runs_twice_is_counted() -
     assert result.steps == 4 and result.optimizer_steps == 8 and result.forward_passes == 8
 
 
+def test_head_warmup_trains_the_head_alone_then_gives_back_every_flag() -> None:
+    # Prepare
+    torch.manual_seed(0)
+    client = _client(**{"train.head_warmup_steps": 3})
+    model = client.build_model([0, 1], {})
+    client.receive(model, {})
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    # Execute
+    result = client.head_warmup(model, {"server-round": 1})
+
+    # Assert: only head tensors moved, in 3 optimizer steps; every parameter trains again as before
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert moved and all(name.startswith("head.") for name in moved)
+    assert result is not None and result.optimizer_steps == 3
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+
+def test_head_warmup_is_off_by_default_and_its_steps_count_in_the_round() -> None:
+    # Prepare
+    plain, warmed = _client(), _client(**{"train.head_warmup_steps": 4})
+    config = {"server-round": 1, "layers": [0, 1]}
+
+    # Execute
+    off = plain.head_warmup(plain.build_model([0, 1], {}), config)
+    _, metrics = warmed.train({}, config)
+
+    # Assert: 4 warm-up steps before the 2 local steps
+    assert off is None
+    assert metrics["optimizer-steps"] == 6.0 and metrics["forward-passes"] == 6.0
+
+
+def test_a_negative_head_warmup_is_refused_naming_the_field() -> None:
+    # Execute / Assert
+    from fedbrick_flower.scenario import ScenarioError
+
+    with pytest.raises(ScenarioError, match="train.head_warmup_steps"):
+        load_scenario("fedbrick-tiny", {**SIX_LAYERS, "train.head_warmup_steps": -1})
+
+
 def test_training_memory_counts_saved_activations_that_grow_with_the_batch() -> None:
     # Prepare
     from fedbrick_flower.clients.trainer import TrainingMemory
