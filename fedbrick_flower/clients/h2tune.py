@@ -157,7 +157,7 @@ class Objective:
         self.modules = triple_modules(model.backbone, model_family(model.backbone))
         self.relation = triple_bank(model.backbone).relation
         self.norm_form = str(config.get("h2tune-norm-form", "squared"))
-        self.norm_weight = float(config.get("h2tune-norm-weight", 0.01))
+        self.norm_weight = float(config.get("h2tune-norm-weight", 1e-4))
         self.kl_weight = float(config.get("h2tune-kl-weight", 1.0))
         self.distill_weight = float(config.get("h2tune-distill-weight", 1.0))
         self.previous = {(g, path): torch.as_tensor(previous[f"{g}.{path}"]) for g, path in self.modules if previous}

@@ -101,7 +101,7 @@ class H2Tune(HeterogeneousStrategy):
     norm_form : str (default: "squared")
         The penalty on the active middles, the scores and Π: ``squared``, the mean of their squared L2 norms, or
         ``norm``, the mean of their un-squared norms (the public code, at weight 1).
-    norm_weight : float (default: 0.01)
+    norm_weight : float (default: 0.0001)
         Weight of that penalty. At the code's 1.0 with the un-squared form the penalty, not the data, drives the
         bank: same-family uploads agree to a cosine of 1.00 (``docs/algorithms/h2tune.md#departures``).
     kl_weight : float (default: 1.0)
@@ -129,7 +129,7 @@ class H2Tune(HeterogeneousStrategy):
         selection: str = "fixed",
         learn_relation: bool = True,
         norm_form: str = "squared",
-        norm_weight: float = 0.01,
+        norm_weight: float = 1e-4,
         kl_weight: float = 1.0,
         distill_weight: float = 1.0,
         weighting: str = "uniform",

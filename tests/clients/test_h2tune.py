@@ -151,7 +151,7 @@ def test_defaults_are_the_squared_penalty_at_a_weight_that_lets_the_task_through
     _, config = _message(_strategy(), "llama-a", 1)
 
     # Assert
-    assert config["h2tune-norm-form"] == "squared" and config["h2tune-norm-weight"] == 0.01
+    assert config["h2tune-norm-form"] == "squared" and config["h2tune-norm-weight"] == 1e-4
 
 
 def test_middles_get_no_task_gradient_while_b_is_zero_and_one_after_b_leaves_it() -> None:
