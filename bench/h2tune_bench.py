@@ -27,7 +27,9 @@ the server's bank to measure:
   goes through the shared middle at all;
 - ``update_over_base``: ``||s B (T + I) A||_F / ||W0||_F``, how far the adapters moved the frozen weights;
 - the server's ``update-cosine-same-model`` / ``update-cosine-cross-model`` rows: whether clients of the same and
-  of different families push the bank the same way.
+  of different families push the bank the same way;
+- ``t_moved_by_round``: per round, how far local training moved each device's active middles T from the ones the
+  received bank gave it (``h2tune-t-moved`` of the train rows, mean over clients).
 
 Usage::
 
@@ -224,6 +226,16 @@ def device_figures(grid: InProcessGrid, scenario: Scenario) -> dict[str, dict[st
     return figures
 
 
+def t_moved_by_round(rows: list[dict]) -> dict[int, float]:
+    """Per round, the mean over clients of how far training moved their active middles (``h2tune-t-moved``:
+    ``||T_end - T_received||_F / ||T_received||_F``, mean over modules)."""
+    moved: dict[int, list[float]] = {}
+    for row in rows:
+        if row["phase"] == "train" and row.get("h2tune-t-moved") is not None:
+            moved.setdefault(row["round"], []).append(row["h2tune-t-moved"])
+    return {server_round: statistics.mean(values) for server_round, values in sorted(moved.items())}
+
+
 def diagnose(args: argparse.Namespace) -> None:
     """The diagnosis: per local-step budget, each method's final accuracies; H2Tune's device and bank figures."""
     started, results, seed = time.monotonic(), [], args.seeds[0]
@@ -237,6 +249,7 @@ def diagnose(args: argparse.Namespace) -> None:
                 if method == "h2tune":
                     entry["devices"] = device_figures(result.grid, scenario)
                     entry["bank_rows"] = [r for r in result.rows if r["phase"] == "h2tune"]
+                    entry["t_moved_by_round"] = t_moved_by_round(result.rows)
                 print(steps, method, statistics.mean(entry["accuracy"][method].values()), flush=True)
             if {"local", "h2tune"} <= set(entry["accuracy"]):
                 local, h2 = entry["accuracy"]["local"], entry["accuracy"]["h2tune"]

@@ -68,6 +68,7 @@ _TOP_LEVEL_TYPES = {
 
 # What semantic_problems and the pre-flight check across fields, in words.
 _CROSS_CHECKS = {
+    "train.head_warmup_steps": "(head-only steps before local training; generative tasks skip them)",
     "data.proxy_fraction": "(with server_test_fraction: sum < 1)",
     "data.server_test_fraction": "(with proxy_fraction: sum < 1)",
     "server.min_clients": "(at most the number of clients)",

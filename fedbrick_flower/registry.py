@@ -97,6 +97,7 @@ class AlgorithmEntry:
 # Both halves read them from here: neither the strategy nor the client half imports the other, this module imports
 # neither torch nor Flower, and the algorithm's entry below declares them (``AlgorithmEntry.wire_keys``).
 FLORA_SEGMENTS_KEY = "flora-segments"  # config: per layer, the [first round, last round, rank] blocks of the stack
+HETLORA_ALPHA_KEY = "lora-alpha"  # config: the LoRA alpha a HetLoRA client trains with (its scale is alpha / rank)
 
 
 # ------------------------------------------------------------------------------------------------ metric rows
@@ -295,8 +296,9 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
     "hetlora": AlgorithmEntry(
         server="fedbrick_flower.strategies.hetlora:HetLoRA",
         client="fedbrick_flower.clients.hetlora:HetLoRAClient",
-        description="mixed LoRA ranks: zero-pad, norm-weighted mean of factors, truncate; optional rank pruning",
+        description="mixed LoRA ranks: zero-pad, norm-weighted mean of factors, truncate; rank self-pruning",
         mixes_ranks=True,
+        wire_keys=(HETLORA_ALPHA_KEY,),
         metrics=_HETLORA_METRICS,
     ),
     "flexlora": AlgorithmEntry(

@@ -13,7 +13,7 @@ ADAPTER_NAME = re.compile(
     r"^(layers\.\d+\.[\w.]+\.lora_[AB]|head\.(weight|bias)|bricks\.\d+\.(A1|B1|A2|B2)"
     r"|colora\.\d+\.\w+\.(P|Q|A|B)|rela\.gradient|bank\.\w+|bank-mass)$"
 )
-# The metric names the ClientApp declares in its replies (clients/base.py, clients/fedbrick.py, clients/hetlora.py).
+# The metric names the ClientApp declares in its replies (clients/base.py, fedbrick.py, hetlora.py, h2tune.py).
 DECLARED_METRICS = {
     "num-examples",
     "examples-seen",
@@ -25,11 +25,14 @@ DECLARED_METRICS = {
     "train-loss-first",
     "train-loss-last",
     "train-seconds",
+    "optimizer-steps",
+    "forward-passes",
     "peak-memory-mb",
     "process-peak-rss-mb",
     "model-parameters",
     "brick-parameters",
     "lora-rank",
+    "h2tune-t-moved",
     "accuracy",
     "loss",
     "data-truncated",

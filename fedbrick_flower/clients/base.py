@@ -17,7 +17,7 @@ from ..models import model_family, stable_seed
 from ..records import EVAL_PREFIX, RECEIVED_PREFIX
 from .profile import ClientSession
 from .state import ClientState
-from .trainer import TrainResult, make_optimizer, process_peak_rss_mb, seed_torch, train_steps
+from .trainer import TrainResult, head_only, make_optimizer, process_peak_rss_mb, seed_torch, train_steps
 
 
 class ClientAlgorithm:
@@ -72,12 +72,38 @@ class ClientAlgorithm:
             label=f"{self.session.profile.id} train",
         )
 
+    def head_warmup(self, model: nn.Module, config: dict[str, Any]) -> TrainResult | None:
+        """LP-FT's linear probe: ``train.head_warmup_steps`` steps of the head alone on this client's training data,
+        on the backbone and adapters as received, before :meth:`local_training`.
+
+        A head averaged from shallow networks, or fresh, would otherwise absorb the adapters' first steps. None
+        when the warm-up is off or the network has no trainable head (a generative task's LM head is frozen).
+        """
+        settings = self.session.scenario.train
+        if settings.head_warmup_steps <= 0:
+            return None
+        with head_only(model) as head:
+            if not head:
+                return None
+            return train_steps(
+                model,
+                self.session.examples("train"),
+                steps=settings.head_warmup_steps,
+                batch_size=self.session.batch_size,
+                optimizer=make_optimizer(model, settings.lr, settings.head_lr, settings.weight_decay),
+                device=self.session.device,
+                seed=self.round_seed(config, "head-warmup"),
+                loss_fn=self.session.objective.loss,
+                label=f"{self.session.profile.id} head warm-up",
+            )
+
     def update(self, model: nn.Module, config: dict[str, Any]) -> dict[str, Any]:
         """The tensors sent back: every adapter tensor of the held layers plus the head (classification)."""
         return adapter_tensors(model, model_family(model.backbone))
 
     def train(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-        """One training message: build, load, score the received network, train, extract, score the trained one.
+        """One training message: build, load, score the received network, (warm the head up,) train, extract, score
+        the trained one.
 
         The evaluations of the client's own test split run here, so a round costs one ClientApp start per client
         (in deployment each message is a fresh process). Their metrics travel with the update under ``eval-*``
@@ -90,7 +116,10 @@ class ClientAlgorithm:
         model = self.build_model(list(config["layers"]), config)
         self.receive(model, arrays)
         received = self.score(model)
+        warmup = self.head_warmup(model, config)
         result = self.local_training(model, config)
+        if warmup is not None:
+            result = result.combined_with(warmup)
         update = self.update(model, config)
         if self.session.scenario.train.freeze_lora:  # a linear probe: its LoRA is unchanged, so it stays home
             update = drop_lora(update)
@@ -102,6 +131,9 @@ class ClientAlgorithm:
             "train-loss-first": result.loss_first,
             "train-loss-last": result.loss_last,
             "train-seconds": result.seconds,
+            # The round's compute, counted while training: a second stage or an inner optimizer shows.
+            "optimizer-steps": float(result.optimizer_steps),
+            "forward-passes": float(result.forward_passes),
             "model-parameters": float(sum(p.numel() for p in model.parameters())),
             # Training examples longer than data.max_length: cut (a generative response is cut), or left out.
             "data-truncated": float(train.truncated),

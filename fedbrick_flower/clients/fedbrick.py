@@ -14,7 +14,6 @@ as implemented: ``docs/algorithms/fedbrick.md#client-per-round-stage-i-and-stage
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -106,12 +105,7 @@ class FedBrickClient(ClientAlgorithm):
             config,
             stage_two_steps(steps, float(config["stage-two-fraction"]), int(config["stage-two-min-steps"])),
         )
-        return dataclasses.replace(
-            first,
-            steps=first.steps + second.steps,
-            seconds=first.seconds + second.seconds,
-            peak_bytes=max(first.peak_bytes, second.peak_bytes),
-        )
+        return first.combined_with(second)
 
     def stage_one(self, model: SequenceClassifier, config: dict[str, Any], steps: int) -> TrainResult:
         """Eq. 21: task loss + lambda_w sum ||w - w_recv||^2 (kept LoRA) + lambda_theta sum ||theta - theta_recv||^2

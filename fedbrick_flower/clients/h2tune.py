@@ -4,8 +4,8 @@ Shared parameters (sent, through the bank): the selected entries of each layer's
 the selection scores M (``straight-through``) and the relation matrix Π. Task-specific (never sent): A, B and the
 task head. Per ``docs/algorithms/h2tune.md#client-training``:
 
-- a client's first round trains everything jointly on ``CE + norm_weight * mean ||p||_2`` over the active
-  middles, the scores and Π;
+- a client's first round trains everything jointly on ``CE + norm_weight * mean ||p||_2^2`` over the active
+  middles, the scores and Π (``norm_form: norm``: the public code's un-squared ``mean ||p||_2``);
 - from its second round on, every batch runs phase (a), shared parameters on
   ``CE + norm penalty + kl_weight * mean_m KL(softmax(vec T_m^prev) || softmax(vec T_m))``, then phase (b), A, B
   and head on ``CE + distill_weight * KL(softmax(z_a) || softmax(z_b))`` with ``z_a`` phase (a)'s logits on the
@@ -46,6 +46,10 @@ from .trainer import Batch, TrainResult, make_optimizer, train_steps
 
 LOCAL_STATE = "h2tune-local"
 PREVIOUS_STATE = "h2tune-previous-t"
+T_MOVED_STATE = "h2tune-t-moved"
+# Train metric: how far this round's training moved the active middles T, mean over modules of
+# ||T_end - T_start||_F / ||T_start||_F (T_start: the middles the received bank gives through Π).
+T_MOVED_METRIC = "h2tune-t-moved"
 BANK_MASS_NAME = "bank-mass"
 # What a device keeps between rounds (never sent): its factors, scores, relation matrix and task head.
 _LOCAL_PARAMS = ("triple_A", "triple_B", "triple_M")
@@ -95,8 +99,9 @@ class H2TuneClient(ClientAlgorithm):
         else:
             optimizer = _optimizer(model, shared + specific, settings.lr, settings.head_lr, settings.weight_decay)
             loss_fn = objective.joint
+        received = {key: m.middle().detach().clone() for key, m in objective.modules.items()}
         try:
-            return train_steps(
+            result = train_steps(
                 model,
                 self.session.examples("train"),
                 steps=int(config.get("local-steps", settings.local_steps)),
@@ -109,6 +114,13 @@ class H2TuneClient(ClientAlgorithm):
             )
         finally:
             _set_trainable(shared + specific, True)
+        self.state.set(T_MOVED_STATE, relative_move(received, objective.modules))
+        return result
+
+    def train(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        update, metrics = super().train(arrays, config)
+        metrics[T_MOVED_METRIC] = float(self.state.get(T_MOVED_STATE, 0.0))
+        return update, metrics
 
     def update(self, model: SequenceClassifier, config: dict[str, Any]) -> dict[str, Any]:
         """Ĝ_k per role (the bank projected through Π); A, B, M, Π, head and the active T stay in state."""
@@ -144,7 +156,8 @@ class Objective:
     def __init__(self, model: SequenceClassifier, config: dict[str, Any], previous: dict[str, np.ndarray]) -> None:
         self.modules = triple_modules(model.backbone, model_family(model.backbone))
         self.relation = triple_bank(model.backbone).relation
-        self.norm_weight = float(config.get("h2tune-norm-weight", 1.0))
+        self.norm_form = str(config.get("h2tune-norm-form", "squared"))
+        self.norm_weight = float(config.get("h2tune-norm-weight", 1e-4))
         self.kl_weight = float(config.get("h2tune-kl-weight", 1.0))
         self.distill_weight = float(config.get("h2tune-distill-weight", 1.0))
         self.previous = {(g, path): torch.as_tensor(previous[f"{g}.{path}"]) for g, path in self.modules if previous}
@@ -157,11 +170,12 @@ class Objective:
         return [getattr(m, n) for m in self.modules.values() for n in names if hasattr(m, n)]
 
     def penalty(self) -> torch.Tensor:
-        """Mean un-squared L2 norm over the active middles, the scores and Π (the code's regulariser)."""
+        """Mean squared L2 norm over the active middles, the scores and Π; ``norm``: un-squared (the code's)."""
         tensors = [m.middle() for m in self.modules.values()] + self._parameters("triple_M")
         if self.relation.requires_grad:
             tensors.append(self.relation)
-        return torch.stack([t.norm() for t in tensors]).mean()
+        norms = torch.stack([t.norm() for t in tensors])
+        return (norms if self.norm_form == "norm" else norms.square()).mean()
 
     def drift(self) -> torch.Tensor:
         """Mean over modules of KL(softmax(vec T_prev) || softmax(vec T))."""
@@ -204,6 +218,16 @@ class Objective:
             return F.cross_entropy(logits_b, batch["labels"]) + self.distill_weight * distill
 
         return loss_fn
+
+
+def relative_move(received: dict[Any, torch.Tensor], modules: dict[Any, nn.Module]) -> float:
+    """Mean over modules of ``||T_now - T_received||_F / ||T_received||_F`` (0 for a module received at T = 0)."""
+    with torch.no_grad():
+        moves = [
+            float((m.middle() - received[key]).norm() / received[key].norm()) if received[key].norm() > 0 else 0.0
+            for key, m in modules.items()
+        ]
+    return sum(moves) / max(1, len(moves))
 
 
 def local_tensors(model: SequenceClassifier) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""HetLoRA client half: train the leading r_k components, optionally prune the last ones and report the rank.
+"""HetLoRA client half: train the leading r_k components at the server's alpha, prune the last ones, report the rank.
 
 Rank self-pruning (Cho et al., EMNLP 2024, https://arxiv.org/abs/2401.06432): while the server asks for it, the
 local loss adds ``prune_weight * sum_modules ||A_tail||_F ||B_tail||_F`` over the components a pruned rank would
@@ -10,6 +10,7 @@ round on. The device's current rank is kept in its client state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from ..adapters.lora import ADAPTER_NAME, lora_modules
 from ..models import SequenceClassifier, model_family
 from ..records import LORA_RANK_KEY
+from ..registry import HETLORA_ALPHA_KEY
 from .rank_methods import RankClient
 from .trainer import Batch, TrainResult, make_optimizer, train_steps
 
@@ -26,7 +28,16 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 
 class HetLoRAClient(RankClient):
-    """Local LoRA training at the server's rank, with HetLoRA's optional rank self-pruning."""
+    """Local LoRA training at the server's rank and alpha, with HetLoRA's rank self-pruning."""
+
+    def build_model(self, layers: list[int], config: dict[str, Any]) -> SequenceClassifier:
+        """The network at the server's rank and the LoRA alpha it sends (the paper's scale 1: alpha = rank)."""
+        scenario = self.session.scenario
+        alpha = float(config.get(HETLORA_ALPHA_KEY, scenario.lora.alpha))
+        lora = dataclasses.replace(scenario.lora, alpha=alpha)
+        profile = dataclasses.replace(self.session.profile, rank=self.rank(config))
+        session = dataclasses.replace(self.session, scenario=dataclasses.replace(scenario, lora=lora), profile=profile)
+        return session.build(layers)
 
     def local_training(self, model: SequenceClassifier, config: dict[str, Any]) -> TrainResult:
         weight = float(config.get("prune-weight", 0.0))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..data import EncodedExamples, iterate_batches
 from ..objectives import classification_loss
@@ -32,6 +35,22 @@ class TrainResult:
     seconds: float
     peak_bytes: int = 0
     """Peak memory of this training alone (see :class:`TrainingMemory`); 0 when not measured."""
+    optimizer_steps: int = 0
+    """Optimizer steps taken while training, by any optimizer (an alternating objective takes two per batch)."""
+    forward_passes: int = 0
+    """Forward passes of the trained network (an objective may run more than one per batch)."""
+
+    def combined_with(self, other: TrainResult) -> TrainResult:
+        """This training and ``other`` on the same network in one round (a second stage, a warm-up): the counts
+        and seconds add up, the peak is the larger one, and the losses stay this one's (the main objective's)."""
+        return dataclasses.replace(
+            self,
+            steps=self.steps + other.steps,
+            seconds=self.seconds + other.seconds,
+            peak_bytes=max(self.peak_bytes, other.peak_bytes),
+            optimizer_steps=self.optimizer_steps + other.optimizer_steps,
+            forward_passes=self.forward_passes + other.forward_passes,
+        )
 
 
 def make_optimizer(model: nn.Module, lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -42,6 +61,23 @@ def make_optimizer(model: nn.Module, lr: float, head_lr: float, weight_decay: fl
             (head if name.startswith("head.") else rest).append(parameter)
     groups = [{"params": rest, "lr": lr}, {"params": head, "lr": head_lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
+
+
+@contextmanager
+def head_only(model: nn.Module) -> Iterator[list[nn.Parameter]]:
+    """Within the block only the task head (``head.*``) of ``model`` trains; yields its trainable parameters.
+
+    Every other parameter is frozen for the block and gets its own ``requires_grad`` back after it.
+    """
+    flags = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+    head = [p for name, p in model.named_parameters() if name.startswith("head.") and p.requires_grad]
+    try:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("head.") and flags[name])
+        yield head
+    finally:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(flags[name])
 
 
 def cycle_batches(examples: EncodedExamples, batch_size: int, seed: int) -> Iterator[Batch]:
@@ -64,10 +100,11 @@ def train_steps(
     loss_fn: LossFn = classification_loss,
     label: str = "train",
 ) -> TrainResult:
-    """Run ``steps`` optimizer steps of ``loss_fn`` and report the losses and the pure compute time.
+    """Run ``steps`` optimizer steps of ``loss_fn`` and report the losses, the compute and the pure compute time.
 
     ``loss_fn`` is the task objective's loss (``session.objective.loss``), or an algorithm's objective built on
-    it; the default suits classification tasks only.
+    it; the default suits classification tasks only. The optimizer steps and forward passes it reports are
+    counted, not assumed: an objective that steps its own optimizer or runs the network twice per batch shows it.
     """
     model.train()
     losses: list[float] = []
@@ -75,17 +112,18 @@ def train_steps(
     batches = cycle_batches(examples, batch_size, seed)
     progress = _progress(steps, label)
     memory = TrainingMemory(model, optimizer, device)
-    for step in range(steps):
-        batch = {key: value.to(device) for key, value in next(batches).items()}
-        optimizer.zero_grad(set_to_none=True)
-        with memory.step():
-            loss = loss_fn(model, batch, step)
-            loss.backward()
-            optimizer.step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress.set_postfix(loss=f"{losses[-1]:.4f}")
-            progress.update()
+    with ComputeCounter(model) as compute:
+        for step in range(steps):
+            batch = {key: value.to(device) for key, value in next(batches).items()}
+            optimizer.zero_grad(set_to_none=True)
+            with memory.step():
+                loss = loss_fn(model, batch, step)
+                loss.backward()
+                optimizer.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress.set_postfix(loss=f"{losses[-1]:.4f}")
+                progress.update()
     if progress is not None:
         progress.close()
     model.eval()
@@ -97,7 +135,40 @@ def train_steps(
         loss_mean=sum(losses) / max(1, len(losses)),
         seconds=time.perf_counter() - started,
         peak_bytes=memory.peak_bytes,
+        optimizer_steps=compute.optimizer_steps,
+        forward_passes=compute.forward_passes,
     )
+
+
+class ComputeCounter:
+    """Counts, inside its block, the optimizer steps this process takes and the forward passes of ``model``.
+
+    A client trains in one thread at a time, so every optimizer step of the block is its own (an alternating
+    objective's inner optimizer included); forward passes are calls of the network's top-level module.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.optimizer_steps = 0
+        self.forward_passes = 0
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> ComputeCounter:
+        self._handles = [
+            register_optimizer_step_post_hook(self._count_step),
+            self.model.register_forward_hook(self._count_forward),
+        ]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _count_step(self, *_: object) -> None:
+        self.optimizer_steps += 1
+
+    def _count_forward(self, *_: object) -> None:
+        self.forward_passes += 1
 
 
 def seed_torch(seed: int) -> None:

@@ -16,7 +16,9 @@ Per run:
   does not count as the method's;
 - bytes: serialized messages, ``up``/``down`` per client and round (mean over train replies), and the run's
   cumulative total (train and evaluation messages, all clients);
-- ``train s``: a client's pure local training seconds per round; ``peak MB``: the memory of one client's
+- ``train s``: a client's pure local training seconds per round; ``steps`` and ``forwards``: a client's
+  optimizer steps and forward passes per round (counted while training, mean over train replies), so a method's
+  gain can be told from extra compute; ``peak MB``: the memory of one client's
   training measured in its own process (see ``clients/trainer.TrainingMemory``), the largest client;
 - ``agg s``: the strategy's ``aggregate`` seconds per round.
 
@@ -68,6 +70,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("bytes_down_per_client_round", "down KiB/client/round", "kib"),
     ("cumulative_bytes", "total MiB", "mib"),
     ("train_seconds", "train s/round", "s"),
+    ("optimizer_steps", "steps/client/round", "count"),
+    ("forward_passes", "forwards/client/round", "count"),
     ("peak_memory_mb", "peak MB (largest client)", "mb"),
     ("aggregation_seconds", "agg s/round", "s"),
     ("on_device_received_accuracy", "on-device received acc %", "acc"),
@@ -180,6 +184,8 @@ def run_figures(rows: Sequence[dict]) -> dict[str, Any]:
         "bytes_down_per_client_round": mean_of(r.get("bytes_down") for r in phases[TRAIN]),
         "cumulative_bytes": cumulative[-1] if cumulative else None,
         "train_seconds": mean_of(r.get("train-seconds") for r in phases[TRAIN]),
+        "optimizer_steps": mean_of(r.get("optimizer-steps") for r in phases[TRAIN]),
+        "forward_passes": mean_of(r.get("forward-passes") for r in phases[TRAIN]),
         "peak_memory_mb": max(peak_by_client.values(), default=None),
         "aggregation_seconds": mean_of(r["seconds"] for r in phases[AGGREGATE]),
         "peak_memory_by_client": peak_by_client,
@@ -244,7 +250,14 @@ def format_value(value: dict[str, Any], kind: str) -> str:
     """``mean ± std`` in the column's unit; ``-`` without values; no ``±`` for a single run."""
     if value["mean"] is None:
         return "-"
-    scale, digits = {"acc": (100, 1), "kib": (1 / 1024, 1), "mib": (1 / 2**20, 2), "s": (1, 2), "mb": (1, 1)}[kind]
+    scale, digits = {
+        "acc": (100, 1),
+        "kib": (1 / 1024, 1),
+        "mib": (1 / 2**20, 2),
+        "s": (1, 2),
+        "mb": (1, 1),
+        "count": (1, 1),
+    }[kind]
     if kind == "s" and value["mean"] < 0.1:
         digits = 4
     text = f"{value['mean'] * scale:.{digits}f}"

@@ -10,6 +10,7 @@ cells are reported as not available and run as soon as the registry knows the na
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +33,16 @@ class Method:
         Dotted scenario keys (as ``--set`` takes them) on top of the suite's base; ``algorithm`` is added.
     description : str
         One line for listings.
+    local_steps : Callable[[int], int] | None
+        This method's ``train.local_steps`` as a function of the cell's (the suite's, or a size override's), for
+        a method that must match another's compute; None keeps the cell's.
     """
 
     name: str
     algorithm: str
     overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    local_steps: Callable[[int], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,8 @@ def expand(
         for seed in seeds:
             shared = _applicable(extra or {}, method.algorithm) if method.algorithm in registered else {}
             overrides = {**suite.base, **method.overrides, **shared, "algorithm": method.algorithm, "seed": seed}
+            if method.local_steps is not None:
+                overrides["train.local_steps"] = method.local_steps(_local_steps(suite, overrides))
             cells.append(
                 Cell(
                     suite=suite.name,
@@ -127,6 +134,23 @@ def expand(
                 )
             )
     return cells
+
+
+def _local_steps(suite: Suite, overrides: dict[str, Any]) -> int:
+    """A cell's ``train.local_steps``: its override, else the suite scenario's."""
+    if "train.local_steps" in overrides:
+        return int(overrides["train.local_steps"])
+    from ..scenario import load_scenario
+
+    return load_scenario(suite.scenario).train.local_steps
+
+
+def fedbrick_round_steps(local_steps: int) -> int:
+    """The optimizer steps of one FedBRICK client round at its default Stage II: Stage I's ``local_steps`` plus
+    ``max(10, 20 % of them)`` Stage-II steps (``clients.fedbrick.stage_two_steps``)."""
+    from ..clients.fedbrick import stage_two_steps
+
+    return local_steps + stage_two_steps(local_steps)
 
 
 def _applicable(extra: dict[str, Any], algorithm: str) -> dict[str, Any]:
@@ -173,6 +197,13 @@ DEPTH = Suite(
             "every client at the smallest depth",
         ),
         Method("fedra", "fedavg", _FEDRA, "FedRA: layer allocation redrawn every round, layer-wise FedAvg"),
+        Method(
+            "fedra-fedbrick-steps",
+            "fedavg",
+            _FEDRA,
+            "FedRA with FedBRICK's optimizer steps per round (its Stage I + Stage II): the gain without extra compute",
+            local_steps=fedbrick_round_steps,
+        ),
         Method("fedbrick", "fedbrick", {"algorithm_params": _FEDBRICK_PARAMS}, "FedBRICK: FedRA + distilled BRICKs"),
         Method(
             "fedbrick-no-distill",

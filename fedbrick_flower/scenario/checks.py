@@ -69,6 +69,7 @@ RANGES: dict[str, Range] = {
     "train.batch_size": _AT_LEAST_1,
     "train.lr": _POSITIVE,
     "train.head_lr": _POSITIVE,
+    "train.head_warmup_steps": Range(0),
     "train.weight_decay": Range(0),
     "train.eval_batch_size": _AT_LEAST_1,
     "lora.rank": _AT_LEAST_1,

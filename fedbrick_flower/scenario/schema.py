@@ -130,6 +130,10 @@ class TrainSettings:
     """True: LoRA stays at its initialisation (B = 0) and only the head (and the algorithm's own modules) trains,
     a federated linear probe. LoRA then stays off the wire both ways (algorithms whose registry entry declares
     ``linear_probe`` only)."""
+    head_warmup_steps: int = 0
+    """LP-FT style warm-up: every training message first trains the task head alone for this many steps (at
+    ``head_lr``, on the client's training data, backbone and adapters frozen as received), then the local
+    training runs as usual. 0: no warm-up. A generative task has no head to warm up (its clients skip it)."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,10 @@ BANK_MASS_NAME = "bank-mass"  # a client's relation mass per slot; sent only und
 ALTERNATIONS: tuple[str, ...] = ("sequential", "joint_step", "off")
 WEIGHTINGS: tuple[str, ...] = ("uniform", "examples")
 BANK_INITS: tuple[str, ...] = ("kaiming", "zeros")
+# The shared-parameter penalty: mean of squared L2 norms (weight decay's form: its pull fades as a tensor shrinks,
+# so the task gradient decides where the middles go), or the public code's mean of un-squared norms (a pull of
+# constant size towards zero, the same on every device).
+NORM_FORMS: tuple[str, ...] = ("squared", "norm")
 
 
 def scenario_problems(scenario: Scenario) -> list[str]:
@@ -45,6 +49,7 @@ def parameter_problems(
     selection: str,
     weighting: str,
     bank_init: str,
+    norm_form: str,
     norm_weight: float,
     kl_weight: float,
     distill_weight: float,
@@ -61,6 +66,7 @@ def parameter_problems(
         ("selection", selection, SELECTIONS),
         ("weighting", weighting, WEIGHTINGS),
         ("bank_init", bank_init, BANK_INITS),
+        ("norm_form", norm_form, NORM_FORMS),
     ):
         if value not in allowed:
             problems.append(f"{name}: must be one of {list(allowed)}, got {value!r}")
@@ -92,8 +98,12 @@ class H2Tune(HeterogeneousStrategy):
         (leading r_k x r_k block) or ``straight-through`` (trained scores).
     learn_relation : bool (default: True)
         Train Π; False keeps it at its relative-depth initialisation (an ablation).
-    norm_weight : float (default: 1.0)
-        Weight of the mean un-squared L2 norm of the active middles, the scores and Π.
+    norm_form : str (default: "squared")
+        The penalty on the active middles, the scores and Π: ``squared``, the mean of their squared L2 norms, or
+        ``norm``, the mean of their un-squared norms (the public code, at weight 1).
+    norm_weight : float (default: 0.0001)
+        Weight of that penalty. At the code's 1.0 with the un-squared form the penalty, not the data, drives the
+        bank: same-family uploads agree to a cosine of 1.00 (``docs/algorithms/h2tune.md#departures``).
     kl_weight : float (default: 1.0)
         Weight of phase (a)'s KL from the client's previous active middles.
     distill_weight : float (default: 1.0)
@@ -118,7 +128,8 @@ class H2Tune(HeterogeneousStrategy):
         alternation: str = "sequential",
         selection: str = "fixed",
         learn_relation: bool = True,
-        norm_weight: float = 1.0,
+        norm_form: str = "squared",
+        norm_weight: float = 1e-4,
         kl_weight: float = 1.0,
         distill_weight: float = 1.0,
         weighting: str = "uniform",
@@ -135,6 +146,7 @@ class H2Tune(HeterogeneousStrategy):
             selection=selection,
             weighting=weighting,
             bank_init=bank_init,
+            norm_form=norm_form,
             norm_weight=norm_weight,
             kl_weight=kl_weight,
             distill_weight=distill_weight,
@@ -146,6 +158,7 @@ class H2Tune(HeterogeneousStrategy):
         self.alternation = alternation
         self.selection = selection
         self.learn_relation = learn_relation
+        self.norm_form = norm_form
         self.norm_weight = float(norm_weight)
         self.kl_weight = float(kl_weight)
         self.distill_weight = float(distill_weight)
@@ -201,6 +214,7 @@ class H2Tune(HeterogeneousStrategy):
             "h2tune-alternation": self.alternation,
             "h2tune-selection": self.selection,
             "h2tune-learn-relation": self.learn_relation,
+            "h2tune-norm-form": self.norm_form,
             "h2tune-norm-weight": self.norm_weight,
             "h2tune-kl-weight": self.kl_weight,
             "h2tune-distill-weight": self.distill_weight,
@@ -267,6 +281,7 @@ class H2Tune(HeterogeneousStrategy):
             "weighting": self.weighting,
             "relation_mass": self.relation_mass,
             "bank_init": self.bank_init,
+            "penalty (form, weight)": (self.norm_form, self.norm_weight),
         }
 
     def summary_fields(self) -> dict[str, Any]:

@@ -162,3 +162,15 @@ def test_evaluate_runs_the_on_device_network(client: FedBrickClient) -> None:
 
     # Assert
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num-examples"] > 0
+
+
+def test_training_metrics_count_both_stages_optimizer_steps_and_forward_passes(client: FedBrickClient) -> None:
+    # Prepare: 2 Stage-I steps, then max(3, 20 % of 2) = 3 Stage-II steps
+    config = _config(**{"local-steps": 2})
+
+    # Execute
+    _, metrics = client.train({}, config)
+
+    # Assert: one optimizer step and one forward pass per batch in each stage
+    assert metrics["optimizer-steps"] == 5.0
+    assert metrics["forward-passes"] == 5.0

@@ -123,3 +123,73 @@ def test_relation_is_learned_unless_fixed_at_its_relative_depth_init(learn_relat
     relation = client.state.arrays(LOCAL_STATE)[RELATION_NAME]
     assert relation.shape == (5, 3)
     assert np.allclose(relation, initial_relation(3, 5)) is not learn_relation
+
+
+@pytest.mark.parametrize("form", ["squared", "norm"])
+def test_the_penalty_is_the_mean_squared_norm_by_default_or_the_codes_un_squared_one(form: str) -> None:
+    # Prepare
+    strategy = _strategy(norm_form=form)
+    client = _client("llama-a", RecordDict())
+    arrays, config = _message(strategy, "llama-a", 1)
+    model = client.build_model(config["layers"], config)
+    client.receive(model, arrays)
+    objective = Objective(model, config, {})
+    tensors = [m.middle() for m in objective.modules.values()] + [objective.relation]
+
+    # Execute
+    penalty = float(objective.penalty().detach())
+
+    # Assert: by hand over the active middles and Π (fixed selection: no scores)
+    norms = [float(t.detach().norm()) for t in tensors]
+    expected = np.mean(np.square(norms)) if form == "squared" else np.mean(norms)
+    assert penalty == pytest.approx(expected, rel=1e-5)
+    assert config["h2tune-norm-form"] == form
+
+
+def test_defaults_are_the_squared_penalty_at_a_weight_that_lets_the_task_through() -> None:
+    # Execute
+    _, config = _message(_strategy(), "llama-a", 1)
+
+    # Assert
+    assert config["h2tune-norm-form"] == "squared" and config["h2tune-norm-weight"] == 1e-4
+
+
+def test_middles_get_no_task_gradient_while_b_is_zero_and_one_after_b_leaves_it() -> None:
+    # Prepare: a first round's network (B = 0) and one batch; the task loss alone
+    strategy = _strategy()
+    client = _client("llama-a", RecordDict())
+    arrays, config = _message(strategy, "llama-a", 1)
+    model = client.build_model(config["layers"], config)
+    client.receive(model, arrays)
+    middles = [m.triple_D for m in Objective(model, config, {}).modules.values()]
+    batch = next(cycle_batches(client.session.examples("train"), 4, seed=0))
+
+    def middle_gradient() -> float:
+        model.zero_grad(set_to_none=True)
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
+        return sum(float(d.grad.abs().sum()) for d in middles if d.grad is not None)
+
+    # Execute
+    at_zero = middle_gradient()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("triple_B"):
+                parameter.normal_(0.0, 0.1)
+    after = middle_gradient()
+
+    # Assert
+    assert at_zero == 0.0 and after > 0.0
+
+
+def test_a_training_message_reports_how_far_the_middles_moved() -> None:
+    # Prepare
+    strategy = _strategy()
+    client = _client("llama-a", RecordDict())
+    arrays, config = _message(strategy, "llama-a", 1)
+
+    # Execute
+    _, metrics = client.train(arrays, config)
+
+    # Assert: the relative change of T over the round, positive and small
+    assert 0.0 < metrics["h2tune-t-moved"] < 1.0

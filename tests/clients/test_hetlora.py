@@ -75,3 +75,28 @@ def test_leading_components_load_into_a_higher_rank_model_and_the_rest_keeps_its
     assert torch.equal(loaded_b[:, :2], torch.full((32, 2), 2.0)) and torch.equal(loaded_b[:, 2:], torch.zeros(32, 2))
     with pytest.raises(KeyError, match="expected at most"):
         load_leading_components(model, {"layers.0.attention.self.query.lora_A": np.ones((5, 32), np.float32)})
+
+
+@pytest.mark.parametrize(("alpha", "expected_scale"), [(2.0, 1.0), (16.0, 8.0)])
+def test_the_client_builds_its_lora_with_the_alpha_the_server_sends(alpha: float, expected_scale: float) -> None:
+    # Prepare: the smoke scenario's bert-edge at rank 2
+    from flwr.app import RecordDict
+
+    from fedbrick_flower.adapters.lora import ADAPTER_NAME, lora_modules
+    from fedbrick_flower.clients.hetlora import HetLoRAClient
+    from fedbrick_flower.clients.profile import ClientSession
+    from fedbrick_flower.clients.state import ClientState
+    from fedbrick_flower.models import model_family
+    from fedbrick_flower.records import LORA_RANK_KEY
+    from fedbrick_flower.registry import HETLORA_ALPHA_KEY
+    from fedbrick_flower.scenario import load_scenario
+
+    scenario = load_scenario("smoke")
+    client = HetLoRAClient(ClientSession(scenario, scenario.client("bert-edge")), ClientState(RecordDict()))
+
+    # Execute
+    model = client.build_model([1, 3], {"layers": [1, 3], LORA_RANK_KEY: 2, HETLORA_ALPHA_KEY: alpha})
+
+    # Assert: peft's scale alpha / r of every adapted module
+    modules = lora_modules(model.backbone, model_family(model.backbone)).values()
+    assert {m.scaling[ADAPTER_NAME] for m in modules} == {expected_scale}

@@ -42,6 +42,84 @@ def test_two_layer_client_reports_less_memory_than_six_layer_client_in_one_proce
     assert shallow["process-peak-rss-mb"] >= deep["process-peak-rss-mb"]
 
 
+def test_training_metrics_report_the_rounds_optimizer_steps_and_forward_passes() -> None:
+    # Prepare
+    client = _client(**{"train.local_steps": 3})
+
+    # Execute
+    _, metrics = client.train({}, {"server-round": 1, "layers": [0, 1]})
+
+    # Assert
+    assert metrics["optimizer-steps"] == 3.0 and metrics["forward-passes"] == 3.0
+
+
+def test_an_objective_that_steps_its_own_optimizer_and_runs_twice_is_counted() -> None:
+    # Prepare: an alternating objective (as H2Tune's): an inner step on a first forward, then the outer step
+    from fedbrick_flower.clients.trainer import train_steps
+    from fedbrick_flower.data import EncodedExamples
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    inner = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    outer = torch.optim.SGD(model[2].parameters(), lr=0.1)
+
+    def loss_fn(net: torch.nn.Module, batch: dict, step: int) -> torch.Tensor:
+        inner.zero_grad()
+        net(batch["input_ids"]).square().mean().backward()
+        inner.step()
+        return torch.nn.functional.cross_entropy(net(batch["input_ids"]), batch["labels"])
+
+    examples = EncodedExamples(torch.randint(0, 10, (8, 3)), torch.ones(8, 3).long(), torch.zeros(8).long())
+
+    # Execute
+    result = train_steps(
+        model, examples, steps=4, batch_size=2, optimizer=outer, device=torch.device("cpu"), seed=0, loss_fn=loss_fn
+    )
+
+    # Assert
+    assert result.steps == 4 and result.optimizer_steps == 8 and result.forward_passes == 8
+
+
+def test_head_warmup_trains_the_head_alone_then_gives_back_every_flag() -> None:
+    # Prepare
+    torch.manual_seed(0)
+    client = _client(**{"train.head_warmup_steps": 3})
+    model = client.build_model([0, 1], {})
+    client.receive(model, {})
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    # Execute
+    result = client.head_warmup(model, {"server-round": 1})
+
+    # Assert: only head tensors moved, in 3 optimizer steps; every parameter trains again as before
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert moved and all(name.startswith("head.") for name in moved)
+    assert result is not None and result.optimizer_steps == 3
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+
+def test_head_warmup_is_off_by_default_and_its_steps_count_in_the_round() -> None:
+    # Prepare
+    plain, warmed = _client(), _client(**{"train.head_warmup_steps": 4})
+    config = {"server-round": 1, "layers": [0, 1]}
+
+    # Execute
+    off = plain.head_warmup(plain.build_model([0, 1], {}), config)
+    _, metrics = warmed.train({}, config)
+
+    # Assert: 4 warm-up steps before the 2 local steps
+    assert off is None
+    assert metrics["optimizer-steps"] == 6.0 and metrics["forward-passes"] == 6.0
+
+
+def test_a_negative_head_warmup_is_refused_naming_the_field() -> None:
+    # Execute / Assert
+    from fedbrick_flower.scenario import ScenarioError
+
+    with pytest.raises(ScenarioError, match="train.head_warmup_steps"):
+        load_scenario("fedbrick-tiny", {**SIX_LAYERS, "train.head_warmup_steps": -1})
+
+
 def test_training_memory_counts_saved_activations_that_grow_with_the_batch() -> None:
     # Prepare
     from fedbrick_flower.clients.trainer import TrainingMemory

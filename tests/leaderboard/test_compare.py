@@ -33,6 +33,8 @@ def _rows(global_accuracy: list[float], client_accuracy: dict[str, list[float]],
                     "bytes_up": 1000,
                     "bytes_down": 3000,
                     "train-seconds": 2.0 if client == "a" else 4.0,
+                    "optimizer-steps": 5.0 if client == "a" else 15.0,
+                    "forward-passes": 5.0 if client == "a" else 25.0,
                     "peak-memory-mb": 100.0 * server_round if client == "a" else 50.0,
                 }
             )
@@ -73,6 +75,7 @@ def test_run_figures_final_worst_client_bytes_and_aggregation() -> None:
     assert figures["cumulative_bytes"] == 16000.0
     assert figures["bytes_up_per_client_round"] == 1000.0 and figures["bytes_down_per_client_round"] == 3000.0
     assert figures["train_seconds"] == pytest.approx(3.0)
+    assert figures["optimizer_steps"] == pytest.approx(10.0) and figures["forward_passes"] == pytest.approx(15.0)
     assert figures["peak_memory_by_client"] == {"a": 200.0, "b": 50.0}
     assert figures["aggregation_seconds"] == pytest.approx(0.25)
     assert figures["distillation_mse_by_layer"] == {}

@@ -23,7 +23,7 @@ def test_depth_suite_expands_to_methods_times_seeds_method_major() -> None:
     cells = expand(suite, [0, 1, 2])
 
     # Assert
-    assert len(cells) == 6 * 3
+    assert len(cells) == 7 * 3
     assert [c.key for c in cells[:4]] == [
         "alllayers/seed-0",
         "alllayers/seed-1",
@@ -43,9 +43,10 @@ def test_depth_cells_resolve_to_the_same_data_and_budgets_with_their_own_depths(
 
     # Assert: same rounds, data, training budget and seed everywhere; depth and LoRA freezing by method
     first = scenarios["fedra"]
-    for scenario in scenarios.values():
+    for method, scenario in scenarios.items():
         assert (scenario.rounds, scenario.seed, scenario.data, scenario.tasks) == (2, 1, first.data, first.tasks)
-        assert scenario.train.local_steps == first.train.local_steps
+        if method != "fedra-fedbrick-steps":  # its compute is what defines it (tested below)
+            assert scenario.train.local_steps == first.train.local_steps
     assert first.data.proxy_fraction == 0.15
     assert [p.layers for p in scenarios["alllayers"].clients] == [6] * 6
     assert [p.layers for p in scenarios["smallest-depth"].clients] == [2] * 6
@@ -55,6 +56,21 @@ def test_depth_cells_resolve_to_the_same_data_and_budgets_with_their_own_depths(
     assert scenarios["fedbrick"].algorithm_params["distill_epochs"] == 1
     assert scenarios["fedbrick-no-distill"].algorithm_params["distill"] is False
     assert "distill_epochs" not in scenarios["fedra"].algorithm_params
+
+
+@pytest.mark.parametrize(("extra", "expected"), [({}, 15 + 10), ({"train.local_steps": 60}, 60 + 12)])
+def test_the_fedra_variant_takes_fedbricks_optimizer_steps(extra: dict, expected: int) -> None:
+    # Prepare: the depth suite's scenario trains 15 local steps; FedBRICK adds max(10, 20 %) Stage-II steps
+    cells = {c.method: c for c in expand(SUITES["depth"], [0], extra)}
+
+    # Execute
+    scenarios = {method: _scenario(cells[method]) for method in ("fedra", "fedra-fedbrick-steps", "fedbrick")}
+
+    # Assert: the same FedRA otherwise; FedBRICK's own cell keeps the cell's Stage-I steps
+    assert scenarios["fedra-fedbrick-steps"].train.local_steps == expected
+    assert scenarios["fedbrick"].train.local_steps == scenarios["fedra"].train.local_steps
+    assert suites.fedbrick_round_steps(scenarios["fedbrick"].train.local_steps) == expected
+    assert scenarios["fedra-fedbrick-steps"].algorithm_params == scenarios["fedra"].algorithm_params
 
 
 def test_rank_suite_gives_fedavg_one_rank_and_the_mix_to_rank_methods() -> None:
@@ -68,6 +84,17 @@ def test_rank_suite_gives_fedavg_one_rank_and_the_mix_to_rank_methods() -> None:
     assert ranks["fedavg-min-rank"] == [2] * 8
     assert ranks["fedavg-max-rank"] == [16] * 8
     assert ranks["hetlora"] == [16, 8, 8, 4, 4, 2, 2, 2]
+
+
+def test_rank_suite_keeps_every_client_at_full_depth_so_depth_does_not_confound_rank() -> None:
+    # Prepare
+    cells = expand(SUITES["rank"], [0])
+
+    # Execute
+    depths = {cell.method: [p.layers for p in _scenario(cell).clients] for cell in cells}
+
+    # Assert: no client holds part of the depth (None: the model's full depth)
+    assert all(layers == [None] * 8 for layers in depths.values()), depths
 
 
 def test_unregistered_algorithms_are_declared_unavailable_until_registered(monkeypatch) -> None:

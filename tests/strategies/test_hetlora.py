@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedbrick_flower.records import LORA_RANK_KEY
+from fedbrick_flower.registry import HETLORA_ALPHA_KEY
 from fedbrick_flower.strategies.aggregation import layerwise_average
 from fedbrick_flower.strategies.hetlora import HetLoRA
 from tests.strategies.rank_clients import ALPHA, factors, prepared, rank_client, scaled_product, update
@@ -38,7 +39,7 @@ def test_zero_padded_mean_is_weighted_by_update_norm_by_hand() -> None:
     a_low[0, 0], b_low[0, 0] = 1.0, 1.0
     a_high, b_high = np.zeros((2, 4), np.float32), np.zeros((5, 2), np.float32)
     a_high[1, 1], b_high[1, 1] = 2.0, 3.0
-    strategy = prepared(HetLoRA, [low, high])
+    strategy = prepared(HetLoRA, [low, high], scaling="alpha")
 
     # Execute
     strategy.aggregate(1, [update(low, {0: (a_low, b_low)}, 1), update(high, {0: (a_high, b_high)}, 1000)])
@@ -56,7 +57,7 @@ def test_zero_padded_mean_is_weighted_by_update_norm_by_hand() -> None:
 def test_each_client_receives_its_leading_components_at_its_own_scale() -> None:
     # Prepare
     low, high = rank_client("low", 2), rank_client("high", 4)
-    strategy = prepared(HetLoRA, [low, high])
+    strategy = prepared(HetLoRA, [low, high], scaling="alpha")
     strategy.aggregate(1, [update(high, {0: factors(4, 0), 1: factors(4, 1)}, 10)])
     global_a, global_b = strategy.state["m/layers.0.q.lora_A"], strategy.state["m/layers.0.q.lora_B"]
 
@@ -71,6 +72,69 @@ def test_each_client_receives_its_leading_components_at_its_own_scale() -> None:
         rtol=1e-5,
     )
     np.testing.assert_allclose(arrays["layers.0.q.lora_A"], global_a[:2] / (ALPHA / 2), rtol=1e-6)
+
+
+def test_paper_scaling_weights_by_the_unscaled_product_by_hand() -> None:
+    # Prepare: the same two clients as above; at scale 1 (the paper's dW_k = B_k A_k): ||dW|| = 1 and 6
+    low, high = rank_client("low", 1), rank_client("high", 2)
+    a_low, b_low = np.zeros((1, 4), np.float32), np.zeros((5, 1), np.float32)
+    a_low[0, 0], b_low[0, 0] = 1.0, 1.0
+    a_high, b_high = np.zeros((2, 4), np.float32), np.zeros((5, 2), np.float32)
+    a_high[1, 1], b_high[1, 1] = 2.0, 3.0
+    strategy = prepared(HetLoRA, [low, high])
+
+    # Execute
+    strategy.aggregate(1, [update(low, {0: (a_low, b_low)}, 1), update(high, {0: (a_high, b_high)}, 1)])
+
+    # Assert: weights 1/7 and 6/7, no scale folded into A
+    a, b = strategy.state["m/layers.0.q.lora_A"], strategy.state["m/layers.0.q.lora_B"]
+    expected_a, expected_b = np.zeros((2, 4)), np.zeros((5, 2))
+    expected_a[0, 0], expected_a[1, 1] = 1.0 / 7.0, 6.0 / 7.0 * 2.0
+    expected_b[0, 0], expected_b[1, 1] = 1.0 / 7.0, 6.0 / 7.0 * 3.0
+    np.testing.assert_allclose(a, expected_a, rtol=1e-6)
+    np.testing.assert_allclose(b, expected_b, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("scaling", "expected_low_weight"), [("paper", 0.5), ("alpha", 8.0 / 9.0)])
+def test_a_small_rank_weighs_as_much_as_a_large_one_with_the_same_factors(
+    scaling: str, expected_low_weight: float
+) -> None:
+    # Prepare: rank 2 and rank 16 clients whose B A is the same matrix (components beyond 2 are zero); under a
+    # shared alpha the rank-2 scale alpha / 2 is 8 times the rank-16 one, under the paper's both are 1
+    low, high = rank_client("low", 2), rank_client("high", 16)
+    a_low, b_low = factors(2, seed=0)
+    a_high, b_high = np.zeros((16, 4), np.float32), np.zeros((5, 16), np.float32)
+    a_high[:2], b_high[:, :2] = a_low, b_low
+    strategy = HetLoRA(seed=0, alpha=16.0, scaling=scaling)
+    strategy.clients = {c.client_id: c for c in (low, high)}
+    for client in (low, high):
+        strategy.layers_for(client, 1, "train")
+
+    # Execute
+    strategy.aggregate(1, [update(low, {0: (a_low, b_low)}, 10), update(high, {0: (a_high, b_high)}, 10)])
+
+    # Assert: B is mixed without a scale, so its leading columns are w_low B_low + w_high B_low
+    # and A's are the scale-one rows s_low A_low and 1 * A_low (the rank-16 scale is 16 / 16 in both cases)
+    a, b = strategy.state["m/layers.0.q.lora_A"], strategy.state["m/layers.0.q.lora_B"]
+    low_scale = {"paper": 1.0, "alpha": 8.0}[scaling]
+    np.testing.assert_allclose(b[:, :2], b_low, rtol=1e-5)
+    mixed_scale = expected_low_weight * low_scale + (1.0 - expected_low_weight)
+    np.testing.assert_allclose(a[:2], mixed_scale * a_low, rtol=1e-5)
+
+
+def test_pruning_is_on_by_default_and_each_client_trains_at_scale_one() -> None:
+    # Prepare
+    client = rank_client("c", 4)
+    strategy = prepared(HetLoRA, [client])
+    strategy.aggregate(1, [update(client, {0: factors(4, 0)}, 10)])
+
+    # Execute
+    arrays, config = strategy.payload(client, 2, "train")
+
+    # Assert: pruning settings travel, alpha equals the rank, and A is the stored one unscaled
+    assert strategy.rank_pruning and config["prune-gamma"] == 0.5
+    assert config[HETLORA_ALPHA_KEY] == 4.0
+    np.testing.assert_allclose(arrays["layers.0.q.lora_A"], strategy.state["m/layers.0.q.lora_A"], rtol=1e-6)
 
 
 def test_components_nobody_held_this_round_keep_their_value() -> None:
