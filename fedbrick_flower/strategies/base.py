@@ -29,18 +29,22 @@ from flwr.supercore import log
 from ..adapters.naming import drop_lora
 from ..client_info import ClientInfo
 from ..data.checks import label_mismatch
+from ..metrics import TRAIN
 from ..records import content_bytes, to_array_record
 from . import metric_rows
 from .aggregation import Contribution, Robustness, random_layer_subset, sample_clients
 from .registration import (
+    RunStopped,
     check_reachable,
     connected_clients,
     query_messages,
+    refusal_line,
+    refusal_messages,
     register_replies,
     too_few_connected,
     unknown_nodes,
 )
-from .replies import ClientUpdate, attribute, read_updates, reply_metrics
+from .replies import ClientUpdate, attribute, nothing_trained, read_updates, reply_metrics
 from .screening import screen_updates
 from .transport import exchange, round_message
 
@@ -261,7 +265,7 @@ class HeterogeneousStrategy(Strategy):
         )
         screened = screen_updates(self.robustness, [update for _, update in validated])
         for client_id, reason in {**invalid, **screened.rejected}.items():
-            self._reject(server_round, self.clients[client_id], "train", reason)
+            self._reject(server_round, self.clients[client_id], TRAIN, reason)
         self._log_rows.extend(metric_rows.clipped_rows(server_round, screened.factors))
         updates = screened.kept
         self._trained = {u.client.client_id for u in updates}
@@ -342,9 +346,12 @@ class HeterogeneousStrategy(Strategy):
             started = time.monotonic()
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
             self._register_new_nodes(grid)
-            messages = self.configure_train(server_round, ArrayRecord(), train_config or ConfigRecord(), grid)
+            messages = list(self.configure_train(server_round, ArrayRecord(), train_config or ConfigRecord(), grid))
             self._exchange(grid, messages)
             _, train_metrics = self.aggregate_train(server_round, self._last_replies)
+            if not self._trained:  # a run in which nothing trained must not go on to report success
+                rejected = metric_rows.rejected_reasons(self._log_rows, server_round, TRAIN)
+                raise RunStopped(nothing_trained(server_round, len(messages), rejected))
             log(INFO, "\t└──> train: %s", train_metrics)
             result.train_metrics_clientapp[server_round] = train_metrics
             messages = self.configure_evaluate(server_round, ArrayRecord(), evaluate_config or ConfigRecord(), grid)
@@ -387,19 +394,21 @@ class HeterogeneousStrategy(Strategy):
         if not new_nodes:
             return
         replies = grid.send_and_receive(query_messages(new_nodes), timeout=self.round_timeout)
-        for node, reason in register_replies(replies, self.clients, self.refuse).items():
+        refused = register_replies(replies, self.clients, self.refuse)
+        for node, reason in refused.items():
             self._failed_nodes[node] = reason
-            log(ERROR, "node %s failed to register: %s", node, reason)
+            log(ERROR, "%s", refusal_line(node, reason))
             self._log_rows.append(metric_rows.registration_failed_row(self.start_round, node, reason))
-        check_reachable(self.expected_clients, self._failed_nodes, self.min_clients)
+        grid.push_messages(refusal_messages(refused))  # the device shows the reason too; no reply is awaited
+        check_reachable(self.expected_clients, len(self.clients), self._failed_nodes, self.min_clients)
 
     def _online_clients(self, grid: Grid) -> list[str]:
         """Registered clients whose node is connected; waits (bounded) for ``min_clients`` of them."""
         deadline = time.monotonic() + self.node_wait_timeout
         while len(online := connected_clients(self.clients, grid.get_node_ids())) < self.min_clients:
-            check_reachable(self.expected_clients, self._failed_nodes, self.min_clients)
+            check_reachable(self.expected_clients, len(self.clients), self._failed_nodes, self.min_clients)
             if time.monotonic() >= deadline:
-                raise too_few_connected(len(online), self.min_clients, self.node_wait_timeout)
+                raise too_few_connected(len(online), self.min_clients, self.node_wait_timeout, self._failed_nodes)
             time.sleep(1.0)
             self._register_new_nodes(grid)
         return online

@@ -8,6 +8,7 @@ on with the others.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -104,3 +105,33 @@ def training_set_size(metrics: Mapping[str, float]) -> int:
     if not count >= 1:
         raise UpdateRejected(f"num-examples must be >= 1, got {count}")
     return int(count)
+
+
+# Flower's reason for an exception in a ClientApp: "<class 'ValueError'>:<'message'>"; under the Simulation Engine
+# the exception is wrapped in a ClientAppException whose message starts with a fixed preamble.
+_FLOWER_REASON = re.compile(r"^(?:node error: )?<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
+_SIMULATION_PREAMBLE = re.compile(r"^\s*Exception ClientAppException occurred\. Message: ", re.DOTALL)
+
+
+def error_line(reason: str) -> str:
+    """A rejection reason as one line: a ClientApp's exception as ``Type: message``, Flower's wrapping removed."""
+    match = _FLOWER_REASON.match(reason.strip())
+    if match is None:
+        return " ".join(reason.split())
+    name, message = match.groups()
+    if _SIMULATION_PREAMBLE.match(message):
+        return " ".join(_SIMULATION_PREAMBLE.sub("", message).split())
+    return f"{name}: {' '.join(message.split())}"
+
+
+def nothing_trained(server_round: int, sampled: int, rejected: Mapping[str, str]) -> str:
+    """Why a round that accepted no update stops the run, in one line: the one error every client failed with,
+    or each client's reason; a round in which nothing trained must not let the run report success."""
+    lines = {client_id: error_line(reason) for client_id, reason in sorted(rejected.items())}
+    if not lines:
+        return f"round {server_round}: none of the {sampled} sampled clients replied within server.round_timeout"
+    distinct = set(lines.values())
+    if len(distinct) == 1 and len(lines) == sampled:
+        return f"round {server_round}: every client failed with: {distinct.pop()} ({sampled} updates rejected)"
+    reasons = "; ".join(f"{client_id}: {line}" for client_id, line in lines.items())
+    return f"round {server_round}: no update was accepted ({len(lines)} of {sampled} rejected: {reasons})"

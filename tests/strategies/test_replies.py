@@ -12,6 +12,8 @@ from fedbrick_flower.records import ADAPTERS_KEY, CONFIG_KEY, METRICS_KEY, Updat
 from fedbrick_flower.strategies.replies import (
     ClientUpdate,
     attribute,
+    error_line,
+    nothing_trained,
     read_update,
     read_updates,
     reply_metrics,
@@ -149,3 +151,26 @@ def test_metrics_are_read_as_floats() -> None:
 @pytest.mark.parametrize("metrics, size", [({"num-examples": 7.0}, 7), ({"num-examples": 1.0, "other": 0.0}, 1)])
 def test_the_training_set_size_is_the_stated_count(metrics: dict[str, float], size: int) -> None:
     assert training_set_size(metrics) == size
+
+
+@pytest.mark.parametrize(
+    "reason, line",
+    [
+        (
+            "node error: <class 'ValueError'>:<'algorithm_params.probe: got 'bert''>",
+            "ValueError: algorithm_params.probe: got 'bert'",
+        ),
+        (
+            "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. "
+            "Message: algorithm_params.probe: got 'bert'\n'>",
+            "algorithm_params.probe: got 'bert'",
+        ),
+        ("tensor 'x' has shape (3, 4),\n expected (2, 4)", "tensor 'x' has shape (3, 4), expected (2, 4)"),
+    ],
+)
+def test_a_clientapp_error_reads_as_one_line_without_flowers_wrapping(reason: str, line: str) -> None:
+    assert error_line(reason) == line
+
+
+def test_a_round_where_no_client_replied_says_so_with_the_timeout_setting() -> None:
+    assert nothing_trained(2, 3, {}) == "round 2: none of the 3 sampled clients replied within server.round_timeout"
