@@ -14,7 +14,9 @@ from fedbrick_flower.strategies.registration import query_messages, refusal_mess
 
 
 def _grid(node_config: dict) -> InProcessGrid:
-    context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={"scenario": "smoke"})
+    context = Context(
+        run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={"scenario": "smoke"}
+    )
     return InProcessGrid({1: ClientAppNode(context, app)})
 
 

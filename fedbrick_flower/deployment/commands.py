@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import runtime
 from ..run_files import LOGS_DIR, SCENARIO_INPUT_FILE, print_summary
 from ..scenario import Scenario, ScenarioError, parse_overrides, parse_profile, read_yaml_mapping
-from .certs import CA_CERT, CertificateSet, make_certificates, node_names
+from .certs import CA_CERT, CertificateSet, key_fingerprint, make_certificates, node_names
 from .processes import (
     IN_MEMORY,
     SuperLinkSettings,
@@ -30,6 +30,7 @@ from .processes import (
     submit,
     supernode_command,
 )
+from .reach import wait_until_reachable
 
 DEPLOYMENT_FILE = "deployment.json"
 DEFAULT_FLEET_PORT = 9092
@@ -190,13 +191,23 @@ def add_client(commands: argparse._SubParsersAction) -> None:
 
 
 def client(args: argparse.Namespace) -> int:
-    """Replace this process with ``flower-supernode``: signals and the exit code are the SuperNode's own."""
+    """Replace this process with ``flower-supernode``: signals and the exit code are the SuperNode's own.
+
+    Before that, it waits until the server's Fleet API answers, printing each failed try with the address and
+    the cause (Flower's SuperNode names neither), and names its key's fingerprint, which the server prints for
+    every key it registered.
+    """
+    root_certificates = None if args.insecure else _root_certificate(args)
+    node_config = _node_config(args)
+    if args.key is not None:
+        print(f"this node's key: {args.key} ({_fingerprint(args.key)}); the server must have registered its .pub")
+    wait_until_reachable(args.superlink, root_certificates)
     command = supernode_command(
         args.superlink,
-        _node_config(args),
+        node_config,
         port=args.port,
         host=args.host,
-        root_certificates=None if args.insecure else _root_certificate(args),
+        root_certificates=root_certificates,
         private_key=args.key,
         heartbeat=args.heartbeat,
     )
@@ -206,6 +217,15 @@ def client(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     os.execvpe(command[0], command, env)
     return 0  # not reached
+
+
+def _fingerprint(key: Path) -> str:
+    try:
+        return key_fingerprint(key)
+    except (OSError, ValueError, IndexError) as error:
+        raise RuntimeError(
+            f"--key: {key} is not a SuperNode private key from `fedbrick-flower certs`: {error}"
+        ) from None
 
 
 def _node_config(args: argparse.Namespace) -> dict[str, str]:
