@@ -18,6 +18,7 @@ from .runconfig import OUT_DIR_KEY, RESUME_KEY, SCENARIO_KEY, scenario_overrides
 from .scenario import Scenario
 from .strategies.base import RoundCallback
 from .strategies.build import build_strategy
+from .strategies.registration import RunStoppedError
 
 app = ServerApp()
 logger = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def main(grid: Grid, context: Context) -> None:
         logger.info("resuming %s after round %d", run_dir, recorder.resume(strategy))
     try:
         strategy.start(grid, num_rounds=scenario.rounds, timeout=scenario.server.round_timeout)
+    except RunStoppedError:
+        raise  # a one-line reason: Flower logs it (to server.log too), the command prints it once, no traceback
     except Exception:
         logger.exception("the run stopped")  # the cause reaches RUN_DIR/logs/server.log, not only the terminal
         raise

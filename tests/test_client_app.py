@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, RecordDict
 
+from fedbrick_flower import client_app
 from fedbrick_flower.client_app import app
-from fedbrick_flower.inprocess import ClientAppNode, InProcessGrid
-from fedbrick_flower.strategies.registration import query_messages, refusal_messages
+from fedbrick_flower.inprocess import ClientAppNode, InProcessGrid, run_in_process
+from fedbrick_flower.scenario import load_scenario
+from fedbrick_flower.strategies.registration import RunStoppedError, query_messages, refusal_messages
 
 
 def _grid(node_config: dict) -> InProcessGrid:
@@ -48,3 +50,30 @@ def test_a_device_the_server_refused_prints_the_reason_on_its_console(capsys: py
         "fedbrick-flower: the server refused this device: client bert-full refused: labels ['weather'] are not of "
         "task 'ag_news'\n"
     )
+
+
+def test_a_run_whose_every_client_fails_in_training_stops_with_that_error_before_round_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the real strategy and ClientApp; every client's train handler raises the same error
+    scenario = load_scenario("smoke", {"rounds": 3, "server.evaluate_global": False})
+
+    class Broken:
+        def __init__(self, *_: object) -> None:
+            pass
+
+        def train(self, *_: object) -> None:
+            raise ValueError("algorithm_params.probe: the probe must be a decoder of ['llama', 'qwen2'], got 'bert'")
+
+    monkeypatch.setattr(client_app, "_algorithm", lambda *_: Broken())
+
+    # Execute
+    with pytest.raises(RunStoppedError) as error:
+        run_in_process(scenario, tmp_path, "broken")
+
+    # Assert: one line with the clients' own error; no round was recorded, so no summary claims success
+    assert str(error.value) == (
+        "round 1: every client failed with: ValueError: algorithm_params.probe: the probe must be a decoder of "
+        "['llama', 'qwen2'], got 'bert' (3 updates rejected)"
+    )
+    assert not (tmp_path / "broken" / "summary.json").exists()

@@ -34,7 +34,7 @@ from ..records import content_bytes, to_array_record
 from . import metric_rows
 from .aggregation import Contribution, Robustness, random_layer_subset, sample_clients
 from .registration import (
-    RunStopped,
+    RunStoppedError,
     check_reachable,
     connected_clients,
     query_messages,
@@ -351,7 +351,7 @@ class HeterogeneousStrategy(Strategy):
             _, train_metrics = self.aggregate_train(server_round, self._last_replies)
             if not self._trained:  # a run in which nothing trained must not go on to report success
                 rejected = metric_rows.rejected_reasons(self._log_rows, server_round, TRAIN)
-                raise RunStopped(nothing_trained(server_round, len(messages), rejected))
+                raise RunStoppedError(nothing_trained(server_round, len(messages), rejected))
             log(INFO, "\t└──> train: %s", train_metrics)
             result.train_metrics_clientapp[server_round] = train_metrics
             messages = self.configure_evaluate(server_round, ArrayRecord(), evaluate_config or ConfigRecord(), grid)

@@ -76,7 +76,7 @@ def connected_clients(clients: Mapping[str, ClientInfo], node_ids: Iterable[int]
     return [cid for cid, info in clients.items() if info.node_id in nodes]
 
 
-class RunStopped(RuntimeError):
+class RunStoppedError(RuntimeError):
     """A run that cannot go on, with its reason in one line: what the user did, not a fault of the code, so it is
     reported without a traceback."""
 
@@ -92,17 +92,17 @@ def check_reachable(expected_clients: int | None, registered: int, failed: Mappi
         return
     if expected_clients - len(failed) < min_clients:
         reasons = "; ".join(failed.values())
-        raise RunStopped(
+        raise RunStoppedError(
             f"{reasons} ({len(failed)} of {expected_clients} clients failed to register, "
             f"{min_clients} are required; server.min_clients)"
         )
 
 
-def too_few_connected(connected: int, min_clients: int, timeout: float, failed: Mapping[int, str]) -> RunStopped:
+def too_few_connected(connected: int, min_clients: int, timeout: float, failed: Mapping[int, str]) -> RunStoppedError:
     """The error that ends a run whose clients did not connect within ``server.node_wait_timeout``, with the
     reasons of the nodes that came and were refused."""
     refused = f"; refused: {'; '.join(failed.values())}" if failed else ""
-    return RunStopped(
+    return RunStoppedError(
         f"only {connected} of the required {min_clients} clients connected within "
         f"{timeout:.0f}s (server.node_wait_timeout); stopping the run{refused}"
     )

@@ -13,7 +13,7 @@ from fedbrick_flower.records import CONFIG_KEY, REASON_KEY, REFUSED_TYPE
 from fedbrick_flower.strategies.aggregation import Robustness, ShapeMismatch
 from fedbrick_flower.strategies.base import RoundCallback
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
-from fedbrick_flower.strategies.registration import RunStopped
+from fedbrick_flower.strategies.registration import RunStoppedError
 
 from .loopback import client_info, failing_node, training_node
 
@@ -126,7 +126,7 @@ def test_a_refused_node_is_told_why_and_the_server_waits_for_the_clients_still_t
     strategy.node_wait_timeout = 1.5
 
     # Execute
-    with pytest.raises(RunStopped) as error:
+    with pytest.raises(RunStoppedError) as error:
         strategy.start(grid, num_rounds=1)
 
     # Assert: it waited out the timeout (not stopped at the refusal), then named the refusal in the one line
@@ -285,7 +285,7 @@ def test_a_round_in_which_every_client_fails_alike_stops_the_run_with_that_error
     strategy.callbacks = [_Collect(seen)]
 
     # Execute
-    with pytest.raises(RunStopped) as error:
+    with pytest.raises(RunStoppedError) as error:
         strategy.start(grid, num_rounds=3)
 
     # Assert
@@ -305,7 +305,7 @@ def test_a_round_with_no_accepted_update_names_each_clients_reason() -> None:
     strategy, grid = _prepare(nodes)
 
     # Execute
-    with pytest.raises(RunStopped) as error:
+    with pytest.raises(RunStoppedError) as error:
         strategy.start(grid, num_rounds=2)
 
     # Assert
