@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -178,7 +179,10 @@ def add_client(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (10..1800; Flower's is 30)")
     parser.add_argument(
-        "--home", type=Path, help="Flower's working folder for this node (default: ~/.fedbrick-flower/supernode-PORT)"
+        "--home",
+        type=Path,
+        help="Flower's working folder for this node (default: a fresh folder in the system's temporary directory, "
+        "which leaves nothing in your home folder)",
     )
     parser.add_argument(
         "--state-dir",
@@ -211,7 +215,8 @@ def client(args: argparse.Namespace) -> int:
         private_key=args.key,
         heartbeat=args.heartbeat,
     )
-    home = args.home or Path.home() / ".fedbrick-flower" / f"supernode-{args.port}"
+    # Flower keeps only the run's app there: a temporary folder by default, so nothing is left in the home folder.
+    home = args.home or Path(tempfile.mkdtemp(prefix=f"fedbrick-supernode-{args.port}-"))
     home.mkdir(parents=True, exist_ok=True)
     env = runtime.flower_env(home.resolve())
     sys.stdout.flush()
