@@ -44,7 +44,7 @@ from .registration import (
     too_few_connected,
     unknown_nodes,
 )
-from .replies import ClientUpdate, attribute, nothing_trained, read_updates, reply_metrics
+from .replies import ClientUpdate, attribute, node_error, nothing_trained, read_updates, reply_metrics
 from .screening import screen_updates
 from .transport import exchange, round_message
 
@@ -294,7 +294,7 @@ class HeterogeneousStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         for reply, client in attribute(replies, self._sent, self.clients):
             if reply.has_error():
-                self._reject(server_round, client, "evaluate", f"node error: {reply.error.reason}")
+                self._reject(server_round, client, "evaluate", node_error(reply))
                 continue
             bytes_down = self._bytes_down.get((client.client_id, "evaluate"))
             row = metric_rows.evaluation_row(

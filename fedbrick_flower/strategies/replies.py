@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 
 from ..client_info import ClientInfo
 from ..records import ADAPTERS_KEY, METRICS_KEY, UpdateRejected, from_array_record, validate_update
@@ -84,7 +85,7 @@ def read_update(reply: Message, client: ClientInfo, expected: Expectation, max_b
         :func:`~fedbrick_flower.records.validate_update`) or no training-set size.
     """
     if reply.has_error():
-        raise UpdateRejected(f"node error: {reply.error.reason}")
+        raise UpdateRejected(node_error(reply))
     try:
         arrays = from_array_record(reply.content[ADAPTERS_KEY])
         validate_update(arrays, expected(client), max_bytes)
@@ -95,6 +96,23 @@ def read_update(reply: Message, client: ClientInfo, expected: Expectation, max_b
     except (KeyError, TypeError, ValueError) as error:
         raise UpdateRejected(str(error)) from error
     return ClientUpdate(client, arrays, num_examples, metrics)
+
+
+NODE_OFFLINE = (
+    "node error: the device went offline before replying (its SuperNode was stopped, or lost its link to the SuperLink)"
+)
+
+
+def node_error(reply: Message) -> str:
+    """Why a reply is an error, as the reason of its rejection.
+
+    Flower answers for a node that left with "failed to report a heartbeat", also for one stopped cleanly
+    (SIGTERM) that said goodbye; that reads as a fault of a device that did nothing wrong, so both are said as
+    what is known: the device went offline.
+    """
+    if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+        return NODE_OFFLINE
+    return f"node error: {reply.error.reason}"
 
 
 def training_set_size(metrics: Mapping[str, float]) -> int:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 
 from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.inprocess import InProcessGrid, Node
 from fedbrick_flower.records import ADAPTERS_KEY, CONFIG_KEY, METRICS_KEY, UpdateRejected, json_config
 from fedbrick_flower.strategies.replies import (
+    NODE_OFFLINE,
     ClientUpdate,
     attribute,
     error_line,
+    node_error,
     nothing_trained,
     read_update,
     read_updates,
@@ -174,3 +177,17 @@ def test_a_clientapp_error_reads_as_one_line_without_flowers_wrapping(reason: st
 
 def test_a_round_where_no_client_replied_says_so_with_the_timeout_setting() -> None:
     assert nothing_trained(2, 3, {}) == "round 2: none of the 3 sampled clients replied within server.round_timeout"
+
+
+def test_a_node_that_went_offline_is_not_said_to_have_failed_its_heartbeat() -> None:
+    # Prepare: the error reply a SuperLink writes for a node that left (also one stopped by SIGTERM)
+    message = Message(RecordDict(), dst_node_id=3, message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_message_id"] = "m1"
+    reason = "Error: Node Unavailable — The destination node failed to report a heartbeat within 2 × its interval."
+    reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=message)
+
+    # Execute
+    said = node_error(reply)
+
+    # Assert
+    assert said == NODE_OFFLINE and "heartbeat" not in said
