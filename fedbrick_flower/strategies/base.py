@@ -80,8 +80,10 @@ class HeterogeneousStrategy(Strategy):
     min_clients : int (default: 1)
         Minimum number of connected, registered clients before a round starts.
     expected_clients : int, optional
-        How many clients the scenario declares. When so many fail to register that ``min_clients`` can no
-        longer be reached, the run stops at once with their reasons instead of waiting out the timeout.
+        How many clients the scenario declares. Once every one of them has answered and so many failed to
+        register that ``min_clients`` can no longer be reached, the run stops at once with their reasons instead
+        of waiting out the timeout (while some have not answered, a device may still come, or come back
+        corrected).
     node_wait_timeout : float (default: 120.0)
         Seconds to wait for ``min_clients`` nodes before failing the run with a clear error (never hang).
     round_timeout : float (default: 3600.0)
@@ -387,8 +389,9 @@ class HeterogeneousStrategy(Strategy):
     def _register_new_nodes(self, grid: Grid) -> None:
         """Ask every connected node we do not know yet for its profile (a node that rejoins has a new id).
 
-        A node that answers with an error is asked no more: its reason is logged once and kept, and the run
-        stops at once if the remaining clients cannot reach ``min_clients``.
+        A node that answers with an error, or that :meth:`refuse` turns down, is asked no more: its reason is
+        logged once under its client id, kept, and sent to the device; the run stops at once when every
+        expected client has answered and too few remain to reach ``min_clients``.
         """
         new_nodes = unknown_nodes(grid.get_node_ids(), self.clients, self._failed_nodes)
         if not new_nodes:
