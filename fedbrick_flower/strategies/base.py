@@ -353,7 +353,10 @@ class HeterogeneousStrategy(Strategy):
             _, train_metrics = self.aggregate_train(server_round, self._last_replies)
             if not self._trained:  # a run in which nothing trained must not go on to report success
                 rejected = metric_rows.rejected_reasons(self._log_rows, server_round, TRAIN)
-                raise RunStoppedError(nothing_trained(server_round, len(messages), rejected))
+                reason = nothing_trained(server_round, len(messages), rejected)
+                if reason is not None:
+                    raise RunStoppedError(reason)
+                log(WARNING, "round %d: every sampled device went offline; waiting for them", server_round)
             log(INFO, "\t└──> train: %s", train_metrics)
             result.train_metrics_clientapp[server_round] = train_metrics
             messages = self.configure_evaluate(server_round, ArrayRecord(), evaluate_config or ConfigRecord(), grid)

@@ -142,9 +142,15 @@ def error_line(reason: str) -> str:
     return f"{name}: {' '.join(message.split())}"
 
 
-def nothing_trained(server_round: int, sampled: int, rejected: Mapping[str, str]) -> str:
+def nothing_trained(server_round: int, sampled: int, rejected: Mapping[str, str]) -> str | None:
     """Why a round that accepted no update stops the run, in one line: the one error every client failed with,
-    or each client's reason; a round in which nothing trained must not let the run report success."""
+    or each client's reason; a round in which nothing trained must not let the run report success.
+
+    None when every sampled device went offline (stopped, or lost): that says nothing against the next round,
+    which waits for devices to come back (``server.node_wait_timeout``).
+    """
+    if rejected and set(rejected.values()) == {NODE_OFFLINE} and len(rejected) == sampled:
+        return None
     lines = {client_id: error_line(reason) for client_id, reason in sorted(rejected.items())}
     if not lines:
         return f"round {server_round}: none of the {sampled} sampled clients replied within server.round_timeout"

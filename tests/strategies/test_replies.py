@@ -191,3 +191,13 @@ def test_a_node_that_went_offline_is_not_said_to_have_failed_its_heartbeat() -> 
 
     # Assert
     assert said == NODE_OFFLINE and "heartbeat" not in said
+
+
+def test_a_round_whose_every_device_went_offline_does_not_stop_the_run_but_one_that_failed_does() -> None:
+    # Execute
+    all_offline = nothing_trained(2, 2, {"a": NODE_OFFLINE, "b": NODE_OFFLINE})
+    one_failed = nothing_trained(2, 2, {"a": NODE_OFFLINE, "b": "node error: <class 'KeyError'>:<'x'>"})
+
+    # Assert
+    assert all_offline is None
+    assert one_failed is not None and one_failed.startswith("round 2: no update was accepted (2 of 2 rejected: a: ")
