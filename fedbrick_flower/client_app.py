@@ -6,9 +6,11 @@ when it has one), so nothing an algorithm keeps depends on the process living on
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -21,6 +23,7 @@ from .records import (
     CONFIG_KEY,
     METRICS_KEY,
     PROFILE_KEY,
+    REASON_KEY,
     STATE_SCOPE_KEY,
     decode_config,
     from_array_record,
@@ -68,14 +71,39 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({CONFIG_KEY: ConfigRecord({PROFILE_KEY: profile})}), reply_to=msg)
 
 
+@app.query("refused")
+def refused(msg: Message, context: Context) -> Message:
+    """The server turned this device down: say why where the device's owner looks (its console)."""
+    reason = msg.content[CONFIG_KEY][REASON_KEY]
+    print(f"fedbrick-flower: the server refused this device: {reason}", file=sys.stderr, flush=True)
+    return Message(RecordDict(), reply_to=msg)
+
+
 def _client_name(context: Context) -> str:
-    """The logical client id, or what the node config says when the profile itself is what failed."""
+    """The logical client id, or what the node config says when the profile itself is what failed.
+
+    A profile file is named by the ``id`` it declares, never by its path: the path is the device's own business.
+    """
     try:
         return _session(context).profile.id
     except Exception:  # noqa: BLE001 - fall back to the node config
         node = context.node_config
-        key = next((k for k in ("client-id", "profile", "partition-id") if k in node), None)
-        return f"{node[key]} ({key})" if key else f"on node {context.node_id}"
+        if "client-id" in node:
+            return str(node["client-id"])
+        if "profile" in node:
+            return _declared_id(Path(str(node["profile"])))
+        if "partition-id" in node:
+            return f"{node['partition-id']} (partition-id)"
+        return f"on node {context.node_id}"
+
+
+def _declared_id(path: Path) -> str:
+    """The ``id`` a profile file declares, read without checking the rest (which is what failed)."""
+    try:
+        declared = yaml.safe_load(path.read_text()).get("id")
+    except Exception:  # noqa: BLE001 - an unreadable profile is named as such, still without its path
+        declared = None
+    return str(declared) if declared else "with an unreadable profile (no id)"
 
 
 @app.train()

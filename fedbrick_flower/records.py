@@ -20,6 +20,8 @@ CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 JSON_KEYS = "json-keys"
 PROFILE_KEY = "profile"  # the query reply's JSON profile (see ``client_info.ClientInfo``)
+REFUSED_TYPE = "query.refused"  # message type that tells a device why the server turned it down
+REASON_KEY = "reason"  # config of a ``query.refused`` message: the reason the server console shows
 STATE_SCOPE_KEY = "state-scope"  # the run a client's durable state belongs to
 # Metric names of the evaluation a client runs inside its train message (one ClientApp start per round).
 EVAL_PREFIX = "eval-"

@@ -52,8 +52,12 @@ ROUND_COLUMNS = (
     "bytes_up",
     "bytes_down",
     "adapter_bytes",
+    "eval_bytes_up",
+    "eval_bytes_down",
+    "total_bytes",
     "rejected",
 )
+EVALUATE_MESSAGE = "evaluate-message"  # the ``source`` of an evaluate row that had a message of its own
 CLIENT_COLUMNS = (
     "client",
     "layers",
@@ -89,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"run directory: {args.run_dir}\n")
     print("per round (means over clients; bytes per client):")
     print(format_table(entries, [*columns, *(c.name for c in shown)], {c.name: c.digits for c in shown}))
-    for note in download_notes(rounds):
+    for note in [*download_notes(rounds), *rejected_notes(rounds)]:
         print(note)
     last_round = max(r["round"] for r in rows if "round" in r)
     print(f"\nper client, round {last_round}:")
@@ -145,6 +149,7 @@ def round_table(rows: Iterable[dict], columns: Sequence[TableColumn] = ()) -> li
     for server_round in sorted(by_round):
         phases = by_phase(by_round[server_round])
         train, server = phases[TRAIN], phases[SERVER_EVAL]
+        evaluated = evaluate_messages(phases[EVALUATE])
         global_accuracy = {f"{r['model']}/{r['task']}": r["accuracy"] for r in server}
         table.append(
             {
@@ -159,11 +164,34 @@ def round_table(rows: Iterable[dict], columns: Sequence[TableColumn] = ()) -> li
                 "bytes_up": mean_of(r.get("bytes_up") for r in train),
                 "bytes_down": mean_of(r.get("bytes_down") for r in train),
                 "adapter_bytes": mean_of(r.get("adapter_bytes") for r in train),
+                "eval_bytes_up": mean_of(r.get("bytes_up") for r in evaluated),
+                "eval_bytes_down": mean_of(r.get("bytes_down") for r in evaluated),
+                "total_bytes": message_bytes([*train, *evaluated]),
                 "rejected": len(phases[REJECTED]),
                 **{name: values.get(server_round) for name, values in declared.items()},
             }
         )
     return table
+
+
+def evaluate_messages(evaluations: Iterable[dict]) -> list[dict]:
+    """The evaluate rows of clients that got an evaluate message of their own (they did not train that round);
+    an evaluation inside a train message costs no bytes of its own."""
+    return [r for r in evaluations if r.get("source") == EVALUATE_MESSAGE]
+
+
+def message_bytes(rows: Iterable[dict]) -> int | None:
+    """Every byte the rows' messages carried, both ways (None: no row states any)."""
+    counted = [r.get(key) for r in rows for key in ("bytes_up", "bytes_down") if r.get(key) is not None]
+    return sum(counted) if counted else None
+
+
+def rejected_notes(rounds: Sequence[dict[str, Any]]) -> list[str]:
+    """One line naming the rounds in which an update was rejected (empty when none was)."""
+    marked = [f"{entry['round']} ({entry['rejected']})" for entry in rounds if entry["rejected"]]
+    if not marked:
+        return []
+    return [f"rounds with rejected updates (count): {', '.join(marked)}; reasons in metrics.jsonl, phase 'rejected'"]
 
 
 def client_table(rows: Iterable[dict], server_round: int) -> list[dict[str, Any]]:
@@ -184,6 +212,7 @@ def client_table(rows: Iterable[dict], server_round: int) -> list[dict[str, Any]
     """
     train: dict[str, dict] = {}
     accuracy: dict[str, float] = {}
+    evaluated: dict[str, dict] = {}  # clients that only evaluated: their own message's bytes
     for row in rows:
         if row.get("round") != server_round:
             continue
@@ -191,9 +220,11 @@ def client_table(rows: Iterable[dict], server_round: int) -> list[dict[str, Any]
             train[row["client"]] = row
         elif row["phase"] == EVALUATE:
             accuracy[row["client"]] = row["accuracy"]
+            if row.get("source") == EVALUATE_MESSAGE:
+                evaluated[row["client"]] = row
     table = []
     for client in sorted(train.keys() | accuracy.keys()):
-        row = train.get(client, {})
+        row = train.get(client) or evaluated.get(client, {})
         table.append(
             {
                 "client": client,
@@ -317,25 +348,38 @@ def _draw_accuracy(axes: Any, rows: Sequence[dict]) -> None:
     for (key, key_rows), marker in zip(sorted(group(server, "model", "task").items()), "sD^vP*X", strict=False):
         points = sorted((r["round"], r["accuracy"]) for r in key_rows)
         axes.plot(*zip(*points, strict=True), "k--", marker=marker, linewidth=2, label=f"global {'/'.join(key)}")
+    _mark_rejected(axes, round_table(rows))
     axes.set_ylabel("accuracy")
     axes.set_ylim(0, 1)
     axes.set_title("Accuracy per client (own test split) and global (server test split)")
 
 
 def _draw_bytes(axes: Any, rows: Sequence[dict]) -> None:
-    table = [entry for entry in round_table(rows) if entry["bytes_up"] is not None]
+    rounds_table = round_table(rows)
+    table = [entry for entry in rounds_table if entry["bytes_up"] is not None or entry["eval_bytes_up"] is not None]
     rounds = [entry["round"] for entry in table]
     for column, label, style in (
         ("bytes_up", "up (client → server)", "o-"),
         ("bytes_down", "down (server → client)", "v-"),
         ("adapter_bytes", "raw adapter tensors (up)", ":"),
+        ("eval_bytes_up", "evaluate message, up", "s--"),
+        ("eval_bytes_down", "evaluate message, down", "^--"),
     ):
         values = [entry[column] for entry in table]
         if any(v is not None for v in values):
             axes.plot(rounds, [v / 1024 if v is not None else None for v in values], style, label=label)
+    _mark_rejected(axes, rounds_table)
     axes.set_ylabel("KiB per client (mean)")
     axes.set_ylim(bottom=0)
     axes.set_title("Message bytes per client and round")
+
+
+def _mark_rejected(axes: Any, rounds: Sequence[dict[str, Any]]) -> None:
+    """A dotted red line at every round in which an update was rejected (labelled once)."""
+    for index, entry in enumerate(e for e in rounds if e["rejected"]):
+        axes.axvline(
+            entry["round"], color="red", linestyle=":", label="round with rejected updates" if not index else None
+        )
 
 
 # ------------------------------------------------------------------------------------------------ declared plots

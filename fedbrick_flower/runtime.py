@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,7 @@ def run_config_arg(values: Mapping[str, Any]) -> str:
 
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")  # what `flwr run` prints once the run exists
 FAILED_STATUSES = ("finished:failed", "finished:stopped")
+TRACEBACK = "Traceback (most recent call last):"
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*$", re.MULTILINE)
 
 
@@ -208,7 +209,7 @@ def flwr_run(connection: str, run_config: Mapping[str, Any], env: Mapping[str, s
     run_id = None
     process = subprocess.Popen(command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for line in process.stdout or ():
+        for line in without_tracebacks(process.stdout or ()):
             sys.stdout.write(line)
             sys.stdout.flush()
             started = RUN_STARTED.search(line)
@@ -218,6 +219,22 @@ def flwr_run(connection: str, run_config: Mapping[str, Any], env: Mapping[str, s
         if process.poll() is None:  # interrupted (a signal): `flwr run` goes with this command
             process.kill()
             process.wait()
+
+
+def without_tracebacks(lines: Iterable[str]) -> Iterator[str]:
+    """The streamed log without Python tracebacks (from ``Traceback`` to the exception line, inclusive).
+
+    A ServerApp that stops prints its reason in the command's own last line (:func:`wait_for_run`); the
+    traceback, with the reason once more, stays in ``RUN_DIR/logs/server.log``.
+    """
+    inside = False
+    for line in lines:
+        if TRACEBACK in line:
+            inside = True
+        elif not inside:
+            yield line
+        elif _EXCEPTION_LINE.match(line.strip()):
+            inside = False
 
 
 class RunNeverStarted(RuntimeError):
@@ -239,6 +256,11 @@ def last_exception(log: Path) -> str | None:
     text = log.read_text(errors="replace") if log.is_file() else ""
     lines = _EXCEPTION_LINE.findall(text)
     return lines[-1].strip() if lines else None
+
+
+def _message_of(exception_line: str) -> str:
+    """``module.Type: message`` -> ``message``."""
+    return exception_line.partition(": ")[2] or exception_line
 
 
 def failure_cause(server_log: Path, flower_log: Path) -> str:
@@ -277,7 +299,9 @@ def wait_for_run(
         if status in FAILED_STATUSES:
             wrote = server_log.is_file() and server_log.stat().st_mtime >= submitted_at
             error = RuntimeError if wrote else RunNeverStarted
-            cause = f"{failure_cause(server_log, log_file)} (Flower: {details or 'no details'})"
+            cause = failure_cause(server_log, log_file)
+            if _message_of(cause) not in details:  # Flower's details repeat the exception's message: said once
+                cause += f" (Flower: {details or 'no details'})"
             raise error(f"the ServerApp {status.split(':')[1]}: {cause}; see {server_log}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the run ended without writing {summary}; see {log_file}")

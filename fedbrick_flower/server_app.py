@@ -19,6 +19,7 @@ from .runconfig import OUT_DIR_KEY, RESUME_KEY, SCENARIO_KEY, scenario_overrides
 from .scenario import Scenario
 from .strategies.base import RoundCallback
 from .strategies.build import build_strategy
+from .strategies.registration import RunStoppedError
 
 app = ServerApp()
 logger = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def main(grid: Grid, context: Context) -> None:
             plateau.prime(recorder.rows)  # the plateau rule continues from the rounds already run
     try:
         strategy.start(grid, num_rounds=scenario.rounds, timeout=scenario.server.round_timeout)
+    except RunStoppedError:
+        raise  # a one-line reason: Flower logs it (to server.log too), the command prints it once, no traceback
     except Exception:
         logger.exception("the run stopped")  # the cause reaches RUN_DIR/logs/server.log, not only the terminal
         raise

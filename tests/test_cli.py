@@ -165,10 +165,13 @@ def test_run_with_a_broken_scenario_stops_before_any_process(tmp_path: Path) -> 
 
 
 def test_client_imports_no_torch_up_to_starting_the_supernode(tmp_path: Path) -> None:
-    # Prepare: stop where the command would become flower-supernode
+    # Prepare: stop where the command would become flower-supernode (the server counted as reachable)
     argv = ["client", "--superlink", "127.0.0.1:9092", "--profile", "deploy/profiles/edge-2layer.yaml", "--insecure",
             "--home", str(tmp_path / "home"), "--state-dir", str(tmp_path / "state")]  # fmt: skip
-    code = f"import os\nos.execvpe = lambda *a: None\nfrom fedbrick_flower.cli import main\nmain({argv!r})"
+    code = (
+        "import os\nos.execvpe = lambda *a: None\nfrom fedbrick_flower.deployment import reach\n"
+        f"reach.diagnose = lambda *a: None\nfrom fedbrick_flower.cli import main\nmain({argv!r})"
+    )
 
     # Execute
     loaded = heavy_imports_after(code)

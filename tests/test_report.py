@@ -209,3 +209,25 @@ def test_a_near_empty_first_download_is_explained() -> None:
         "round's instructions and little else; from round 2 on a client downloads 101.0 KiB per round on average"
     ]
     assert download_notes([{**r, "bytes_down": 100 * 1024} for r in rounds]) == []
+
+
+def test_a_round_where_a_client_only_evaluated_counts_its_evaluate_bytes_and_is_marked_when_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: round 2: bob's update was rejected... and carol only evaluated, in a message of her own
+    only_evaluated = _evaluate(2, "carol", 0.5) | {"source": "evaluate-message", "bytes_up": 300, "bytes_down": 208163}
+    inside_train = _evaluate(2, "alice", 0.6) | {"source": "train-message", "bytes_up": 0, "bytes_down": 0}
+    rows = [*ROWS, only_evaluated, inside_train]
+    run_dir = _write_run(tmp_path / "run", rows)
+
+    # Execute
+    second = round_table(rows)[1]
+    carol = next(entry for entry in client_table(rows, 2) if entry["client"] == "carol")
+    main(argparse.Namespace(run_dir=run_dir))
+
+    # Assert
+    assert second["eval_bytes_down"] == 208163 and second["eval_bytes_up"] == 300
+    assert second["total_bytes"] == 1100 + 1000 + 300 + 208163  # alice's train message both ways, carol's evaluate
+    assert carol["bytes_down"] == 208163
+    output = capsys.readouterr().out
+    assert "rounds with rejected updates (count): 2 (1); reasons in metrics.jsonl, phase 'rejected'" in output

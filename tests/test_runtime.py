@@ -98,9 +98,13 @@ def test_failure_cause_is_the_last_exception_line_of_the_server_log(tmp_path: Pa
     assert nothing.startswith("no exception recorded in ")
 
 
-def _wait_for_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, submitted_at: float) -> tuple[str, type]:
+def _wait_for_failed_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    submitted_at: float,
+    details: str = "Task failed because the run expired",
+) -> tuple[str, type]:
     superlink = runtime.start([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "l.log", os.environ)
-    details = "Task failed because the run expired"
     monkeypatch.setattr(runtime, "run_status", lambda connection, run_id, env: ("finished:failed", details))
     try:
         runtime.wait_for_run(
@@ -200,3 +204,38 @@ def test_flwr_run_echoes_the_stream_and_returns_the_run_id(
     # Assert
     assert (code, run_id) == (3, 4242)
     assert "Successfully started run 4242" in capsys.readouterr().out
+
+
+def test_a_stopped_run_states_its_reason_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: the ServerApp stopped for too few clients; Flower's details repeat the exception's message
+    reason = "only 0 of the required 2 clients connected within 20s (server.node_wait_timeout); stopping the run"
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "server.log").write_text(f"Traceback (most recent call last):\nRunStoppedError: {reason}\n")
+
+    # Execute
+    message, _ = _wait_for_failed_run(
+        tmp_path, monkeypatch, time.time() - 5, details=f"ServerApp failed with exception: {reason}"
+    )
+
+    # Assert
+    assert message.startswith(f"the ServerApp failed: RunStoppedError: {reason}; see ")
+    assert message.count("node_wait_timeout") == 1
+
+
+def test_the_streamed_log_leaves_tracebacks_out_and_keeps_the_rest() -> None:
+    # Prepare
+    lines = [
+        "INFO :      [ROUND 1/3]\n",
+        "ERROR :     ServerApp raised an exception\n",
+        "Traceback (most recent call last):\n",
+        '  File "x.py", line 1, in <module>\n',
+        "    strategy.start(grid)\n",
+        "fedbrick_flower.strategies.registration.RunStoppedError: only 0 of the required 2 clients connected\n",
+        "INFO :      the end\n",
+    ]
+
+    # Execute
+    kept = list(runtime.without_tracebacks(lines))
+
+    # Assert
+    assert kept == [lines[0], lines[1], lines[6]]

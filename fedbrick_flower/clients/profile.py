@@ -51,11 +51,12 @@ def resolve_profile(scenario: Scenario, node_config: dict[str, Any]) -> ClientPr
         path = Path(str(node_config["profile"]))
         if not path.is_file():
             raise ScenarioError(f"node_config.profile: file {str(path)!r} does not exist")
-        profile = _anchored(parse_profile(yaml.safe_load(path.read_text()), where=f"profile {path}"), path.parent)
+        # Errors name the profile by its id, never by its path: they reach the server, the path is the device's.
+        profile = _anchored(parse_profile(yaml.safe_load(path.read_text()), where="profile"), path.parent)
         scenario_models, scenario_tasks = scenario.models, scenario.tasks
         if profile.model not in scenario_models or profile.task not in scenario_tasks:
             raise ScenarioError(
-                f"profile {path}: model {profile.model!r} / task {profile.task!r} must be among the scenario's "
+                f"profile {profile.id}: model {profile.model!r} / task {profile.task!r} must be among the scenario's "
                 f"models {sorted(scenario_models)} and tasks {sorted(scenario_tasks)}"
             )
         return profile

@@ -118,7 +118,9 @@ def encode_examples(
         empty = torch.zeros((0, 0), dtype=torch.long)
         return EncodedExamples(input_ids=empty, attention_mask=empty.clone(), labels=torch.zeros(0, dtype=torch.long))
     pairs = list(text_pairs) if text_pairs is not None else None
-    lengths = [len(ids) for ids in tokenizer(list(texts), pairs, truncation=False)["input_ids"]]
+    # Measured untruncated on purpose (overlong examples are reported below): verbose=False keeps transformers from
+    # warning that a sequence exceeds the model's maximum length, which ``max_length`` then truncates anyway.
+    lengths = [len(ids) for ids in tokenizer(list(texts), pairs, truncation=False, verbose=False)["input_ids"]]
     fit = fit_lengths(lengths, max_length, overlong)
     report_overlong(fit, max_length, what, origins)
     kept_texts = [texts[i] for i in fit.keep]

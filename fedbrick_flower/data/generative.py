@@ -56,7 +56,8 @@ def end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # verbose=False: the pair is fitted to max_length afterwards, so transformers' over-length warning misleads
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def fit_pairs(

@@ -14,6 +14,8 @@ certificates and public keys are then opened to 0644; private keys stay 0600.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import subprocess
 from collections.abc import Sequence
@@ -126,6 +128,20 @@ def make_certificates(
     for public in [*certs.public_dir.glob("*.key.pub"), certs.server_cert, certs.ca_cert]:
         public.chmod(0o644)
     return certs
+
+
+def key_fingerprint(key: Path) -> str:
+    """The SHA256 fingerprint of a SuperNode key pair, as ``ssh-keygen -l`` prints it, from either half (the
+    device's private ``.key`` or the ``.key.pub`` the server registers): equal fingerprints, the same key."""
+    if key.name.endswith(".pub"):
+        blob = base64.b64decode(key.read_text().split()[1])
+    else:
+        from cryptography.hazmat.primitives import serialization
+
+        private = serialization.load_ssh_private_key(key.read_bytes(), password=None)
+        line = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        blob = base64.b64decode(line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def _server_certificate(certs: CertificateSet, sans: str) -> None:

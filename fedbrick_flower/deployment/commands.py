@@ -14,13 +14,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from .. import runtime
 from ..run_files import LOGS_DIR, SCENARIO_INPUT_FILE, print_summary
 from ..scenario import Scenario, ScenarioError, parse_overrides, parse_profile, read_yaml_mapping
-from .certs import CA_CERT, CertificateSet, make_certificates, node_names
+from .certs import CA_CERT, CertificateSet, key_fingerprint, make_certificates, node_names
 from .processes import (
     IN_MEMORY,
     SuperLinkSettings,
@@ -30,6 +31,7 @@ from .processes import (
     submit,
     supernode_command,
 )
+from .reach import wait_until_reachable
 
 DEPLOYMENT_FILE = "deployment.json"
 DEFAULT_FLEET_PORT = 9092
@@ -177,7 +179,10 @@ def add_client(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (10..1800; Flower's is 30)")
     parser.add_argument(
-        "--home", type=Path, help="Flower's working folder for this node (default: ~/.fedbrick-flower/supernode-PORT)"
+        "--home",
+        type=Path,
+        help="Flower's working folder for this node (default: a fresh folder in the system's temporary directory, "
+        "which leaves nothing in your home folder)",
     )
     parser.add_argument(
         "--state-dir",
@@ -190,22 +195,42 @@ def add_client(commands: argparse._SubParsersAction) -> None:
 
 
 def client(args: argparse.Namespace) -> int:
-    """Replace this process with ``flower-supernode``: signals and the exit code are the SuperNode's own."""
+    """Replace this process with ``flower-supernode``: signals and the exit code are the SuperNode's own.
+
+    Before that, it waits until the server's Fleet API answers, printing each failed try with the address and
+    the cause (Flower's SuperNode names neither), and names its key's fingerprint, which the server prints for
+    every key it registered.
+    """
+    root_certificates = None if args.insecure else _root_certificate(args)
+    node_config = _node_config(args)
+    if args.key is not None:
+        print(f"this node's key: {args.key} ({_fingerprint(args.key)}); the server must have registered its .pub")
+    wait_until_reachable(args.superlink, root_certificates)
     command = supernode_command(
         args.superlink,
-        _node_config(args),
+        node_config,
         port=args.port,
         host=args.host,
-        root_certificates=None if args.insecure else _root_certificate(args),
+        root_certificates=root_certificates,
         private_key=args.key,
         heartbeat=args.heartbeat,
     )
-    home = args.home or Path.home() / ".fedbrick-flower" / f"supernode-{args.port}"
+    # Flower keeps only the run's app there: a temporary folder by default, so nothing is left in the home folder.
+    home = args.home or Path(tempfile.mkdtemp(prefix=f"fedbrick-supernode-{args.port}-"))
     home.mkdir(parents=True, exist_ok=True)
     env = runtime.flower_env(home.resolve())
     sys.stdout.flush()
     os.execvpe(command[0], command, env)
     return 0  # not reached
+
+
+def _fingerprint(key: Path) -> str:
+    try:
+        return key_fingerprint(key)
+    except (OSError, ValueError, IndexError) as error:
+        raise RuntimeError(
+            f"--key: {key} is not a SuperNode private key from `fedbrick-flower certs`: {error}"
+        ) from None
 
 
 def _node_config(args: argparse.Namespace) -> dict[str, str]:

@@ -18,7 +18,7 @@ import yaml
 from .. import runtime
 from ..run_files import LOGS_DIR, SCENARIO_INPUT_FILE, SUMMARY_FILE
 from ..scenario import Scenario
-from .certs import CertificateSet
+from .certs import CertificateSet, key_fingerprint
 
 CONNECTION = "fedbrick-deploy"
 IN_MEMORY = ":flwr-in-memory:"
@@ -118,10 +118,11 @@ def register_node_keys(keys: Sequence[Path], env: Mapping[str, str], names: Sequ
         command = ["flwr", "supernode", "register", str(key), CONNECTION, "--name", name]
         result = subprocess.run(command, env=dict(env), capture_output=True, text=True, check=False)
         output = (result.stdout + result.stderr).strip()
+        fingerprint = key_fingerprint(key)  # a device whose key is not among these is refused: it prints its own
         if result.returncode == 0:
-            print(f"registered SuperNode key {key.name} as {name!r}")
+            print(f"registered SuperNode key {key.name} as {name!r} ({fingerprint})")
         elif ALREADY_REGISTERED in output:  # a SuperLink restarted on its state database knows it already
-            print(f"SuperNode key {key.name} is registered already")
+            print(f"SuperNode key {key.name} is registered already ({fingerprint})")
         else:
             raise RuntimeError(f"registering {key} failed: {output}")
 

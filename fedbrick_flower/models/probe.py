@@ -18,6 +18,7 @@ an EMA across rounds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,17 +30,24 @@ from .spec import ModelSpec
 PROBE_FAMILIES = ("llama", "qwen2")
 
 
+def probe_problems(config: Any) -> list[str]:
+    """Why a probe of this Hugging Face config cannot serve (empty: it can): it must be an RMSNorm decoder of
+    :data:`PROBE_FAMILIES` whose LM head is its tied input embedding. Read from the config alone, so the
+    scenario's pre-flight refuses a wrong probe before any client starts."""
+    if config.model_type not in PROBE_FAMILIES:
+        return [
+            f"algorithm_params.probe: the probe must be a decoder of {list(PROBE_FAMILIES)}, got {config.model_type!r}"
+        ]
+    if not getattr(config, "tie_word_embeddings", False):
+        return ["algorithm_params.probe: the probe's LM head must be tied to its embedding (tie_word_embeddings)"]
+    return []
+
+
 def check_probe(backbone: nn.Module) -> None:
     """Refuse a probe whose LM head is not its tied input embedding, or that is not an RMSNorm decoder."""
-    config = backbone.config
-    if config.model_type not in PROBE_FAMILIES:
-        raise ValueError(
-            f"algorithm_params.probe: the probe must be a decoder of {list(PROBE_FAMILIES)}, got {config.model_type!r}"
-        )
-    if not getattr(config, "tie_word_embeddings", False):
-        raise ValueError(
-            "algorithm_params.probe: the probe's LM head must be tied to its embedding (tie_word_embeddings)"
-        )
+    problems = probe_problems(backbone.config)
+    if problems:
+        raise ValueError(problems[0])
 
 
 @torch.no_grad()

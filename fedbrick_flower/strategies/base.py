@@ -31,19 +31,31 @@ from flwr.supercore import log
 from ..adapters.naming import drop_lora
 from ..client_info import ClientInfo
 from ..data.checks import label_mismatch
+from ..metrics import TRAIN
 from ..records import content_bytes, to_array_record
 from ..secure_layout import LAYOUT_KEY, Layout
 from . import metric_rows
 from .aggregation import Contribution, Robustness, random_layer_subset, sample_clients
 from .registration import (
+    RunStoppedError,
     check_reachable,
     connected_clients,
     query_messages,
+    refusal_line,
+    refusal_messages,
     register_replies,
     too_few_connected,
     unknown_nodes,
 )
-from .replies import ClientUpdate, attribute, read_updates, reply_metrics, training_set_size
+from .replies import (
+    ClientUpdate,
+    attribute,
+    node_error,
+    nothing_trained,
+    read_updates,
+    reply_metrics,
+    training_set_size,
+)
 from .screening import screen_updates
 from .secure_aggregation import SecAggParameters, SecureAggregationFailed, SecureRound, run_protocol, unmasked_sum
 from .transport import exchange, round_message
@@ -84,8 +96,10 @@ class HeterogeneousStrategy(Strategy):
     min_clients : int (default: 1)
         Minimum number of connected, registered clients before a round starts.
     expected_clients : int, optional
-        How many clients the scenario declares. When so many fail to register that ``min_clients`` can no
-        longer be reached, the run stops at once with their reasons instead of waiting out the timeout.
+        How many clients the scenario declares. Once every one of them has answered and so many failed to
+        register that ``min_clients`` can no longer be reached, the run stops at once with their reasons instead
+        of waiting out the timeout (while some have not answered, a device may still come, or come back
+        corrected).
     node_wait_timeout : float (default: 120.0)
         Seconds to wait for ``min_clients`` nodes before failing the run with a clear error (never hang).
     round_timeout : float (default: 3600.0)
@@ -293,7 +307,7 @@ class HeterogeneousStrategy(Strategy):
         )
         screened = screen_updates(self.robustness, [update for _, update in validated])
         for client_id, reason in {**invalid, **screened.rejected}.items():
-            self._reject(server_round, self.clients[client_id], "train", reason)
+            self._reject(server_round, self.clients[client_id], TRAIN, reason)
         self._log_rows.extend(metric_rows.clipped_rows(server_round, screened.factors))
         updates = screened.kept
         self._trained = {u.client.client_id for u in updates}
@@ -322,7 +336,7 @@ class HeterogeneousStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         for reply, client in attribute(replies, self._sent, self.clients):
             if reply.has_error():
-                self._reject(server_round, client, "evaluate", f"node error: {reply.error.reason}")
+                self._reject(server_round, client, "evaluate", node_error(reply))
                 continue
             bytes_down = self._bytes_down.get((client.client_id, "evaluate"))
             row = metric_rows.evaluation_row(
@@ -374,9 +388,15 @@ class HeterogeneousStrategy(Strategy):
             started = time.monotonic()
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
             self._register_new_nodes(grid)
-            messages = self.configure_train(server_round, ArrayRecord(), train_config or ConfigRecord(), grid)
+            messages = list(self.configure_train(server_round, ArrayRecord(), train_config or ConfigRecord(), grid))
             self._exchange_train(grid, messages, server_round)
             _, train_metrics = self.aggregate_train(server_round, self._last_replies)
+            if not self._trained:  # a run in which nothing trained must not go on to report success
+                rejected = metric_rows.rejected_reasons(self._log_rows, server_round, TRAIN)
+                reason = nothing_trained(server_round, len(messages), rejected)
+                if reason is not None:
+                    raise RunStoppedError(reason)
+                log(WARNING, "round %d: every sampled device went offline; waiting for them", server_round)
             log(INFO, "\t└──> train: %s", train_metrics)
             result.train_metrics_clientapp[server_round] = train_metrics
             messages = self.configure_evaluate(server_round, ArrayRecord(), evaluate_config or ConfigRecord(), grid)
@@ -416,26 +436,29 @@ class HeterogeneousStrategy(Strategy):
     def _register_new_nodes(self, grid: Grid) -> None:
         """Ask every connected node we do not know yet for its profile (a node that rejoins has a new id).
 
-        A node that answers with an error is asked no more: its reason is logged once and kept, and the run
-        stops at once if the remaining clients cannot reach ``min_clients``.
+        A node that answers with an error, or that :meth:`refuse` turns down, is asked no more: its reason is
+        logged once under its client id, kept, and sent to the device; the run stops at once when every
+        expected client has answered and too few remain to reach ``min_clients``.
         """
         new_nodes = unknown_nodes(grid.get_node_ids(), self.clients, self._failed_nodes)
         if not new_nodes:
             return
         replies = grid.send_and_receive(query_messages(new_nodes), timeout=self.round_timeout)
-        for node, reason in register_replies(replies, self.clients, self.refuse).items():
+        refused = register_replies(replies, self.clients, self.refuse)
+        for node, reason in refused.items():
             self._failed_nodes[node] = reason
-            log(ERROR, "node %s failed to register: %s", node, reason)
+            log(ERROR, "%s", refusal_line(node, reason))
             self._log_rows.append(metric_rows.registration_failed_row(self.start_round, node, reason))
-        check_reachable(self.expected_clients, self._failed_nodes, self.min_clients)
+        grid.push_messages(refusal_messages(refused))  # the device shows the reason too; no reply is awaited
+        check_reachable(self.expected_clients, len(self.clients), self._failed_nodes, self.min_clients)
 
     def _online_clients(self, grid: Grid) -> list[str]:
         """Registered clients whose node is connected; waits (bounded) for ``min_clients`` of them."""
         deadline = time.monotonic() + self.node_wait_timeout
         while len(online := connected_clients(self.clients, grid.get_node_ids())) < self.min_clients:
-            check_reachable(self.expected_clients, self._failed_nodes, self.min_clients)
+            check_reachable(self.expected_clients, len(self.clients), self._failed_nodes, self.min_clients)
             if time.monotonic() >= deadline:
-                raise too_few_connected(len(online), self.min_clients, self.node_wait_timeout)
+                raise too_few_connected(len(online), self.min_clients, self.node_wait_timeout, self._failed_nodes)
             time.sleep(1.0)
             self._register_new_nodes(grid)
         return online

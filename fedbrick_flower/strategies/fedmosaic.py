@@ -57,6 +57,9 @@ def scenario_problems(scenario: Scenario) -> list[str]:
     problems = parameter_problems(**arguments)
     if problems:
         return problems
+    problems = [*_depth_problems(scenario), *_probe_problems(scenario, str(arguments["probe"]))]
+    if problems:
+        return problems
     models = sorted({c.model for c in scenario.clients})
     if arguments["align"] == "random_shared":
         widths = {key: _role_widths(scenario, key) for key in models}
@@ -68,6 +71,33 @@ def scenario_problems(scenario: Scenario) -> list[str]:
             f"federation's {len(models)} models"
         ]
     return []
+
+
+FULL_DEPTH = "FedMosaic needs full-depth clients (Co-LoRA's block ends are fixed by the whole depth)"
+
+
+def _depth_problems(scenario: Scenario) -> list[str]:
+    """The scenario's clients that hold fewer than all their model's layers (refused at load, not at registration)."""
+    from ..assembly import cached_config
+    from ..models import model_dims
+
+    problems = []
+    for client in scenario.clients:
+        if client.layers is None:
+            continue
+        depth = model_dims(cached_config(scenario.models[client.model])).num_layers
+        held = client.layers if isinstance(client.layers, int) else len(client.layers)
+        if held != depth:
+            problems.append(f"clients.{client.id}.layers: {FULL_DEPTH}; it holds {held} of {client.model}'s {depth}")
+    return problems
+
+
+def _probe_problems(scenario: Scenario, probe: str) -> list[str]:
+    """What is wrong with the probe, read from its config (never its weights): every client would fail on it."""
+    from ..assembly import cached_config
+    from ..models.probe import probe_problems, probe_spec
+
+    return probe_problems(cached_config(probe_spec(scenario.models, probe)))
 
 
 def parameter_problems(
@@ -231,7 +261,7 @@ class FedMosaic(HeterogeneousStrategy):
 
     def refuse(self, info: ClientInfo) -> str | None:
         if info.budget != info.num_layers or (info.fixed_layers and len(info.fixed_layers) != info.num_layers):
-            return "FedMosaic needs full-depth clients (Co-LoRA's block ends are fixed by the whole depth)"
+            return FULL_DEPTH
         ranks = {c.rank for c in self.clients.values()} | {info.rank}
         if len(ranks) > 1:
             return f"lora.rank: FedMosaic needs one rank across the federation, got {sorted(ranks)}"

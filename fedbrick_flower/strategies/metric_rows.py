@@ -65,6 +65,15 @@ def rejected_row(server_round: int, client_id: str, stage: str, reason: str) -> 
     return {"round": server_round, "phase": REJECTED, "client": client_id, "stage": stage, "reason": reason}
 
 
+def rejected_reasons(rows: Iterable[Row], server_round: int, stage: str) -> dict[str, str]:
+    """Client id -> why its ``stage`` reply of ``server_round`` was rejected, from the round's rows."""
+    return {
+        row["client"]: row["reason"]
+        for row in rows
+        if row["phase"] == REJECTED and row["round"] == server_round and row["stage"] == stage
+    }
+
+
 def registration_failed_row(server_round: int, node: int, reason: str) -> Row:
     """A node that could not register (its client failed to set itself up, or was refused)."""
     return {"round": server_round, "phase": REGISTRATION_FAILED, "node": node, "reason": reason}

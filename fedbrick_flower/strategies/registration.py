@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.supercore import log
 
 from ..client_info import ClientInfo
-from ..records import CONFIG_KEY, PROFILE_KEY
+from ..records import CONFIG_KEY, PROFILE_KEY, REASON_KEY, REFUSED_TYPE
 
 Refuse = Callable[[ClientInfo], str | None]
 """Why a registering client cannot take part, or None (``HeterogeneousStrategy.refuse``)."""
@@ -32,6 +32,18 @@ def query_messages(node_ids: Iterable[int]) -> list[Message]:
     return [
         Message(content=RecordDict({CONFIG_KEY: ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY)
         for node in node_ids
+    ]
+
+
+def refusal_messages(refused: Mapping[int, str]) -> list[Message]:
+    """One ``query.refused`` message per refused node, carrying the reason, so the device shows it as well."""
+    return [
+        Message(
+            content=RecordDict({CONFIG_KEY: ConfigRecord({REASON_KEY: reason})}),
+            dst_node_id=node,
+            message_type=REFUSED_TYPE,
+        )
+        for node, reason in refused.items()
     ]
 
 
@@ -64,25 +76,42 @@ def connected_clients(clients: Mapping[str, ClientInfo], node_ids: Iterable[int]
     return [cid for cid, info in clients.items() if info.node_id in nodes]
 
 
-def check_reachable(expected_clients: int | None, failed: Mapping[int, str], min_clients: int) -> None:
-    """Raise at once, with the failed nodes' reasons, when failed registrations leave too few of the scenario's
-    ``expected_clients`` to ever reach ``min_clients`` (rather than waiting out the node timeout)."""
-    if expected_clients is None or not failed:
+class RunStoppedError(RuntimeError):
+    """A run that cannot go on, with its reason in one line: what the user did, not a fault of the code, so it is
+    reported without a traceback."""
+
+
+def check_reachable(expected_clients: int | None, registered: int, failed: Mapping[int, str], min_clients: int) -> None:
+    """Raise at once, with the failed nodes' reasons, when every one of the scenario's ``expected_clients`` has
+    answered and the failed registrations leave too few to ever reach ``min_clients``.
+
+    While some expected client has not answered yet, the run waits (up to ``server.node_wait_timeout``): on real
+    devices the others may still come, and a refused device may come back corrected.
+    """
+    if expected_clients is None or not failed or registered + len(failed) < expected_clients:
         return
     if expected_clients - len(failed) < min_clients:
         reasons = "; ".join(failed.values())
-        raise RuntimeError(
+        raise RunStoppedError(
             f"{reasons} ({len(failed)} of {expected_clients} clients failed to register, "
             f"{min_clients} are required; server.min_clients)"
         )
 
 
-def too_few_connected(connected: int, min_clients: int, timeout: float) -> RuntimeError:
-    """The error that ends a run whose clients did not connect within ``server.node_wait_timeout``."""
-    return RuntimeError(
+def too_few_connected(connected: int, min_clients: int, timeout: float, failed: Mapping[int, str]) -> RunStoppedError:
+    """The error that ends a run whose clients did not connect within ``server.node_wait_timeout``, with the
+    reasons of the nodes that came and were refused."""
+    refused = f"; refused: {'; '.join(failed.values())}" if failed else ""
+    return RunStoppedError(
         f"only {connected} of the required {min_clients} clients connected within "
-        f"{timeout:.0f}s (server.node_wait_timeout); stopping the run"
+        f"{timeout:.0f}s (server.node_wait_timeout); stopping the run{refused}"
     )
+
+
+def refusal_line(node: int, reason: str) -> str:
+    """The one line the server console shows for a node that could not register: the reason names the client
+    by its id (never a path on the device); the node id tells two attempts of one device apart."""
+    return f"{reason} (node {node}); waiting for the other clients until server.node_wait_timeout"
 
 
 def profile_line(info: ClientInfo) -> str:

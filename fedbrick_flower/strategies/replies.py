@@ -8,11 +8,13 @@ on with the others.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 
 from ..client_info import ClientInfo
 from ..records import ADAPTERS_KEY, METRICS_KEY, UpdateRejected, from_array_record, validate_update
@@ -83,7 +85,7 @@ def read_update(reply: Message, client: ClientInfo, expected: Expectation, max_b
         :func:`~fedbrick_flower.records.validate_update`) or no training-set size.
     """
     if reply.has_error():
-        raise UpdateRejected(f"node error: {reply.error.reason}")
+        raise UpdateRejected(node_error(reply))
     try:
         arrays = from_array_record(reply.content[ADAPTERS_KEY])
         validate_update(arrays, expected(client), max_bytes)
@@ -96,6 +98,23 @@ def read_update(reply: Message, client: ClientInfo, expected: Expectation, max_b
     return ClientUpdate(client, arrays, num_examples, metrics)
 
 
+NODE_OFFLINE = (
+    "node error: the device went offline before replying (its SuperNode was stopped, or lost its link to the SuperLink)"
+)
+
+
+def node_error(reply: Message) -> str:
+    """Why a reply is an error, as the reason of its rejection.
+
+    Flower answers for a node that left with "failed to report a heartbeat", also for one stopped cleanly
+    (SIGTERM) that said goodbye; that reads as a fault of a device that did nothing wrong, so both are said as
+    what is known: the device went offline.
+    """
+    if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+        return NODE_OFFLINE
+    return f"node error: {reply.error.reason}"
+
+
 def training_set_size(metrics: Mapping[str, float]) -> int:
     """The FedAvg weight n_k: a reply must state its client's training-set size; none is not weight zero."""
     if "num-examples" not in metrics:
@@ -104,3 +123,39 @@ def training_set_size(metrics: Mapping[str, float]) -> int:
     if not count >= 1:
         raise UpdateRejected(f"num-examples must be >= 1, got {count}")
     return int(count)
+
+
+# Flower's reason for an exception in a ClientApp: "<class 'ValueError'>:<'message'>"; under the Simulation Engine
+# the exception is wrapped in a ClientAppException whose message starts with a fixed preamble.
+_FLOWER_REASON = re.compile(r"^(?:node error: )?<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
+_SIMULATION_PREAMBLE = re.compile(r"^\s*Exception ClientAppException occurred\. Message: ", re.DOTALL)
+
+
+def error_line(reason: str) -> str:
+    """A rejection reason as one line: a ClientApp's exception as ``Type: message``, Flower's wrapping removed."""
+    match = _FLOWER_REASON.match(reason.strip())
+    if match is None:
+        return " ".join(reason.split())
+    name, message = match.groups()
+    if _SIMULATION_PREAMBLE.match(message):
+        return " ".join(_SIMULATION_PREAMBLE.sub("", message).split())
+    return f"{name}: {' '.join(message.split())}"
+
+
+def nothing_trained(server_round: int, sampled: int, rejected: Mapping[str, str]) -> str | None:
+    """Why a round that accepted no update stops the run, in one line: the one error every client failed with,
+    or each client's reason; a round in which nothing trained must not let the run report success.
+
+    None when every sampled device went offline (stopped, or lost): that says nothing against the next round,
+    which waits for devices to come back (``server.node_wait_timeout``).
+    """
+    if rejected and set(rejected.values()) == {NODE_OFFLINE} and len(rejected) == sampled:
+        return None
+    lines = {client_id: error_line(reason) for client_id, reason in sorted(rejected.items())}
+    if not lines:
+        return f"round {server_round}: none of the {sampled} sampled clients replied within server.round_timeout"
+    distinct = set(lines.values())
+    if len(distinct) == 1 and len(lines) == sampled:
+        return f"round {server_round}: every client failed with: {distinct.pop()} ({sampled} updates rejected)"
+    reasons = "; ".join(f"{client_id}: {line}" for client_id, line in lines.items())
+    return f"round {server_round}: no update was accepted ({len(lines)} of {sampled} rejected: {reasons})"

@@ -220,3 +220,18 @@ def test_text_pairs_are_encoded_together(tokenizer: PreTrainedTokenizerBase) -> 
     # Assert: [CLS] is it [SEP] yes it is [SEP]
     assert pair.input_ids.shape[1] == single.input_ids.shape[1] + 4
     assert pair.input_ids[0, -1] == tokenizer.sep_token_id and (pair.input_ids[0] == tokenizer.sep_token_id).sum() == 2
+
+
+def test_a_text_longer_than_the_models_maximum_is_truncated_without_transformers_warning(
+    tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: a text of about 600 tokens, above MiniLM's 512, truncated to 32
+    long_text = " ".join(["word"] * 600)
+
+    # Execute
+    with caplog.at_level("WARNING"):
+        encoded = encode_examples(tokenizer, [long_text], [0], max_length=32)
+
+    # Assert
+    assert encoded.input_ids.shape == (1, 32)
+    assert not [r for r in caplog.records if "Token indices sequence length" in r.getMessage()]

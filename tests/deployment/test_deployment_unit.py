@@ -204,3 +204,35 @@ def test_profile_errors_name_the_field() -> None:
     # Execute / Assert
     with pytest.raises(ScenarioError, match="layers"):
         parse_profile({"id": "x", "model": "m", "task": "t", "layers": "many"})
+
+
+@pytest.mark.parametrize("path", [*PROFILES, ROOT / "README.md", ROOT / "docs" / "deployment.md"], ids=lambda p: p.name)
+def test_every_client_command_in_the_docs_gives_the_ca_and_key_in_one_form(path: Path) -> None:
+    # Prepare: each `fedbrick-flower client` command, its continuation lines joined
+    text = path.read_text().replace("\\\n#", " ").replace("\\\n", " ")
+    commands = [line for line in text.splitlines() if "fedbrick-flower client --superlink" in line]
+
+    # Assert: the device holds ca.crt and its own key, named as such (not the server's certificate folder)
+    assert commands
+    for command in commands:
+        assert "--certs" not in command and "deploy/certs/nodes" not in command, command
+        assert "--root-certificates ca.crt" in command or "--insecure" in command, command
+
+
+def test_client_without_home_leaves_nothing_in_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: stop where the command would become flower-supernode, the server counted as reachable
+    from fedbrick_flower.deployment import commands
+
+    started: list[dict] = []
+    monkeypatch.setattr(commands.os, "execvpe", lambda file, args, env: started.append(env))
+    monkeypatch.setattr(commands, "wait_until_reachable", lambda *_: 0)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    # Execute
+    cli.main(["client", "--superlink", "127.0.0.1:9092", "--client-id", "a", "--insecure", "--port", "9199"])
+
+    # Assert
+    home = Path(started[0]["FLWR_HOME"])
+    assert home.name.startswith("fedbrick-supernode-9199-")
+    assert not (tmp_path / "home").exists()
+    home.rmdir()

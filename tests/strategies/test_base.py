@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, MessageType
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 
-from fedbrick_flower.inprocess import InProcessGrid
+from fedbrick_flower.client_info import ClientInfo
+from fedbrick_flower.inprocess import InProcessGrid, Node
+from fedbrick_flower.records import CONFIG_KEY, REASON_KEY, REFUSED_TYPE
 from fedbrick_flower.strategies.aggregation import Robustness, ShapeMismatch
 from fedbrick_flower.strategies.base import RoundCallback
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
+from fedbrick_flower.strategies.registration import RunStoppedError
 
 from .loopback import client_info, failing_node, training_node
 
@@ -111,6 +114,32 @@ def test_a_client_that_fails_to_register_is_asked_once_and_stops_the_run_with_it
     assert "client phone failed to register: unknown task 'bbc'" in str(error.value)
     assert "only" not in str(error.value)  # it did not claim that the client never connected
     assert grid.sent(2, MessageType.QUERY) == 1
+
+
+def test_a_refused_node_is_told_why_and_the_server_waits_for_the_clients_still_to_come(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Prepare: 3 expected, 2 required; "phone" is refused and the third device never connects
+    good = client_info("good", 1)
+    nodes = {1: training_node(good), 2: failing_node("client phone failed to register: unknown model 'mpnet2'")}
+    strategy, grid = _prepare(nodes, min_clients=2, expected_clients=3)
+    strategy.node_wait_timeout = 1.5
+
+    # Execute
+    with pytest.raises(RunStoppedError) as error:
+        strategy.start(grid, num_rounds=1)
+
+    # Assert: it waited out the timeout (not stopped at the refusal), then named the refusal in the one line
+    assert str(error.value).startswith("only 1 of the required 2 clients connected within 2s")
+    assert str(error.value).endswith("refused: client phone failed to register: unknown model 'mpnet2'")
+    [told] = [m for m in grid.pushed if m.metadata.message_type == REFUSED_TYPE]
+    assert told.metadata.dst_node_id == 2
+    assert told.content[CONFIG_KEY][REASON_KEY] == "client phone failed to register: unknown model 'mpnet2'"
+    lines = [r.getMessage() for r in caplog.records if "phone" in r.getMessage()]
+    assert lines == [
+        "client phone failed to register: unknown model 'mpnet2' (node 2); waiting for the other clients until "
+        "server.node_wait_timeout"
+    ]
 
 
 def test_a_failed_registration_that_leaves_enough_clients_lets_the_run_go_on() -> None:
@@ -274,3 +303,53 @@ def test_a_callback_asking_to_stop_ends_the_run_after_that_round() -> None:
     # Assert
     assert grid.sent(1, MessageType.TRAIN) == 2
     assert ended == [2]
+
+
+def test_a_round_in_which_every_client_fails_alike_stops_the_run_with_that_error_before_round_two() -> None:
+    # Prepare: every train handler raises the same error (a probe the clients cannot use)
+    infos = [client_info("a", 1), client_info("b", 2)]
+    nodes = {info.node_id: _failing_trainer(info, ValueError("algorithm_params.probe: got 'bert'")) for info in infos}
+    strategy, grid = _prepare(nodes)
+    seen: list[dict] = []
+    strategy.callbacks = [_Collect(seen)]
+
+    # Execute
+    with pytest.raises(RunStoppedError) as error:
+        strategy.start(grid, num_rounds=3)
+
+    # Assert
+    assert str(error.value) == (
+        "round 1: every client failed with: ValueError: algorithm_params.probe: got 'bert' (2 updates rejected)"
+    )
+    assert grid.sent(1, MessageType.TRAIN) == 1 and seen == []  # no second round, no round reported as done
+
+
+def test_a_round_with_no_accepted_update_names_each_clients_reason() -> None:
+    # Prepare: one client raises, the other sends a tensor of the wrong shape
+    good_shape, bad_shape = client_info("a", 1), client_info("b", 2)
+    nodes = {
+        1: _failing_trainer(good_shape, RuntimeError("out of memory")),
+        2: training_node(bad_shape, sends=client_info("b", 2, rank=3)),
+    }
+    strategy, grid = _prepare(nodes)
+
+    # Execute
+    with pytest.raises(RunStoppedError) as error:
+        strategy.start(grid, num_rounds=2)
+
+    # Assert
+    message = str(error.value)
+    assert message.startswith("round 1: no update was accepted (2 of 2 rejected: a: RuntimeError: out of memory; b: ")
+    assert "\n" not in message
+
+
+def _failing_trainer(info: ClientInfo, error: Exception) -> Node:
+    """A node that registers as ``info`` and raises ``error`` in its train handler (as a ClientApp would)."""
+    register = training_node(info)
+
+    def answer(message: Message) -> Message:
+        if message.metadata.message_type == MessageType.TRAIN:
+            raise error
+        return register(message)
+
+    return answer

@@ -199,9 +199,11 @@ def test_checkpointed_state_restores_every_clients_adapters_gradient_and_deliver
 
 
 def test_the_scenario_check_names_bad_parameters_then_what_the_alignment_needs() -> None:
-    # Prepare: smoke's BERT and Llama differ in their v width (Llama has 2 key-value heads of 4)
+    # Prepare: smoke's BERT and Llama differ in their v width (Llama has 2 key-value heads of 4); every client at
+    # full depth (4 layers), which FedMosaic needs
     def problems(**overrides: object) -> list[str]:
-        return scenario_problems(load_scenario("smoke", {"algorithm": "fedmosaic", **overrides}))
+        full_depth = {"clients.1.layers": 4, "clients.2.layers": 4}
+        return scenario_problems(load_scenario("smoke", {"algorithm": "fedmosaic", **full_depth, **overrides}))
 
     # Execute
     bad = problems(algorithm_params={"align": "magic", "gradient_every": 0})
@@ -221,3 +223,23 @@ def test_the_scenario_check_names_bad_parameters_then_what_the_alignment_needs()
         "algorithm_params.align: 'random_shared' needs equal widths, got {'tiny-bert': "
     )
     assert one_model == []
+
+
+def test_the_scenario_check_refuses_a_partial_depth_client_and_an_encoder_probe_at_load() -> None:
+    # Prepare: smoke's bert-edge holds layers (1, 3) of 4 and llama-edge 2 of 4; tiny-bert is an encoder
+    scenario = load_scenario("smoke", {"algorithm": "fedmosaic", "clients.2.layers": 4})
+    encoder_probe = load_scenario(
+        "smoke",
+        {"algorithm": "fedmosaic", "clients.1.layers": 4, "clients.2.layers": 4, "algorithm_params.probe": "tiny-bert"},
+    )
+
+    # Execute
+    depth = scenario_problems(scenario)
+    probe = scenario_problems(encoder_probe)
+
+    # Assert
+    assert depth == [
+        "clients.bert-edge.layers: FedMosaic needs full-depth clients (Co-LoRA's block ends are fixed by the whole "
+        "depth); it holds 2 of tiny-bert's 4"
+    ]
+    assert probe == ["algorithm_params.probe: the probe must be a decoder of ['llama', 'qwen2'], got 'bert'"]

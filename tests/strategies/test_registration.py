@@ -8,12 +8,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.inprocess import InProcessGrid
-from fedbrick_flower.records import CONFIG_KEY
+from fedbrick_flower.records import CONFIG_KEY, REASON_KEY, REFUSED_TYPE
 from fedbrick_flower.strategies.registration import (
     check_reachable,
     connected_clients,
     profile_line,
     query_messages,
+    refusal_messages,
     register_replies,
     too_few_connected,
     unknown_nodes,
@@ -94,13 +95,13 @@ def test_a_refusal_sees_the_clients_registered_before_it_in_the_same_batch() -> 
 def test_the_run_goes_on_while_min_clients_can_still_be_reached(
     expected_clients: int | None, failed: dict[int, str], min_clients: int
 ) -> None:
-    check_reachable(expected_clients, failed, min_clients)
+    check_reachable(expected_clients, 1, failed, min_clients)
 
 
 def test_the_run_stops_with_the_reasons_once_min_clients_cannot_be_reached() -> None:
     # Execute
     with pytest.raises(RuntimeError) as error:
-        check_reachable(3, {1: "client a: no data", 2: "client b refused: labels"}, min_clients=2)
+        check_reachable(3, 1, {1: "client a: no data", 2: "client b refused: labels"}, min_clients=2)
 
     # Assert
     assert str(error.value) == (
@@ -122,7 +123,7 @@ def test_connected_clients_are_the_registered_ones_whose_node_is_up_in_registrat
 
 def test_the_timeout_error_names_the_setting_and_the_counts() -> None:
     # Execute
-    error = too_few_connected(1, 3, 120.0)
+    error = too_few_connected(1, 3, 120.0, {})
 
     # Assert
     assert str(error) == (
@@ -137,3 +138,18 @@ def test_the_log_line_shows_fixed_layers_or_the_budget() -> None:
     # Execute / Assert
     assert profile_line(fixed) == "model=m task=t layers=[0, 1]"
     assert profile_line(free) == "model=m task=t layers=1 of 4"
+
+
+def test_the_run_waits_while_an_expected_client_has_not_answered_even_if_one_was_refused() -> None:
+    # Execute: 2 expected, 2 required, one refused, the other not yet connected (a device may still come)
+    check_reachable(2, 0, {1: "client a refused: labels"}, min_clients=2)
+
+
+def test_a_refused_node_gets_one_message_with_its_reason() -> None:
+    # Execute
+    [message] = refusal_messages({7: "client a refused: labels"})
+
+    # Assert
+    assert message.metadata.dst_node_id == 7
+    assert message.metadata.message_type == REFUSED_TYPE
+    assert message.content[CONFIG_KEY][REASON_KEY] == "client a refused: labels"

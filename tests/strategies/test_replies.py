@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 
 from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.inprocess import InProcessGrid, Node
 from fedbrick_flower.records import ADAPTERS_KEY, CONFIG_KEY, METRICS_KEY, UpdateRejected, json_config
 from fedbrick_flower.strategies.replies import (
+    NODE_OFFLINE,
     ClientUpdate,
     attribute,
+    error_line,
+    node_error,
+    nothing_trained,
     read_update,
     read_updates,
     reply_metrics,
@@ -149,3 +154,50 @@ def test_metrics_are_read_as_floats() -> None:
 @pytest.mark.parametrize("metrics, size", [({"num-examples": 7.0}, 7), ({"num-examples": 1.0, "other": 0.0}, 1)])
 def test_the_training_set_size_is_the_stated_count(metrics: dict[str, float], size: int) -> None:
     assert training_set_size(metrics) == size
+
+
+@pytest.mark.parametrize(
+    "reason, line",
+    [
+        (
+            "node error: <class 'ValueError'>:<'algorithm_params.probe: got 'bert''>",
+            "ValueError: algorithm_params.probe: got 'bert'",
+        ),
+        (
+            "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. "
+            "Message: algorithm_params.probe: got 'bert'\n'>",
+            "algorithm_params.probe: got 'bert'",
+        ),
+        ("tensor 'x' has shape (3, 4),\n expected (2, 4)", "tensor 'x' has shape (3, 4), expected (2, 4)"),
+    ],
+)
+def test_a_clientapp_error_reads_as_one_line_without_flowers_wrapping(reason: str, line: str) -> None:
+    assert error_line(reason) == line
+
+
+def test_a_round_where_no_client_replied_says_so_with_the_timeout_setting() -> None:
+    assert nothing_trained(2, 3, {}) == "round 2: none of the 3 sampled clients replied within server.round_timeout"
+
+
+def test_a_node_that_went_offline_is_not_said_to_have_failed_its_heartbeat() -> None:
+    # Prepare: the error reply a SuperLink writes for a node that left (also one stopped by SIGTERM)
+    message = Message(RecordDict(), dst_node_id=3, message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_message_id"] = "m1"
+    reason = "Error: Node Unavailable — The destination node failed to report a heartbeat within 2 × its interval."
+    reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=message)
+
+    # Execute
+    said = node_error(reply)
+
+    # Assert
+    assert said == NODE_OFFLINE and "heartbeat" not in said
+
+
+def test_a_round_whose_every_device_went_offline_does_not_stop_the_run_but_one_that_failed_does() -> None:
+    # Execute
+    all_offline = nothing_trained(2, 2, {"a": NODE_OFFLINE, "b": NODE_OFFLINE})
+    one_failed = nothing_trained(2, 2, {"a": NODE_OFFLINE, "b": "node error: <class 'KeyError'>:<'x'>"})
+
+    # Assert
+    assert all_offline is None
+    assert one_failed is not None and one_failed.startswith("round 2: no update was accepted (2 of 2 rejected: a: ")
