@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 from .clients.base import ClientAlgorithm
 from .clients.profile import ClientSession, session_for
 from .clients.state import STATE_DIR_KEY, ClientState
-from .mods import fault_injection_mod, wire_audit_mod
+from .mods import fault_injection_mod, local_dp_mod, wire_audit_mod
 from .records import (
     ADAPTERS_KEY,
     CONFIG_KEY,
@@ -31,8 +31,9 @@ from .registry import client_class
 # Error code of a query reply from a client that could not set itself up (Flower's own codes are below 100).
 REGISTRATION_FAILED = 400
 
-# The audit sits outermost so that it records the reply as it leaves, after any injected fault.
-app = ClientApp(mods=[wire_audit_mod, fault_injection_mod])
+# The audit sits outermost so that it records the reply as it leaves, after any injected fault; a faulty client
+# corrupts what local DP sends (an attacker does not run the honest clients' noise).
+app = ClientApp(mods=[wire_audit_mod, fault_injection_mod, local_dp_mod])
 
 
 def _session(context: Context) -> ClientSession:

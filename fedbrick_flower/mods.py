@@ -1,4 +1,8 @@
-"""Flower ClientApp mods: fault injection and a wire audit, both off unless a run asks for them.
+"""Flower ClientApp mods: local differential privacy, fault injection and a wire audit, off unless a run asks.
+
+- ``local_dp_mod``: under ``privacy.mode: local`` the training reply's tensors are clipped (their delta from what
+  the client started from, to ``privacy.clip_norm``) and noised (std ``noise_multiplier * clip_norm``) on the
+  device, so the server never sees a noiseless update (:func:`fedbrick_flower.strategies.dp.noised_update`).
 
 - ``fault_injection_mod``: a scenario's ``faults`` lists clients whose training replies are corrupted after
   training: ``nan_update`` writes a NaN into the first tensor (a diverged client), ``scaled_update`` multiplies
@@ -23,11 +27,35 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from .clients.profile import session_for
-from .records import ADAPTERS_KEY
+from .records import ADAPTERS_KEY, from_array_record
 from .runconfig import AUDIT_KEY
 from .scenario import FaultSettings
+from .strategies.dp import noised_update
 
 AUDIT_FILE = "wire-audit.jsonl"
+
+
+def local_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Clip and noise this client's training reply on the device under the scenario's ``privacy.mode: local``."""
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    session = session_for(context.run_config, context.node_config)
+    privacy, profile = session.scenario.privacy, session.profile
+    if privacy.mode != "local":
+        return call_next(msg, context)
+    received = from_array_record(msg.content[ADAPTERS_KEY])
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    from .assembly import seeded_start  # torch is loaded by training already
+
+    record = reply.content[ADAPTERS_KEY]
+    start = {**seeded_start(session.scenario, profile.model, profile.task, profile.rank), **received}
+    noised = noised_update({name: record[name].numpy() for name in record}, start, privacy.noise_multiplier,
+                           privacy.clip_norm)  # fmt: skip
+    for name, values in noised.arrays.items():
+        record[name] = Array(values)
+    return reply
 
 
 def fault_injection_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -27,6 +27,7 @@ from .scenario import (
     DataSettings,
     FaultSettings,
     LoraDefaults,
+    PrivacySettings,
     ServerSettings,
     TaskSpec,
     TrainSettings,
@@ -44,6 +45,7 @@ _SECTIONS: dict[str, tuple[type, str]] = {
     "lora": (LoraDefaults, "lora"),
     "server": (ServerSettings, "server"),
     "faults": (FaultSettings, "faults"),
+    "privacy": (PrivacySettings, "privacy"),
     "clients[]": (ClientProfile, "clients[]"),
 }
 _TOP_LEVEL_TYPES = {
@@ -61,6 +63,7 @@ _TOP_LEVEL_TYPES = {
     "lora": ("mapping", "defaults below"),
     "server": ("mapping", "defaults below"),
     "faults": ("mapping", "defaults below"),
+    "privacy": ("mapping", "defaults below"),
 }
 
 # What semantic_problems and the pre-flight check across fields, in words.
@@ -69,6 +72,7 @@ _CROSS_CHECKS = {
     "data.server_test_fraction": "(with proxy_fraction: sum < 1)",
     "server.min_clients": "(at most the number of clients)",
     "server.aggregation": "(median, trimmed-mean: only algorithms that average each tensor over its holders)",
+    "privacy.mode": "(central: only algorithms whose registry entry declares central_dp)",
     "faults.nan_update": "client ids",
     "faults.scaled_update": "client ids",
     "faults.sign_flip": "client ids",

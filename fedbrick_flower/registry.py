@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .metrics import (
+    GENERIC_METRICS,
     GENERIC_PHASES,
     Curve,
     CurvePlot,
@@ -54,6 +55,11 @@ class AlgorithmEntry:
         True if the strategy keeps global LoRA per layer, a layer nobody sent staying at its seeded start (B = 0),
         so under ``train.freeze_lora`` LoRA stays off the wire both ways and only the head (and the algorithm's
         own modules) travel. Scenarios with ``train.freeze_lora`` are refused at load under any other algorithm.
+    central_dp : bool (default: False)
+        True if the server's math on the updates is a mean of each tensor over its holders, every holder having
+        started it from the same value (``HeterogeneousStrategy.combine_layerwise``), so central differential
+        privacy applies (each client's delta clipped, each mean noised: docs/privacy.md). Scenarios with
+        ``privacy.mode: central`` are refused at load under any other algorithm.
     scenario_checks : str, optional
         ``module:function`` of the algorithm's own scenario check (the scenario contract block below).
     metrics : MetricDeclarations (default: none)
@@ -70,6 +76,7 @@ class AlgorithmEntry:
     robust_aggregation: bool = False
     classification_only: bool = False
     linear_probe: bool = False
+    central_dp: bool = False
     # ---- metric rows: phases, their row keys, and what report and compare draw (see metrics.py) ----
     metrics: MetricDeclarations = MetricDeclarations()
 
@@ -253,6 +260,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="layer-wise FedAvg over layer holders (FedIT); FedRA with resample_layers",
         robust_aggregation=True,
         linear_probe=True,
+        central_dp=True,
     ),
     "fedbrick": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbrick:FedBRICK",
@@ -260,6 +268,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         description="FedRA allocation + per-group BRICK surrogates for missing layers, distilled on the server",
         robust_aggregation=True,
         linear_probe=True,
+        central_dp=True,
         metrics=_FEDBRICK_METRICS,
     ),
     "fedbip": AlgorithmEntry(
@@ -342,6 +351,8 @@ RUNTIME_ARGUMENTS = frozenset(
         "wire_dtype",
         "max_update_bytes",
         "robustness",
+        "privacy",
+        "seeded_start",
         "callbacks",
     }
 )
@@ -356,7 +367,7 @@ def register(name: str, entry: AlgorithmEntry) -> None:
         shared = sorted(set(entry.wire_keys) & set(known.wire_keys))
         if shared and entry.client != known.client:
             raise ValueError(f"algorithm {name!r}: wire keys {shared} are already those of {other!r}")
-    declarations = [*(e.metrics for e in _ALGORITHMS.values()), entry.metrics]
+    declarations = [*_declarations(), entry.metrics]
     _unique((phase.name, phase) for d in declarations for phase in d.phases)
     _unique((plot.name, plot) for d in declarations for plot in (*d.report_plots, *d.compare_curves))
     _ALGORITHMS[name] = entry
@@ -396,6 +407,11 @@ def linear_probe_algorithms() -> list[str]:
     return [name for name in algorithm_names() if _ALGORITHMS[name].linear_probe]
 
 
+def central_dp_algorithms() -> list[str]:
+    """The algorithms that take ``privacy.mode: central`` (see ``AlgorithmEntry.central_dp``)."""
+    return [name for name in algorithm_names() if _ALGORITHMS[name].central_dp]
+
+
 def robust_aggregation_algorithms() -> list[str]:
     """The algorithms whose strategies take ``server.aggregation`` (median, trimmed mean) for every tensor."""
     return [name for name in algorithm_names() if _ALGORITHMS[name].robust_aggregation]
@@ -410,18 +426,23 @@ def declared_phases() -> dict[str, Phase]:
 
 
 def report_plots() -> list[MatrixPlot | CurvePlot]:
-    """The plots ``report`` draws where a run has their rows, over every registered algorithm, each once."""
-    return list(_unique((p.name, p) for e in _ALGORITHMS.values() for p in e.metrics.report_plots).values())
+    """The plots ``report`` draws where a run has their rows, generic and every registered algorithm's, each once."""
+    return list(_unique((p.name, p) for d in _declarations() for p in d.report_plots).values())
 
 
 def report_columns() -> list[TableColumn]:
     """The columns ``report`` adds to its per-round table where a run has their rows, each once."""
-    return list(_unique((c.name, c) for e in _ALGORITHMS.values() for c in e.metrics.report_columns).values())
+    return list(_unique((c.name, c) for d in _declarations() for c in d.report_columns).values())
 
 
 def compare_curves() -> list[CurvePlot]:
     """The plots ``compare`` adds to its page where the runs have their rows, each once."""
-    return list(_unique((p.name, p) for e in _ALGORITHMS.values() for p in e.metrics.compare_curves).values())
+    return list(_unique((p.name, p) for d in _declarations() for p in d.compare_curves).values())
+
+
+def _declarations() -> list[MetricDeclarations]:
+    """The generic drawers (the privacy row's), then every registered algorithm's."""
+    return [GENERIC_METRICS, *(entry.metrics for entry in _ALGORITHMS.values())]
 
 
 def _unique(named: Iterable[tuple[str, Any]]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from .schema import (
     DataSettings,
     FaultSettings,
     LoraDefaults,
+    PrivacySettings,
     Scenario,
     ScenarioError,
     ServerSettings,
@@ -186,6 +187,7 @@ def collect_scenario(raw: dict[str, Any]) -> tuple[Scenario, list[str]]:
         lora=_section(problems, LoraDefaults, raw, "lora"),
         server=_section(problems, ServerSettings, raw, "server"),
         faults=_section(problems, FaultSettings, raw, "faults"),
+        privacy=_section(problems, PrivacySettings, raw, "privacy"),
         raw=raw,
     )
     entries = raw.get("clients")

@@ -6,6 +6,7 @@ the strategy's ``__init__`` chain refuses.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from ..data import task_labels
@@ -13,6 +14,10 @@ from ..registry import server_class
 from .aggregation import Robustness
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy as np
+
     from ..scenario import Scenario
     from .base import HeterogeneousStrategy, RoundCallback
 
@@ -21,9 +26,12 @@ def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_
     """The strategy arguments the ServerApp fills in from the scenario's server settings (not algorithm params).
 
     The server waits for ``server.min_clients`` connected clients (all of the scenario's by default) and then
-    samples ``server.fraction_train`` of them for each round, at least ``server.min_train_clients``.
+    samples ``server.fraction_train`` of them for each round, at least ``server.min_train_clients``. Under
+    ``privacy.mode: central`` the norm screening is off: its decision reads every raw update against the others
+    and is not accounted, while the clip to ``privacy.clip_norm`` bounds every update (docs/privacy.md).
     """
     server = scenario.server
+    central = scenario.privacy.mode == "central"
     return {
         "seed": scenario.seed,
         "fraction_train": server.fraction_train,
@@ -40,13 +48,21 @@ def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_
         "robustness": Robustness(
             aggregation=server.aggregation,
             trim_fraction=server.trim_fraction,
-            outlier_norm_multiple=server.outlier_norm_multiple,
+            outlier_norm_multiple=None if central else server.outlier_norm_multiple,
             norm_scope=server.norm_scope,
             clip_norm=server.clip_norm,
             clip_norm_multiple=server.clip_norm_multiple,
         ),
+        "privacy": scenario.privacy,
+        "seeded_start": functools.partial(_seeded_start, scenario),
         "callbacks": callbacks,
     }
+
+
+def _seeded_start(scenario: Scenario, model: str, task: str, rank: int | None) -> Mapping[str, np.ndarray]:
+    from ..assembly import seeded_start  # torch and the models load only when a private run asks for the start
+
+    return seeded_start(scenario, model, task, rank)
 
 
 def build_strategy(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> HeterogeneousStrategy:
