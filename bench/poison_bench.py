@@ -11,8 +11,9 @@ three full depth and two holding 4 layers, chatterbot topics split IID, layer-wi
 
 The defence is ``server.outlier_norm_multiple=3`` with ``server.norm_scope=layer`` (reject an update whose norm
 in some layer or head exceeds 3x the round's median) with ``server.aggregation=trimmed-mean`` (``trim_fraction``
-0.2: with five holders one value is cut at each end of every coordinate). Reported per configuration: the server-side accuracy of the full-depth
-global model after the last round, mean ± std over seeds, and which clients the server rejected.
+0.2: with five holders one value is cut at each end of every coordinate). Reported per configuration: the
+server-side accuracy of the full-depth global model after the last round, mean ± std over seeds, and which clients
+the server rejected.
 
 The runs go through the package's real round loop and the real ClientApp (its fault mod included) on the
 in-process grid of :mod:`fedbrick_flower.inprocess`: no Flower engine, which on 2 shared cores would cost more

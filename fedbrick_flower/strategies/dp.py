@@ -45,9 +45,7 @@ class Clipped:
         return min(1.0, clip_norm / self.norm) if self.norm > 0 else 1.0
 
 
-def clip_update(
-    arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], clip_norm: float
-) -> Clipped:
+def clip_update(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], clip_norm: float) -> Clipped:
     """Clip the delta of ``arrays`` from ``reference`` to L2 norm ``clip_norm``, over all tensors together.
 
     Parameters
