@@ -131,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
             print(f"seed {seed} {config:<14} global {run['global_accuracy']:.4f} eps {run['epsilon']} "
                   f"({run['wall_seconds']:.0f}s)", flush=True)  # fmt: skip
-    table = summarize(runs)
-    print(format_report(table))
+            write_results(args, runs)  # after every run: a stopped benchmark keeps what it measured
+    print(format_report(summarize(runs)))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write_results(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    """The results file of the runs so far."""
     result = {
         "benchmark": "privacy",
         "measured": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -149,13 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             "transport": "in-process InProcessGrid (real strategy round loop and ClientApp with its mods)",
         },
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
-        "configs": table,
+        "configs": summarize(runs),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -241,8 +241,9 @@ class Robustness:
             median, count = medians[group]
             if count >= MIN_UPDATES_FOR_MEDIAN and norm > self.outlier_norm_multiple * median:
                 ratio = f"{norm / median:.1f}x" if median > 0 else "infinitely"
+                what = "the update's RMS entry is" if self.norm_scope == "rms" else f"{group} has norm"
                 return (
-                    f"norm outlier: {group} has norm {norm:.4g}, {ratio} the round's median {median:.4g} over "
+                    f"norm outlier: {what} {norm:.4g}, {ratio} the round's median {median:.4g} over "
                     f"{count} updates (limit {self.outlier_norm_multiple:g}x, server.outlier_norm_multiple)"
                 )
         return None
