@@ -50,9 +50,11 @@ def local_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     from .assembly import seeded_start  # torch is loaded by training already
 
     record = reply.content[ADAPTERS_KEY]
-    start = {**seeded_start(session.scenario, profile.model, profile.task, profile.rank), **received}
-    noised = noised_update({name: record[name].numpy() for name in record}, start, privacy.noise_multiplier,
-                           privacy.clip_norm)  # fmt: skip
+    trained = {name: record[name].numpy() for name in record}
+    # The seeded start of the tensors it was not sent; an algorithm's own tensors of another layout count from 0.
+    seeded = seeded_start(session.scenario, profile.model, profile.task, profile.rank)
+    start = {n: v for n, v in seeded.items() if n in trained and v.shape == trained[n].shape} | received
+    noised = noised_update(trained, start, privacy.noise_multiplier, privacy.clip_norm)
     for name, values in noised.arrays.items():
         record[name] = Array(values)
     return reply

@@ -257,6 +257,7 @@ class HeterogeneousStrategy(Strategy):
             "wire_dtype": self.wire_dtype,
             "max_update_bytes": self.max_update_bytes,
             "robustness": self.robustness,
+            "privacy": self.privacy,
             **self.describe(),
         }
         for key, value in settings.items():
