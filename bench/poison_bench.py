@@ -3,16 +3,17 @@
 Configurations, each over several seeds, on the built-in ``poison`` scenario (five pretrained MiniLM-L6 clients,
 three full depth and two holding 4 layers, chatterbot topics split IID, layer-wise FedAvg):
 
-- ``clean``: no fault, no defence (the reference);
+- ``clean``: no fault, no defence (the reference; the default screening is turned off in every undefended run);
 - ``clean+defence``: no fault, defence on (what the defence costs when nobody attacks);
 - ``scaled``, ``scaled+defence``: client ``full-a`` multiplies its update by ``faults.scale_factor`` (1000);
 - ``sign-flip``, ``sign-flip+defence``: client ``full-a`` negates its update;
 - ``sign-flip-x4``, ``sign-flip-x4+defence``: client ``full-a`` sends -4 times its update.
 
-The defence is ``server.outlier_norm_multiple=3`` (reject an update whose norm in some layer or head exceeds 3x
-the round's median) with ``server.aggregation=trimmed-mean`` (``trim_fraction`` 0.2: with five holders one value
-is cut at each end of every coordinate). Reported per configuration: the server-side accuracy of the full-depth
-global model after the last round, mean ± std over seeds, and which clients the server rejected.
+The defence is ``server.outlier_norm_multiple=3`` with ``server.norm_scope=layer`` (reject an update whose norm
+in some layer or head exceeds 3x the round's median) with ``server.aggregation=trimmed-mean`` (``trim_fraction``
+0.2: with five holders one value is cut at each end of every coordinate). Reported per configuration: the
+server-side accuracy of the full-depth global model after the last round, mean ± std over seeds, and which clients
+the server rejected.
 
 The runs go through the package's real round loop and the real ClientApp (its fault mod included) on the
 in-process grid of :mod:`fedbrick_flower.inprocess`: no Flower engine, which on 2 shared cores would cost more
@@ -52,7 +53,14 @@ from fedbrick_flower.scenario import load_scenario, parse_overrides
 
 RESULTS = Path(__file__).resolve().parent / "results" / "poison.json"
 POISONED = "full-a"
-DEFENCE = {"server.outlier_norm_multiple": 3.0, "server.aggregation": "trimmed-mean", "server.trim_fraction": 0.2}
+# The undefended runs turn off the default screening (docs/privacy.md); the defence compares layer norms.
+NO_DEFENCE = {"server.outlier_norm_multiple": None}
+DEFENCE = {
+    "server.outlier_norm_multiple": 3.0,
+    "server.norm_scope": "layer",
+    "server.aggregation": "trimmed-mean",
+    "server.trim_fraction": 0.2,
+}
 ATTACKS: dict[str, dict[str, Any]] = {
     "clean": {},
     "scaled": {"faults.scaled_update": [POISONED]},
@@ -66,7 +74,7 @@ DEFAULT_CONFIGS = tuple(c for c in CONFIGS if not c.startswith("sign-flip-x4"))
 def config_overrides(config: str) -> dict[str, Any]:
     """Scenario overrides of one configuration: its attack, and the defence where the name asks for it."""
     attack, _, defended = config.partition("+")
-    return {**ATTACKS[attack], **(DEFENCE if defended else {})}
+    return {**ATTACKS[attack], **(DEFENCE if defended else NO_DEFENCE)}
 
 
 def run_config(config: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:

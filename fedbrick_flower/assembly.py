@@ -176,3 +176,14 @@ def initial_adapters(scenario: Scenario, model_key: str, task: str, lora: LoraSe
     model = build_network(scenario, model_key, task, None, lora)
     tensors = adapter_tensors(model, model_family(model.backbone))
     return {name: tensor.detach().cpu().float().numpy().copy() for name, tensor in tensors.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def seeded_start(scenario: Scenario, model_key: str, task: str, rank: int | None = None) -> Mapping[str, np.ndarray]:
+    """:func:`initial_adapters` at the scenario's LoRA settings and a client's ``rank``: what a client of
+    ``(model_key, task)`` starts every tensor from before anything is sent to it (the reference of its first
+    update under differential privacy). A memo of a pure function: its arrays are read-only."""
+    tensors = initial_adapters(scenario, model_key, task, scenario_lora(scenario, rank))
+    for value in tensors.values():
+        value.setflags(write=False)
+    return tensors

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from .clients.base import ClientAlgorithm
 from .clients.profile import ClientSession, session_for
 from .clients.state import STATE_DIR_KEY, ClientState
-from .mods import fault_injection_mod, secure_aggregation_mod, wire_audit_mod
+from .mods import fault_injection_mod, local_dp_mod, secure_aggregation_mod, wire_audit_mod
 from .records import (
     ADAPTERS_KEY,
     CONFIG_KEY,
@@ -34,9 +34,10 @@ from .registry import client_class
 # Error code of a query reply from a client that could not set itself up (Flower's own codes are below 100).
 REGISTRATION_FAILED = 400
 
-# The audit sits outermost so that it records the reply as it leaves, after any injected fault and masking; faults
-# corrupt the update before it is masked, as a poisoned client would.
-app = ClientApp(mods=[wire_audit_mod, secure_aggregation_mod, fault_injection_mod])
+# The audit sits outermost so that it records the reply as it leaves, after any injected fault and masking. Inside
+# it, local DP noises the trained update first, a faulty client then corrupts it (an attacker does not run the
+# honest clients' noise), and secure aggregation masks what results.
+app = ClientApp(mods=[wire_audit_mod, secure_aggregation_mod, fault_injection_mod, local_dp_mod])
 
 
 def _session(context: Context) -> ClientSession:

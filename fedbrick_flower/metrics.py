@@ -32,6 +32,7 @@ ROUND = "round"
 REJECTED = "rejected"
 CLIPPED = "clipped"
 REGISTRATION_FAILED = "registration-failed"
+PRIVACY = "privacy"
 
 
 # ------------------------------------------------------------------------------------------------ declarations
@@ -205,6 +206,23 @@ GENERIC_PHASES: tuple[Phase, ...] = (
     Phase(REJECTED, ("round", "client", "stage", "reason"), "a reply left out of the round, and why"),
     Phase(CLIPPED, ("round", "client", "factor"), "an update scaled down to the norm limit"),
     Phase(REGISTRATION_FAILED, ("round", "node", "reason"), "a node whose profile query failed"),
+    Phase(
+        PRIVACY,
+        ("round", "mode", "epsilon", "delta", "noise_multiplier", "clip_norm", "sample_rate"),
+        "under privacy.mode central or local: epsilon at delta after this round (Opacus's RDP accountant)",
+    ),
+)
+# What report and compare draw from the generic rows, beside each algorithm's declarations (registry.py).
+GENERIC_METRICS = MetricDeclarations(
+    report_columns=(TableColumn("epsilon", PRIVACY, "epsilon", reduce="max", digits=3),),
+    compare_curves=(
+        CurvePlot(
+            name="privacy_epsilon",
+            title="Client-level privacy loss over rounds, mean ± std over seeds",
+            ylabel="epsilon at the run's delta",
+            curves=(Curve(PRIVACY, "epsilon", label="epsilon"),),
+        ),
+    ),
 )
 
 

@@ -1,10 +1,13 @@
-"""Flower ClientApp mods: secure aggregation, fault injection and a wire audit, all off unless a run asks for them.
+"""Flower ClientApp mods: secure aggregation, local differential privacy, fault injection and a wire audit, all
+off unless a run asks for them.
 
 - ``secure_aggregation_mod``: on the training messages of a round under ``privacy.secure_aggregation`` (they
   carry Flower's ``secaggplus`` config record), Flower's ``secaggplus_mod`` runs the SecAgg+ stages; in the
   stage that trains, the update is padded to the round's layout (:mod:`fedbrick_flower.secure_layout`) and only
   its masked vector leaves the device, never the tensors. Any other message passes through.
-
+- ``local_dp_mod``: under ``privacy.mode: local`` the training reply's tensors are clipped (their delta from what
+  the client started from, to ``privacy.clip_norm``) and noised (std ``noise_multiplier * clip_norm``) on the
+  device, so the server never sees a noiseless update (:func:`fedbrick_flower.strategies.dp.noised_update`).
 - ``fault_injection_mod``: a scenario's ``faults`` lists clients whose training replies are corrupted after
   training: ``nan_update`` writes a NaN into the first tensor (a diverged client), ``scaled_update`` multiplies
   every tensor by ``scale_factor`` (default 1000) and ``sign_flip`` negates every tensor (finite but poisoned
@@ -36,6 +39,7 @@ from .records import ADAPTERS_KEY, METRICS_KEY, from_array_record
 from .runconfig import AUDIT_KEY
 from .scenario import FaultSettings
 from .secure_layout import LAYOUT_KEY, pack
+from .strategies.dp import noised_update
 
 AUDIT_FILE = "wire-audit.jsonl"
 
@@ -64,6 +68,31 @@ def masking_input(msg: Message, reply: Message) -> Message:
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(vectors), weight, {})
     for key, record in fitres_to_recorddict(fitres, keep_input=True).items():
         reply.content[key] = record
+    return reply
+
+
+def local_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Clip and noise this client's training reply on the device under the scenario's ``privacy.mode: local``."""
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    session = session_for(context.run_config, context.node_config)
+    privacy, profile = session.scenario.privacy, session.profile
+    if privacy.mode != "local":
+        return call_next(msg, context)
+    received = from_array_record(msg.content[ADAPTERS_KEY])
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    from .assembly import seeded_start  # torch is loaded by training already
+
+    record = reply.content[ADAPTERS_KEY]
+    trained = {name: record[name].numpy() for name in record}
+    # The seeded start of the tensors it was not sent; an algorithm's own tensors of another layout count from 0.
+    seeded = seeded_start(session.scenario, profile.model, profile.task, profile.rank)
+    start = {n: v for n, v in seeded.items() if n in trained and v.shape == trained[n].shape} | received
+    noised = noised_update(trained, start, privacy.noise_multiplier, privacy.clip_norm)
+    for name, values in noised.arrays.items():
+        record[name] = Array(values)
     return reply
 
 

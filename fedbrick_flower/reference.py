@@ -74,6 +74,7 @@ _CROSS_CHECKS = {
     "server.min_clients": "(at most the number of clients)",
     "server.aggregation": "(median, trimmed-mean: only algorithms that average each tensor over its holders)",
     "privacy.secure_aggregation": "(algorithms whose server needs only sums; mean, no clipping or norm screening)",
+    "privacy.mode": "(central: only algorithms whose registry entry declares central_dp)",
     "faults.nan_update": "client ids",
     "faults.scaled_update": "client ids",
     "faults.sign_flip": "client ids",

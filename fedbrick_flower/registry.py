@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .metrics import (
+    GENERIC_METRICS,
     GENERIC_PHASES,
     Curve,
     CurvePlot,
@@ -58,6 +59,11 @@ class AlgorithmEntry:
         True if the server needs only sums of the updates: each tensor's weighted mean over its holders, which
         the strategy takes through ``aggregation_key`` and ``aggregate_means``. Only such algorithms run under
         ``privacy.secure_aggregation`` (SecAgg+); the others, needing each client's own update, are refused at load.
+    central_dp : bool (default: False)
+        True if the server's math on the updates is a mean of each tensor over its holders, every holder having
+        started it from the same value (``HeterogeneousStrategy.combine_layerwise``), so central differential
+        privacy applies (each client's delta clipped, each mean noised: docs/privacy.md). Scenarios with
+        ``privacy.mode: central`` are refused at load under any other algorithm.
     scenario_checks : str, optional
         ``module:function`` of the algorithm's own scenario check (the scenario contract block below).
     metrics : MetricDeclarations (default: none)
@@ -75,6 +81,7 @@ class AlgorithmEntry:
     classification_only: bool = False
     linear_probe: bool = False
     secure_aggregation: bool = False
+    central_dp: bool = False
     # ---- metric rows: phases, their row keys, and what report and compare draw (see metrics.py) ----
     metrics: MetricDeclarations = MetricDeclarations()
 
@@ -269,6 +276,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         robust_aggregation=True,
         linear_probe=True,
         secure_aggregation=True,
+        central_dp=True,
     ),
     "fedbrick": AlgorithmEntry(
         server="fedbrick_flower.strategies.fedbrick:FedBRICK",
@@ -277,6 +285,7 @@ _ALGORITHMS: dict[str, AlgorithmEntry] = {
         robust_aggregation=True,
         linear_probe=True,
         secure_aggregation=True,
+        central_dp=True,
         metrics=_FEDBRICK_METRICS,
     ),
     "fedbip": AlgorithmEntry(
@@ -366,6 +375,8 @@ RUNTIME_ARGUMENTS = frozenset(
         "max_update_bytes",
         "robustness",
         "secure_aggregation",
+        "privacy",
+        "seeded_start",
         "callbacks",
     }
 )
@@ -380,7 +391,7 @@ def register(name: str, entry: AlgorithmEntry) -> None:
         shared = sorted(set(entry.wire_keys) & set(known.wire_keys))
         if shared and entry.client != known.client:
             raise ValueError(f"algorithm {name!r}: wire keys {shared} are already those of {other!r}")
-    declarations = [*(e.metrics for e in _ALGORITHMS.values()), entry.metrics]
+    declarations = [*_declarations(), entry.metrics]
     _unique((phase.name, phase) for d in declarations for phase in d.phases)
     _unique((plot.name, plot) for d in declarations for plot in (*d.report_plots, *d.compare_curves))
     _ALGORITHMS[name] = entry
@@ -420,6 +431,11 @@ def linear_probe_algorithms() -> list[str]:
     return [name for name in algorithm_names() if _ALGORITHMS[name].linear_probe]
 
 
+def central_dp_algorithms() -> list[str]:
+    """The algorithms that take ``privacy.mode: central`` (see ``AlgorithmEntry.central_dp``)."""
+    return [name for name in algorithm_names() if _ALGORITHMS[name].central_dp]
+
+
 def robust_aggregation_algorithms() -> list[str]:
     """The algorithms whose strategies take ``server.aggregation`` (median, trimmed mean) for every tensor."""
     return [name for name in algorithm_names() if _ALGORITHMS[name].robust_aggregation]
@@ -439,18 +455,23 @@ def declared_phases() -> dict[str, Phase]:
 
 
 def report_plots() -> list[MatrixPlot | CurvePlot]:
-    """The plots ``report`` draws where a run has their rows, over every registered algorithm, each once."""
-    return list(_unique((p.name, p) for e in _ALGORITHMS.values() for p in e.metrics.report_plots).values())
+    """The plots ``report`` draws where a run has their rows, generic and every registered algorithm's, each once."""
+    return list(_unique((p.name, p) for d in _declarations() for p in d.report_plots).values())
 
 
 def report_columns() -> list[TableColumn]:
     """The columns ``report`` adds to its per-round table where a run has their rows, each once."""
-    return list(_unique((c.name, c) for e in _ALGORITHMS.values() for c in e.metrics.report_columns).values())
+    return list(_unique((c.name, c) for d in _declarations() for c in d.report_columns).values())
 
 
 def compare_curves() -> list[CurvePlot]:
     """The plots ``compare`` adds to its page where the runs have their rows, each once."""
-    return list(_unique((p.name, p) for e in _ALGORITHMS.values() for p in e.metrics.compare_curves).values())
+    return list(_unique((p.name, p) for d in _declarations() for p in d.compare_curves).values())
+
+
+def _declarations() -> list[MetricDeclarations]:
+    """The generic drawers (the privacy row's), then every registered algorithm's."""
+    return [GENERIC_METRICS, *(entry.metrics for entry in _ALGORITHMS.values())]
 
 
 def _unique(named: Iterable[tuple[str, Any]]) -> dict[str, Any]:

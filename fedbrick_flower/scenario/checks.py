@@ -14,6 +14,7 @@ from typing import Any
 
 from ..registry import (  # entries only: no strategy import
     algorithm_names,
+    central_dp_algorithms,
     classification_only,
     linear_probe_algorithms,
     mixes_ranks,
@@ -23,7 +24,7 @@ from ..registry import (  # entries only: no strategy import
     secure_aggregation_algorithms,
 )
 from .building import did_you_mean
-from .schema import AGGREGATIONS, NORM_SCOPES, ClientProfile, LoraDefaults, Scenario, TaskSpec
+from .schema import AGGREGATIONS, NORM_SCOPES, PRIVACY_MODES, ClientProfile, LoraDefaults, Scenario, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ RANGES: dict[str, Range] = {
     "server.clip_norm_multiple": _POSITIVE,
     "server.plateau_window": _AT_LEAST_1,
     "server.plateau_tolerance": Range(0, 1, high_open=True),
+    "privacy.noise_multiplier": _POSITIVE,
+    "privacy.clip_norm": _POSITIVE,
+    "privacy.delta": _OPEN_UNIT,
     "clients[].rank": _AT_LEAST_1,
     "clients[].batch_size": _AT_LEAST_1,
 }
@@ -101,6 +105,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "server.aggregation": AGGREGATIONS,
     "server.norm_scope": NORM_SCOPES,
     "server.stop_when_plateau": PLATEAU_METRICS,
+    "privacy.mode": PRIVACY_MODES,
     "clients[].dtype": DTYPES,
     "clients[].device": DEVICES,
 }
@@ -142,7 +147,7 @@ def semantic_problems(scenario: Scenario, raw_clients: int | None = None) -> lis
             if client_id not in ids:
                 problems.append(f"faults.{fault}: {client_id!r} is not a client id of this scenario {ids}")
     problems += rank_problems(scenario) + aggregation_problems(scenario) + objective_problems(scenario)
-    problems += linear_probe_problems(scenario) + secure_aggregation_problems(scenario)
+    problems += linear_probe_problems(scenario) + secure_aggregation_problems(scenario) + privacy_problems(scenario)
     return problems
 
 
@@ -192,6 +197,36 @@ def secure_aggregation_problems(scenario: Scenario) -> list[str]:
         )
     if 0 < len(scenario.clients) < 2:
         problems.append(f"privacy.secure_aggregation: needs at least 2 clients, got {len(scenario.clients)}")
+    if scenario.privacy.mode == "central":
+        problems.append(
+            f"privacy.secure_aggregation: privacy.mode 'central' clips each individual update on the server; {why} "
+            "(use privacy.mode: local, whose noise is added on the device before masking)"
+        )
+
+
+def privacy_problems(scenario: Scenario) -> list[str]:
+    """``privacy.mode: central`` under an algorithm whose server math is not a mean over holders, or with server
+    options that read the raw updates across clients (robust means, clipping by the round's median)."""
+    if scenario.privacy.mode != "central" or scenario.algorithm not in algorithm_names():
+        return []
+    supported = central_dp_algorithms()
+    if scenario.algorithm not in supported:
+        return [
+            f"privacy.mode: 'central' needs an algorithm whose server averages each tensor over its holders "
+            f"({', '.join(supported)}); {scenario.algorithm} combines individual updates by its own rule, so the "
+            "sensitivity of what it releases is not bounded by privacy.clip_norm (use privacy.mode: local)"
+        ]
+    server, problems = scenario.server, []
+    if server.aggregation != "mean":
+        problems.append(
+            f"server.aggregation: {server.aggregation!r} cannot run under privacy.mode: central (the noise is "
+            "calibrated to a mean over holders); use 'mean'"
+        )
+    for key in ("clip_norm", "clip_norm_multiple"):
+        if getattr(server, key) is not None:
+            problems.append(
+                f"server.{key}: cannot be set under privacy.mode: central (privacy.clip_norm clips every update)"
+            )
     return problems
 
 

@@ -16,7 +16,9 @@ from ..models.spec import ModelSpec
 
 # The values of ``server.aggregation`` and ``server.norm_scope``; strategies/aggregation.py implements them.
 AGGREGATIONS = ("mean", "median", "trimmed-mean")
-NORM_SCOPES = ("layer", "update")
+NORM_SCOPES = ("layer", "update", "rms")
+# The values of ``privacy.mode``; docs/privacy.md says what each protects against.
+PRIVACY_MODES = ("none", "central", "local")
 
 
 class ScenarioError(ValueError):
@@ -170,8 +172,10 @@ class ServerSettings:
     round_timeout: float = 3600.0
     aggregation: str = "mean"
     trim_fraction: float = 0.2
-    outlier_norm_multiple: float | None = None
-    norm_scope: str = "layer"
+    outlier_norm_multiple: float | None = 10.0
+    """Secure by default: an update whose root-mean-square value is over 10x the round's median is rejected
+    (a x1000 update is; honest clients of the built-in scenarios stay under 3x, docs/privacy.md). None: off."""
+    norm_scope: str = "rms"
     clip_norm: float | None = None
     clip_norm_multiple: float | None = None
     stop_when_plateau: str = "off"
@@ -196,12 +200,19 @@ class FaultSettings:
 
 @dataclass(frozen=True)
 class PrivacySettings:
-    """What the server may learn of a client's update.
+    """Client-level differential privacy of the adapter updates (DP-FedAvg) and secure aggregation.
 
-    ``secure_aggregation``: Flower's SecAgg+ masks every client's update, so the server learns only the sum over
-    the round's clients (``docs/secure-aggregation.md``); only algorithms whose server needs sums take it.
+    ``mode``: ``none``; ``central`` (the server clips each client's update, the delta from what it started from,
+    to ``clip_norm`` and adds Gaussian noise of std ``noise_multiplier * clip_norm / n`` to each tensor's mean over
+    its n holders); ``local`` (each device clips its update and adds noise of std ``noise_multiplier *
+    clip_norm`` before sending it). ε at ``delta`` is accounted after every round (a ``privacy`` metric row).
+    ``secure_aggregation``: the server learns only the sum of the updates (SecAgg+).
     """
 
+    mode: str = "none"
+    noise_multiplier: float = 1.0
+    clip_norm: float = 1.0
+    delta: float = 1e-5
     secure_aggregation: bool = False
 
 
@@ -289,7 +300,7 @@ SCENARIO_KEYS: dict[str, str] = {
     "lora": "LoRA defaults",
     "server": "round mechanics",
     "faults": "fault injection for resilience tests",
-    "privacy": "what the server may learn of a client's update",
+    "privacy": "differential privacy of the updates and secure aggregation",
 }
 MODEL_KEYS: dict[str, str] = {
     "source": "pretrained: a packaged name, a local folder, or a hub id (hub ids only when the hub is reachable)",

@@ -108,20 +108,34 @@ def norm_group(name: str, scope: str) -> str:
     """The group whose norm a (model-scoped) tensor name counts towards.
 
     ``layer``: one group per indexed block (``m/layers.3``, ``m/bricks.3``) and per head (``m/t/head``);
-    ``update``: one group per model (``m``), i.e. the client's whole update on that model.
+    ``update``: one group per model (``m``), i.e. the client's whole update on that model; ``rms``: one group for
+    every update of the round, whatever its model (see :func:`group_norms`).
     """
+    if scope == "rms":
+        return RMS_GROUP
     if scope == "update":
         return name.split("/", 1)[0]
     match = _INDEXED.match(name)
     return match.group(1) if match else name.rpartition(".")[0] or name
 
 
+RMS_GROUP = "update-rms"
+
+
 def group_norms(tensors: Mapping[str, np.ndarray], scope: str) -> dict[str, float]:
-    """Frobenius norm of each :func:`norm_group` of ``tensors`` (all its tensors together)."""
+    """Frobenius norm of each :func:`norm_group` of ``tensors`` (all its tensors together).
+
+    Under ``rms`` the one group's value is the update's root-mean-square entry (its norm over the square root of
+    its size): free of depth, LoRA rank (a rank-r factor's norm grows with sqrt(r), its size with r) and model,
+    so every update of a round is compared with every other, like with like.
+    """
     squares: dict[str, float] = {}
     for name, value in tensors.items():
         group = norm_group(name, scope)
         squares[group] = squares.get(group, 0.0) + float(np.sum(np.square(value, dtype=np.float64)))
+    if scope == "rms":
+        size = sum(int(np.size(value)) for value in tensors.values())
+        return {group: math.sqrt(total / max(size, 1)) for group, total in squares.items()}
     return {group: math.sqrt(total) for group, total in squares.items()}
 
 
@@ -150,8 +164,10 @@ class Robustness:
         (median over the round's validated updates holding it, the suspect included). The check applies to a
         group only where at least :data:`MIN_UPDATES_FOR_MEDIAN` updates hold it. None: no check.
     norm_scope : str (default: "layer")
-        Groups for the outlier check and the clipping: ``layer`` (each layer, BRICK and head of each model) or
-        ``update`` (a client's whole update on its model; partial-depth clients then have smaller norms).
+        Groups for the outlier check and the clipping: ``layer`` (each layer, BRICK and head of each model),
+        ``update`` (a client's whole update on its model; partial-depth clients then have smaller norms) or
+        ``rms`` (a client's whole update, its root-mean-square entry compared across every update of the round;
+        the scenario default, see :func:`group_norms`: the bounds then apply to that value).
     clip_norm : float, optional
         Scale every group whose norm exceeds this bound down to it.
     clip_norm_multiple : float, optional
@@ -225,8 +241,9 @@ class Robustness:
             median, count = medians[group]
             if count >= MIN_UPDATES_FOR_MEDIAN and norm > self.outlier_norm_multiple * median:
                 ratio = f"{norm / median:.1f}x" if median > 0 else "infinitely"
+                what = "the update's RMS entry is" if self.norm_scope == "rms" else f"{group} has norm"
                 return (
-                    f"norm outlier: {group} has norm {norm:.4g}, {ratio} the round's median {median:.4g} over "
+                    f"norm outlier: {what} {norm:.4g}, {ratio} the round's median {median:.4g} over "
                     f"{count} updates (limit {self.outlier_norm_multiple:g}x, server.outlier_norm_multiple)"
                 )
         return None

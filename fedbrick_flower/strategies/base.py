@@ -6,15 +6,16 @@ and the state a run resumes from. Like Flower's ``strategy.py`` beside ``strateg
 shares with every algorithm lives in pure helper modules, each tested on its own: :mod:`.registration` (the
 ``query`` exchange that keys clients by their LOGICAL id; Flower's node ids are random), :mod:`.transport`
 (per-client messages, replies attributed to their client), :mod:`.replies` (reply checks that reject and log a
-bad update while the round goes on), :mod:`.screening` (norm outliers and clipping) and :mod:`.metric_rows`
-(the rows of ``metrics.jsonl``). An algorithm subclass implements four verbs: :meth:`payload`,
-:meth:`expected_update`, :meth:`aggregate` and, where it keeps one, :meth:`global_adapters`; one whose server
-needs only sums adds :meth:`aggregation_key` and :meth:`aggregate_means` and runs under secure aggregation
-(:mod:`.secure_aggregation`, SecAgg+).
+bad update while the round goes on), :mod:`.screening` (norm outliers and clipping), :mod:`.dp` (client-level
+differential privacy) and :mod:`.metric_rows` (the rows of ``metrics.jsonl``). An algorithm subclass implements
+four verbs: :meth:`payload`, :meth:`expected_update`, :meth:`aggregate` and, where it keeps one,
+:meth:`global_adapters`; one whose server needs only sums adds :meth:`aggregation_key` and
+:meth:`aggregate_means` and runs under secure aggregation (:mod:`.secure_aggregation`, SecAgg+).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from abc import abstractmethod
@@ -33,8 +34,9 @@ from ..client_info import ClientInfo
 from ..data.checks import label_mismatch
 from ..metrics import TRAIN
 from ..records import content_bytes, to_array_record
+from ..scenario.schema import PrivacySettings
 from ..secure_layout import LAYOUT_KEY, Layout
-from . import metric_rows
+from . import dp, metric_rows
 from .aggregation import Contribution, Robustness, random_layer_subset, sample_clients
 from .registration import (
     RunStoppedError,
@@ -64,6 +66,9 @@ if TYPE_CHECKING:
     from ..scenario import Scenario
 
 NO_DEFENCE = Robustness()  # the plain weighted mean, no norm check, no clipping
+NO_PRIVACY = PrivacySettings()
+SeededStart = Callable[[str, str, "int | None"], Mapping[str, np.ndarray]]
+"""``(model, task, LoRA rank) -> tensors``: what a client starts each tensor from before it is sent any."""
 T = TypeVar("T")
 
 
@@ -131,6 +136,14 @@ class HeterogeneousStrategy(Strategy):
         masked vectors and unmasks their sum, the layer-wise weighted mean over holders, which it folds in with
         :meth:`aggregate_means`. Only for strategies whose registry entry declares ``secure_aggregation``, and
         with no ``robustness`` that needs individual updates (norm screening, clipping, median, trimmed mean).
+    privacy : PrivacySettings (default: none)
+        ``privacy.mode: central``: each validated update is clipped, its delta from what the client started from
+        bounded by ``clip_norm`` (:func:`.dp.clip_update`), and :meth:`combine_layerwise` returns each tensor's
+        unweighted mean over its holders with Gaussian noise (:func:`.dp.noised_layerwise_mean`). Under
+        ``central`` and ``local`` a ``privacy`` row gives epsilon after every round (:func:`.dp.epsilon`).
+    seeded_start : SeededStart, optional
+        The start of the tensors a client was not sent (its first round): the reference of its delta under
+        central privacy. None: such a tensor's whole value counts as the update.
     callbacks : Sequence[RoundCallback] (default: ())
         Round hooks: metrics files, checkpoints, server-side evaluation.
     """
@@ -153,6 +166,8 @@ class HeterogeneousStrategy(Strategy):
         frozen_lora: bool = False,
         robustness: Robustness = NO_DEFENCE,
         secure_aggregation: SecAggParameters | None = None,
+        privacy: PrivacySettings = NO_PRIVACY,
+        seeded_start: SeededStart | None = None,
         callbacks: Sequence[RoundCallback] = (),
     ) -> None:
         if secure_aggregation is not None and (robustness.screens or robustness.aggregation != "mean"):
@@ -173,6 +188,8 @@ class HeterogeneousStrategy(Strategy):
         self.frozen_lora = frozen_lora
         self.robustness = robustness
         self.secure_aggregation = secure_aggregation
+        self.privacy = privacy
+        self.seeded_start = seeded_start
         self.task_labels = dict(task_labels or {})
         self.callbacks = list(callbacks)
         self.clients: dict[str, ClientInfo] = {}
@@ -181,6 +198,7 @@ class HeterogeneousStrategy(Strategy):
         self._log_rows: list[dict] = []
         self._bytes_down: dict[tuple[str, str], int] = {}  # (client id, phase) -> bytes of the last message
         self._sent: dict[str, str] = {}  # message id -> logical client id, for the current exchange
+        self._sent_train: dict[str, dict[str, np.ndarray]] = {}  # client id -> tensors sent to train (central DP)
         self._last_replies: list[Message] = []
         self._trained: set[str] = set()  # clients whose train reply (with its evaluation) came back this round
         self._failed_nodes: dict[int, str] = {}  # node id -> why it could not register (asked once)
@@ -282,6 +300,7 @@ class HeterogeneousStrategy(Strategy):
             "wire_dtype": self.wire_dtype,
             "max_update_bytes": self.max_update_bytes,
             "robustness": self.robustness,
+            "privacy": self.privacy,
             **self.describe(),
         }
         for key, value in settings.items():
@@ -309,7 +328,7 @@ class HeterogeneousStrategy(Strategy):
         for client_id, reason in {**invalid, **screened.rejected}.items():
             self._reject(server_round, self.clients[client_id], TRAIN, reason)
         self._log_rows.extend(metric_rows.clipped_rows(server_round, screened.factors))
-        updates = screened.kept
+        updates = self._clip_private(server_round, screened.kept)
         self._trained = {u.client.client_id for u in updates}
         for reply, update in validated:
             if (cid := update.client.client_id) in self._trained:
@@ -320,6 +339,8 @@ class HeterogeneousStrategy(Strategy):
             started = time.perf_counter()
             self.aggregate(server_round, updates)
             self._log_rows.append(metric_rows.aggregate_row(server_round, time.perf_counter() - started, len(updates)))
+        if self.privacy.mode != "none":
+            self._log_rows.append(metric_rows.privacy_row(server_round, self.privacy, self._sample_rate()))
         return None, MetricRecord(metric_rows.train_metrics(updates))
 
     def configure_evaluate(
@@ -466,8 +487,39 @@ class HeterogeneousStrategy(Strategy):
     # ------------------------------------------------------------------ helpers
     def combine_layerwise(self, contributions: Iterable[Contribution]) -> dict[str, np.ndarray]:
         """Combine each tensor over the contributions that hold it: the one entry point of every layer-wise
-        method, so ``server.aggregation`` (mean, median, trimmed mean) applies to all of them."""
+        method, so ``server.aggregation`` (mean, median, trimmed mean) applies to all of them, and under
+        ``privacy.mode: central`` the noised mean of :func:`.dp.noised_layerwise_mean`."""
+        if self.privacy.mode == "central":
+            return dp.noised_layerwise_mean(contributions, self.privacy.noise_multiplier, self.privacy.clip_norm)
         return self.robustness.combine(contributions)
+
+    def _clip_private(self, server_round: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """Under central privacy, each update with its delta from what its client started from clipped to
+        ``privacy.clip_norm`` (a ``clipped`` row for each one scaled down); the updates as they are otherwise."""
+        if self.privacy.mode != "central":
+            return updates
+        clipped, factors = [], {}
+        for update in updates:
+            result = dp.clip_update(update.arrays, self._start_of(update.client), self.privacy.clip_norm)
+            clipped.append(dataclasses.replace(update, arrays=result.arrays))
+            if (factor := result.factor(self.privacy.clip_norm)) < 1.0:
+                factors[update.client.client_id] = factor
+        self._log_rows.extend(metric_rows.clipped_rows(server_round, factors))
+        return clipped
+
+    def _start_of(self, client: ClientInfo) -> dict[str, np.ndarray]:
+        """What ``client`` started this round's training from: the tensors sent to it, over its seeded start."""
+        sent = self._sent_train.get(client.client_id, {})
+        if self.seeded_start is None:
+            return dict(sent)
+        return {**self.seeded_start(client.model, client.task, client.rank or None), **sent}
+
+    def _sample_rate(self) -> float:
+        """Each client's chance of training in a round, for the accountant: ``fraction_train``, raised where
+        ``min_train_clients`` samples more; 1 under local privacy (the server sees who sends)."""
+        if self.privacy.mode == "local" or not self.expected_clients:
+            return 1.0
+        return min(1.0, max(self.fraction_train, self.min_train_clients / self.expected_clients))
 
     def _flat_global_adapters(self) -> ArrayRecord:
         tensors = {
@@ -494,6 +546,8 @@ class HeterogeneousStrategy(Strategy):
             self.state_scope,
         )
         self._bytes_down[(client.client_id, phase)] = content_bytes(message.content)
+        if phase == "train" and self.privacy.mode == "central":
+            self._sent_train[client.client_id] = self._on_wire(tensors)
         return message
 
     def _exchange(self, grid: Grid, messages: Iterable[Message]) -> None:

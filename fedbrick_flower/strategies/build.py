@@ -6,6 +6,7 @@ the strategy's ``__init__`` chain refuses.
 
 from __future__ import annotations
 
+import functools
 from logging import INFO
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,10 @@ from .aggregation import Robustness
 from .secure_aggregation import SecAggParameters
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy as np
+
     from ..scenario import Scenario
     from .base import HeterogeneousStrategy, RoundCallback
 
@@ -28,10 +33,13 @@ def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_
     samples ``server.fraction_train`` of them for each round, at least ``server.min_train_clients``. Under
     ``privacy.secure_aggregation`` the server sees no individual update, so the norm screening
     (``server.outlier_norm_multiple``) is off, with a logged line; a scenario that sets it explicitly is refused
-    at load (``scenario.checks.secure_aggregation_problems``).
+    at load (``scenario.checks.secure_aggregation_problems``). Under ``privacy.mode: central`` the norm screening
+    is off too: its decision reads every raw update against the others and is not accounted, while the clip to
+    ``privacy.clip_norm`` bounds every update (docs/privacy.md).
     """
     server = scenario.server
     secure = scenario.privacy.secure_aggregation
+    central = scenario.privacy.mode == "central"
     if secure and server.outlier_norm_multiple is not None:
         log(INFO, "privacy.secure_aggregation: norm screening (server.outlier_norm_multiple) is off: "
             "the server sees no individual update")  # fmt: skip
@@ -51,14 +59,22 @@ def runtime_arguments(scenario: Scenario, callbacks: list[RoundCallback], state_
         "robustness": Robustness(
             aggregation=server.aggregation,
             trim_fraction=server.trim_fraction,
-            outlier_norm_multiple=None if secure else server.outlier_norm_multiple,
+            outlier_norm_multiple=None if secure or central else server.outlier_norm_multiple,
             norm_scope=server.norm_scope,
             clip_norm=server.clip_norm,
             clip_norm_multiple=server.clip_norm_multiple,
         ),
         "secure_aggregation": SecAggParameters() if secure else None,
+        "privacy": scenario.privacy,
+        "seeded_start": functools.partial(_seeded_start, scenario),
         "callbacks": callbacks,
     }
+
+
+def _seeded_start(scenario: Scenario, model: str, task: str, rank: int | None) -> Mapping[str, np.ndarray]:
+    from ..assembly import seeded_start  # torch and the models load only when a private run asks for the start
+
+    return seeded_start(scenario, model, task, rank)
 
 
 def build_strategy(scenario: Scenario, callbacks: list[RoundCallback], state_scope: str = "") -> HeterogeneousStrategy:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..metrics import AGGREGATE, CLIPPED, EVALUATE, REGISTRATION_FAILED, REJECTED, ROUND, TRAIN
+from ..metrics import AGGREGATE, CLIPPED, EVALUATE, PRIVACY, REGISTRATION_FAILED, REJECTED, ROUND, TRAIN
 from ..records import EVAL_PREFIX, array_bytes
+from ..scenario.schema import PrivacySettings
 from .aggregation import weighted_mean
+from .dp import epsilon
 from .replies import ClientUpdate
 
 Row = dict[str, Any]
@@ -85,6 +87,26 @@ def clipped_rows(server_round: int, factors: Mapping[str, float]) -> list[Row]:
         {"round": server_round, "phase": CLIPPED, "client": client_id, "factor": factor}
         for client_id, factor in sorted(factors.items())
     ]
+
+
+def privacy_row(server_round: int, privacy: PrivacySettings, sample_rate: float) -> Row:
+    """Epsilon at ``privacy.delta`` after ``server_round`` rounds (every round counted from the first).
+
+    Central: the subsampled Gaussian mechanism of sensitivity ``clip_norm`` (one client added or removed) at
+    ``sample_rate``. Local: one client's own releases, the noise over a sensitivity of ``2 * clip_norm`` (its
+    clipped delta replaced by any other) in every round, at rate 1 (docs/privacy.md).
+    """
+    multiplier = privacy.noise_multiplier / (2.0 if privacy.mode == "local" else 1.0)
+    return {
+        "round": server_round,
+        "phase": PRIVACY,
+        "mode": privacy.mode,
+        "epsilon": epsilon(multiplier, sample_rate, server_round, privacy.delta),
+        "delta": privacy.delta,
+        "noise_multiplier": privacy.noise_multiplier,
+        "clip_norm": privacy.clip_norm,
+        "sample_rate": sample_rate,
+    }
 
 
 def aggregate_row(server_round: int, seconds: float, updates: int) -> Row:

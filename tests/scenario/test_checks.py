@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import yaml
 
-from fedbrick_flower.scenario import ScenarioError, apply_overrides, parse_scenario, scenario_path
+from fedbrick_flower.scenario import ScenarioError, apply_overrides, collect_scenario, parse_scenario, scenario_path
 from tests.scenario.smoke import BASE, smoke_with
 
 
@@ -174,3 +174,38 @@ def test_plateau_stop_with_a_validation_split_is_valid_and_off_by_default() -> N
     # Assert
     assert default.server.stop_when_plateau == "off" and default.data.validation_fraction == 0.0
     assert stopping.server.stop_when_plateau == "on-device" and stopping.server.plateau_window == 5
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "server", "expected"),
+    [
+        ("fedbip", {}, "privacy.mode: 'central' needs an algorithm whose server averages each tensor over its holders"),
+        ("fedavg", {"aggregation": "median"}, "server.aggregation: 'median' cannot run under privacy.mode: central"),
+        ("fedavg", {"clip_norm": 2.0}, "server.clip_norm: cannot be set under privacy.mode: central"),
+    ],
+)
+def test_central_privacy_is_refused_where_the_server_math_is_not_a_mean_over_holders(
+    algorithm: str, server: dict, expected: str
+) -> None:
+    # Prepare
+    raw = smoke_with("privacy", {"mode": "central"})
+    raw["algorithm"], raw["server"] = algorithm, server
+
+    # Execute
+    _, problems = collect_scenario(raw)
+
+    # Assert
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_local_privacy_and_the_default_screening_load_for_every_algorithm_of_the_smoke_clients() -> None:
+    # Prepare
+    raw = smoke_with("privacy", {"mode": "local", "noise_multiplier": 0.5})
+
+    # Execute
+    scenario, problems = collect_scenario(raw)
+
+    # Assert: the default screening is on (10x the round's median RMS entry), privacy is as written
+    assert problems == []
+    assert (scenario.server.outlier_norm_multiple, scenario.server.norm_scope) == (10.0, "rms")
+    assert (scenario.privacy.mode, scenario.privacy.noise_multiplier, scenario.privacy.delta) == ("local", 0.5, 1e-5)

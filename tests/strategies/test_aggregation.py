@@ -148,3 +148,26 @@ def test_clipping_scales_a_group_down_to_the_bound_or_to_a_multiple_of_the_media
 def test_bad_settings_are_refused_naming_the_field(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Robustness(**settings)
+
+
+def test_the_rms_scope_compares_updates_across_models_depths_and_ranks_and_rejects_a_scaled_one() -> None:
+    # Prepare: entries of size ~0.1 everywhere: a 4-layer rank-8 update and a 2-layer rank-2 one of model "a" (their
+    # norms differ 4x), one of model "b", and one of model "a" scaled by 1000 on two layers nobody else holds
+    rng = np.random.default_rng(0)
+
+    def update(model: str, layers: range, rank: int, scale: float = 1.0) -> dict[str, np.ndarray]:
+        return {f"{model}/layers.{i}.q.lora_A": scale * 0.1 * rng.standard_normal((rank, 32)) for i in layers}
+
+    updates = {"deep": update("a", range(4), 8), "edge": update("a", range(2), 2), "other": update("b", range(3), 4)}
+    updates["scaled"] = update("a", range(4, 6), 2, scale=1000.0)
+
+    # Execute
+    rejected, kept, _ = Robustness(outlier_norm_multiple=10.0, norm_scope="rms").screen(updates)
+    layer_rejected, _, _ = Robustness(outlier_norm_multiple=10.0, norm_scope="layer").screen(updates)
+
+    # Assert: only the scaled update, named by its RMS entry; per layer, no group has three holders to compare
+    assert sorted(kept) == ["deep", "edge", "other"]
+    assert list(rejected) == ["scaled"]
+    assert rejected["scaled"].startswith("norm outlier: the update's RMS entry is 10")
+    assert "over 4 updates (limit 10x, server.outlier_norm_multiple)" in rejected["scaled"]
+    assert layer_rejected == {}

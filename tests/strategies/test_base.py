@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 from fedbrick_flower.client_info import ClientInfo
 from fedbrick_flower.inprocess import InProcessGrid, Node
 from fedbrick_flower.records import CONFIG_KEY, REASON_KEY, REFUSED_TYPE
+from fedbrick_flower.scenario import PrivacySettings
 from fedbrick_flower.strategies.aggregation import Robustness, ShapeMismatch
 from fedbrick_flower.strategies.base import RoundCallback
 from fedbrick_flower.strategies.fedavg import LayerwiseFedAvg
@@ -353,3 +354,33 @@ def _failing_trainer(info: ClientInfo, error: Exception) -> Node:
         return register(message)
 
     return answer
+
+
+def test_central_privacy_bounds_each_contribution_and_writes_a_growing_epsilon_every_round() -> None:
+    # Prepare: three clients sending every entry at 1, 5 and 1000; nothing was sent to them before round 1, so each
+    # update is its whole value: 2 layers of 16 entries and a head of 15, 47 entries of norm v * sqrt(47)
+    infos = [client_info(f"c{i}", node_id=i + 1) for i in range(3)]
+    nodes = {info.node_id: training_node(info, value=v) for info, v in zip(infos, (1.0, 5.0, 1000.0), strict=True)}
+    privacy = PrivacySettings(mode="central", noise_multiplier=1e-9, clip_norm=1.0, delta=1e-5)
+    strategy, grid = _prepare(nodes, privacy=privacy)
+    seen: list[dict] = []
+    strategy.callbacks = [_Collect(seen)]
+
+    # Execute
+    strategy.start(grid, num_rounds=1)
+    np.testing.assert_allclose(strategy.state["m/t/head.bias"], np.full(3, 1 / np.sqrt(47)), rtol=1e-6)
+    strategy.start_round = 2
+    strategy.start(grid, num_rounds=3)
+
+    # Assert: each update, the delta from what its client was sent, was scaled to norm 1 whatever its value (the
+    # 1000x client counts like the others), so the global moves by 1 / sqrt(47) per entry and round
+    np.testing.assert_allclose(strategy.state["m/layers.0.q.lora_A"], np.full((2, 4), 3 / np.sqrt(47)), rtol=1e-5)
+    factors = {r["client"]: r["factor"] for r in seen if r["phase"] == "clipped" and r["round"] == 1}
+    assert factors == pytest.approx(
+        {"c0": 1 / np.sqrt(47), "c1": 1 / (5 * np.sqrt(47)), "c2": 1 / (1000 * np.sqrt(47))}
+    )
+    rows = [r for r in seen if r["phase"] == "privacy"]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    epsilons = [r["epsilon"] for r in rows]
+    assert epsilons == sorted(epsilons) and len(set(epsilons)) == 3
+    assert {(r["mode"], r["sample_rate"], r["delta"]) for r in rows} == {("central", 1.0, 1e-5)}
