@@ -7,6 +7,7 @@ from the scenario like every other split), so no client data is involved.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from .assembly import build_global_model, task_examples
@@ -35,13 +36,16 @@ class GlobalModelEvaluator(RoundCallback):
 
     def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
         for (model_key, task), tensors in strategy.global_adapters().items():
+            started = time.perf_counter()
             scores = self.evaluate(model_key, task, tensors)
             logger.info("round %d: global %s on %s: %s", server_round, model_key, task, _describe(scores))
             row = {"round": server_round, "phase": "server-eval", "model": model_key, "task": task, **scores}
             if self.scenario.server.evaluate_without_lora:
                 bare = self.evaluate(model_key, task, without_lora(tensors))
                 row.update({f"{name}-without-lora": value for name, value in bare.items()})
+            row["seconds"] = time.perf_counter() - started  # compute time of this row's evaluations
             log_rows.append(row)
+        logger.info("round %d: server evaluation done", server_round)
 
     def evaluate(self, model_key: str, task: str, tensors: dict[str, Any]) -> dict[str, float]:
         """The task objective's metrics (``accuracy``, ``loss``; ``perplexity`` and more for a generative task) of

@@ -6,6 +6,7 @@ nothing on ``self`` between messages: what must last lives in the :class:`Client
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -103,7 +104,9 @@ class ClientAlgorithm:
             "data-truncated": float(train.truncated),
             "data-dropped": float(train.dropped),
         }
+        started = time.perf_counter()
         metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
+        metrics[EVAL_PREFIX + "seconds"] = time.perf_counter() - started  # the evaluate row's own compute time
         metrics["local-rounds"] = float(self.count_local_round())
         metrics["peak-memory-mb"] = result.peak_bytes / 2**20  # this client's training alone
         metrics["process-peak-rss-mb"] = process_peak_rss_mb()  # the whole process (mixes clients in a Ray worker)
