@@ -7,6 +7,7 @@ exponential), top-1 response-token accuracy, and where answers are short, exact 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -130,36 +131,85 @@ def greedy_answers(
 ) -> list[list[int]]:
     """Greedy answers to the prompts of ``examples`` (the tokens before the first labelled one), end token excluded.
 
-    Decoding runs without a KV cache (a truncated stack breaks the cache's layer indexing) and in place on right
-    padding: row ``i`` writes its next token at its own length, so every real token keeps its position and never
-    attends to padding.
+    Prompts are batched on right padding, so every real token keeps its position and never attends to padding.
+    Decoding runs with a KV cache (:meth:`CausalLM.kv_cache`): one pass over the prompts, then one token per row and
+    step; a model that cannot use one (BRICK surrogates in its stack) decodes without it, recomputing the sequences.
     """
     model.eval()
     answers: list[list[int]] = []
     prompt_lengths = (examples.labels != IGNORE_INDEX).int().argmax(dim=1)
     for start in range(0, len(examples), batch_size):
         lengths = prompt_lengths[start : start + batch_size].clone().to(device)
-        rows = len(lengths)
-        width = int(lengths.max()) + max_new_tokens
-        ids = torch.zeros((rows, width), dtype=torch.long, device=device)
-        mask = torch.zeros((rows, width), dtype=torch.long, device=device)
         source = examples.input_ids[start : start + batch_size, : int(lengths.max())].to(device)
-        positions = torch.arange(width, device=device)
-        prompt = positions[None, : source.shape[1]] < lengths[:, None]
-        ids[:, : source.shape[1]] = torch.where(prompt, source, 0)
-        mask[:, : source.shape[1]] = prompt.long()
-        first = lengths.clone()
-        active = torch.ones(rows, dtype=torch.bool, device=device)
-        index = torch.arange(rows, device=device)
-        for _ in range(max_new_tokens):
-            current = int(lengths.max())
-            hidden = model.hidden_states(ids[:, :current], mask[:, :current])
-            token = model.logits(hidden[index, lengths - 1]).argmax(dim=-1)
-            active &= token != end_token
-            ids[index[active], lengths[active]] = token[active]
-            mask[index[active], lengths[active]] = 1
-            lengths = lengths + active.long()
-            if not bool(active.any()):
-                break
-        answers.extend(ids[i, int(first[i]) : int(lengths[i])].tolist() for i in range(rows))
+        with model.kv_cache(source.shape[1] + max_new_tokens) as cache:
+            decode = _decode_uncached if cache is None else functools.partial(_decode_cached, cache=cache)
+            answers.extend(decode(model, source, lengths, max_new_tokens, end_token))
+    return answers
+
+
+def _decode_uncached(
+    model: CausalLM, source: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, end_token: int
+) -> list[list[int]]:
+    """Greedy decoding in place on right padding, every step recomputing the sequences: row ``i`` writes its next
+    token at its own length."""
+    device = source.device
+    rows = len(lengths)
+    width = source.shape[1] + max_new_tokens
+    ids = torch.zeros((rows, width), dtype=torch.long, device=device)
+    mask = torch.zeros((rows, width), dtype=torch.long, device=device)
+    prompt = torch.arange(width, device=device)[None, : source.shape[1]] < lengths[:, None]
+    ids[:, : source.shape[1]] = torch.where(prompt, source, 0)
+    mask[:, : source.shape[1]] = prompt.long()
+    first = lengths.clone()
+    active = torch.ones(rows, dtype=torch.bool, device=device)
+    index = torch.arange(rows, device=device)
+    for _ in range(max_new_tokens):
+        current = int(lengths.max())
+        hidden = model.hidden_states(ids[:, :current], mask[:, :current])
+        token = model.logits(hidden[index, lengths - 1]).argmax(dim=-1)
+        active &= token != end_token
+        ids[index[active], lengths[active]] = token[active]
+        mask[index[active], lengths[active]] = 1
+        lengths = lengths + active.long()
+        if not bool(active.any()):
+            break
+    return [ids[i, int(first[i]) : int(lengths[i])].tolist() for i in range(rows)]
+
+
+def _decode_cached(
+    model: CausalLM,
+    source: torch.Tensor,
+    lengths: torch.Tensor,
+    max_new_tokens: int,
+    end_token: int,
+    *,
+    cache: object,
+) -> list[list[int]]:
+    """Greedy decoding with a KV cache: the padded prompts once, then each row's new token at its own position.
+
+    The cache appends every step's tokens after the padded prompts; the mask hides each row's padding (and the
+    tokens of rows that have ended), and ``position_ids`` give a new token the position it has without a cache, so
+    every row attends to the same tokens at the same positions as in :func:`_decode_uncached`.
+    """
+    device = source.device
+    rows, width = source.shape
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    ids = torch.where(mask.bool(), source, 0)
+    positions = torch.arange(width, device=device)[None, :].expand(rows, -1)
+    hidden = model.hidden_states(ids, mask, positions, cache)
+    index = torch.arange(rows, device=device)
+    token = model.logits(hidden[index, lengths - 1]).argmax(dim=-1)
+    active = torch.ones(rows, dtype=torch.bool, device=device)
+    answers: list[list[int]] = [[] for _ in range(rows)]
+    position = lengths.clone()
+    for step in range(max_new_tokens):
+        active &= token != end_token
+        for row in index[active].tolist():
+            answers[row].append(int(token[row]))
+        if step + 1 == max_new_tokens or not bool(active.any()):
+            break
+        mask = torch.cat([mask, active.long()[:, None]], dim=1)
+        hidden = model.hidden_states(token[:, None], mask, position[:, None], cache)
+        position = position + 1
+        token = model.logits(hidden[:, -1]).argmax(dim=-1)
     return answers
