@@ -140,7 +140,8 @@ def run_simulation(args: argparse.Namespace) -> int:
     # Overrides are baked into a scenario file: Flower's run_config accepts only keys pyproject declares.
     resolved = run_dir / SCENARIO_INPUT_FILE
     resolved.write_text(_dump(scenario.raw))
-    run_config = {"scenario": str(resolved), "out-dir": str(run_dir)}
+    # The ServerApp reads the same file: the fingerprint tells it these checks passed (pre-flight runs once).
+    run_config = {"scenario": str(resolved), "out-dir": str(run_dir), "preflight": scenario.fingerprint}
     if args.resume:
         run_config["resume-from"] = str(run_dir)
     if args.audit_wire:

@@ -14,13 +14,15 @@ from .assembly import build_global_model, task_examples
 from .models import resolve_device
 from .objectives import task_objective
 from .scenario import Scenario
+from .scoring import scored_round
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
 logger = logging.getLogger(__name__)
 
 
 class GlobalModelEvaluator(RoundCallback):
-    """After each round, evaluate every ``(model, task)`` global adapter the strategy exposes.
+    """After each round (every ``server.evaluate_every``-th and the last), evaluate every ``(model, task)`` global
+    adapter the strategy exposes.
 
     Parameters
     ----------
@@ -35,6 +37,8 @@ class GlobalModelEvaluator(RoundCallback):
         self.device = resolve_device(device)
 
     def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
+        if not scored_round(server_round, self.scenario.server.evaluate_every, self.scenario.rounds):
+            return
         for (model_key, task), tensors in strategy.global_adapters().items():
             started = time.perf_counter()
             scores = self.evaluate(model_key, task, tensors)

@@ -149,6 +149,9 @@ class TrainSettings:
     freeze_lora: bool = False
     """True: LoRA stays at its initialisation (B = 0) and only the head trains (FedBRICK: and its BRICKs), a
     federated linear probe. LoRA then stays off the wire both ways (``fedavg`` and ``fedbrick`` only)."""
+    evaluate_every: int = 1
+    """The clients score their own test split in every K-th round's training message (K, 2K, ...) and always in
+    the last round; evaluation-only messages (to clients that did not train) always score."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,8 @@ class ServerSettings:
     evaluate_global: bool = True
     evaluate_without_lora: bool = False
     """Also score each global model with its LoRA B zeroed (head only): what the aggregated LoRA adds."""
+    evaluate_every: int = 1
+    """Server-side evaluation of the global models in every K-th round (K, 2K, ...) and always in the last round."""
     node_wait_timeout: float = 120.0
     round_timeout: float = 3600.0
     aggregation: str = "mean"
@@ -501,6 +506,7 @@ RANGES: dict[str, Range] = {
     "train.head_lr": _POSITIVE,
     "train.weight_decay": Range(0),
     "train.eval_batch_size": _AT_LEAST_1,
+    "train.evaluate_every": _AT_LEAST_1,
     "lora.rank": _AT_LEAST_1,
     "lora.alpha": _POSITIVE,
     "lora.dropout": Range(0, 1, high_open=True),
@@ -510,6 +516,7 @@ RANGES: dict[str, Range] = {
     "server.max_update_mb": _POSITIVE,
     "server.node_wait_timeout": _POSITIVE,
     "server.round_timeout": _POSITIVE,
+    "server.evaluate_every": _AT_LEAST_1,
     "server.trim_fraction": Range(0, 0.5, high_open=True),
     "server.outlier_norm_multiple": Range(1, low_open=True),
     "server.clip_norm": _POSITIVE,

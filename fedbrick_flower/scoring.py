@@ -22,6 +22,12 @@ from .models import CausalLM
 Batch = dict[str, torch.Tensor]
 
 
+def scored_round(server_round: int, every: int, rounds: int) -> bool:
+    """Whether round ``server_round`` of ``rounds`` is scored under ``evaluate_every: every``: each ``every``-th
+    round and always the last one (so a run's final figures never depend on ``every``)."""
+    return server_round % every == 0 or server_round >= rounds
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, examples: EncodedExamples, batch_size: int, device: torch.device) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of a classifier over all ``examples``."""

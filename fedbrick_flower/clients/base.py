@@ -16,6 +16,7 @@ from ..adapters.lora import adapter_tensors, load_adapter_tensors
 from ..adapters.naming import drop_lora
 from ..models import model_family, stable_seed
 from ..records import EVAL_PREFIX
+from ..scoring import scored_round
 from .profile import ClientSession
 from .state import ClientState
 from .trainer import TrainResult, make_optimizer, process_peak_rss_mb, seed_torch, train_steps
@@ -82,7 +83,7 @@ class ClientAlgorithm:
 
         The evaluation of the client's own test split runs here, on the network just trained, so a round costs
         one ClientApp start per client (in deployment each message is a fresh process). Its metrics travel with
-        the update under ``eval-*`` names.
+        the update under ``eval-*`` names, in every ``train.evaluate_every``-th round and the last.
         """
         seed_torch(self.round_seed(config, "torch"))  # dropout and any other torch draw of this round
         model = self.build_model(list(config["layers"]), config)
@@ -104,9 +105,11 @@ class ClientAlgorithm:
             "data-truncated": float(train.truncated),
             "data-dropped": float(train.dropped),
         }
-        started = time.perf_counter()
-        metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
-        metrics[EVAL_PREFIX + "seconds"] = time.perf_counter() - started  # the evaluate row's own compute time
+        scenario = self.session.scenario
+        if scored_round(int(config.get("server-round", 0)), scenario.train.evaluate_every, scenario.rounds):
+            started = time.perf_counter()
+            metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
+            metrics[EVAL_PREFIX + "seconds"] = time.perf_counter() - started  # the evaluate row's own compute time
         metrics["local-rounds"] = float(self.count_local_round())
         metrics["peak-memory-mb"] = result.peak_bytes / 2**20  # this client's training alone
         metrics["process-peak-rss-mb"] = process_peak_rss_mb()  # the whole process (mixes clients in a Ray worker)

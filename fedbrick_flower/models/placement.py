@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+import sys
+
 import torch
+
+# Intra-op threads of a client process, overriding its CPU share (benchmarks compare both ways).
+THREADS_ENV = "FEDBRICK_TORCH_THREADS"
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -71,3 +79,30 @@ def _cuda_index(spec: str) -> int:
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+@functools.cache
+def match_threads_to_cpu_share() -> int:
+    """Give torch as many intra-op threads as CPUs this process was granted; returns the thread count.
+
+    A simulated client runs in a Ray actor that holds ``client-resources-num-cpus`` CPUs (one here): with torch's
+    default (every core) two clients on two cores would each start two threads and oversubscribe the machine. Ray
+    sets ``OMP_NUM_THREADS`` to the share only where the user's environment does not set it; this sets the share
+    whatever the environment says. Outside Ray (a SuperNode's ClientApp, tests) torch's own default stays, unless
+    ``FEDBRICK_TORCH_THREADS`` names a count. Called once per process.
+    """
+    override = os.environ.get(THREADS_ENV, "").strip()
+    share = int(override) if override else _ray_cpu_share()
+    if share is None:
+        return torch.get_num_threads()
+    torch.set_num_threads(max(1, share))
+    return torch.get_num_threads()
+
+
+def _ray_cpu_share() -> int | None:
+    """The whole CPUs Ray granted this worker (at least one), None outside a Ray worker."""
+    ray = sys.modules.get("ray")  # a process that never imported Ray is not a Ray worker
+    if ray is None or not ray.is_initialized():
+        return None
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    return None if cpus is None else max(1, math.floor(cpus))

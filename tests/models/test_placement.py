@@ -54,3 +54,26 @@ def test_dtype_auto_is_fp32_on_cpu_and_half_on_cuda(monkeypatch: pytest.MonkeyPa
     assert resolve_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(ValueError, match="dtype='fp8'"):
         resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_client_threads_follow_the_override_and_stay_default_outside_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: this test process is no Ray worker; restore torch's thread count afterwards.
+    from fedbrick_flower.models.placement import THREADS_ENV, match_threads_to_cpu_share
+
+    default = torch.get_num_threads()
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    match_threads_to_cpu_share.cache_clear()
+    try:
+        # Execute
+        outside_ray = match_threads_to_cpu_share()
+        match_threads_to_cpu_share.cache_clear()
+        monkeypatch.setenv(THREADS_ENV, "1")
+        overridden = match_threads_to_cpu_share()
+        current = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(default)
+        match_threads_to_cpu_share.cache_clear()
+
+    # Assert
+    assert outside_ray == default
+    assert overridden == current == 1
