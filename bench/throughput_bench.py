@@ -4,8 +4,9 @@ Two runs are measured, each a ``python -m fedbrick_flower.cli run`` of this chec
 
 * ``hetero-depth``: ``fedbrick-flower run hetero-depth --set rounds=5`` (4 MiniLM clients, 20 local steps);
 * ``depth-fedra``: one cell of the ``depth`` leaderboard suite, FedRA at seed 0, with the budget of
-  ``bench/results/leaderboard-depth-mixed`` (8 rounds x 5 local steps, 6 clients), run the way
-  ``fedbrick-flower bench`` runs a cell.
+  ``bench/results/leaderboard-depth-mixed`` (8 rounds x 5 local steps, 6 clients), as one ``fedbrick-flower run``;
+* ``depth-suite``: ``fedbrick-flower bench depth`` with the FedRA cells of seeds 0 and 1 at that budget: each cell's
+  wall time (``suite.json``), its rounds, and the rest (the cell's fixed cost), so what a suite's cells share shows.
 
 From the run's ``metrics.jsonl`` and the timestamps of ``RUN_DIR/logs/server.log`` it reports:
 
@@ -67,6 +68,12 @@ _SERVER_EVAL_DONE = re.compile(r"round (\d+): server evaluation done")
 _RUN_END = re.compile(r"run directory: ")
 
 
+def suite_arguments(out: Path) -> list[str]:
+    """The ``bench`` arguments of the ``depth-suite`` measurement."""
+    sets = [item for key, value in DEPTH_CELL_OVERRIDES.items() for item in ("--set", f"{key}={value}")]
+    return ["bench", "depth", "--seed", "0", "1", "--methods", "fedra", "--out", str(out), *sets]
+
+
 def run_arguments(name: str) -> list[str]:
     """The ``run`` arguments (scenario and overrides) of a measured run."""
     if name == "hetero-depth":
@@ -81,8 +88,47 @@ def load() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
+def measure_suite(out: Path, extra: list[str]) -> dict[str, Any]:
+    """Run the two-cell suite, then split each cell's wall time into its rounds and the rest."""
+    command = [sys.executable, "-m", "fedbrick_flower.cli", *suite_arguments(out), *extra]
+    log = out.with_suffix(".log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    load_before = load()
+    started = time.time()
+    with log.open("w") as sink:
+        code = subprocess.run(command, env={**os.environ, **ENV}, stdout=sink, stderr=subprocess.STDOUT).returncode
+    wall = time.time() - started
+    if code != 0:
+        raise RuntimeError(f"depth-suite: the suite failed with exit code {code}; see {log}")
+    cells = []
+    for entry in json.loads((out / "suite.json").read_text())["cells"]:
+        run_dir = Path(entry["run_dir"])
+        events = log_events(run_dir / "logs" / "server.log")
+        rounds = max(events["evaluated"].values()) - min(events["starts"].values())
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        cells.append(
+            {
+                "seed": entry["seed"],
+                "wall_seconds": entry["seconds"],
+                "rounds_seconds": rounds,
+                "fixed_seconds": entry["seconds"] - rounds,
+                "train_seconds_total": sum(r["train-seconds"] for r in read_metrics(run_dir) if r["phase"] == "train"),
+                "global_accuracy": summary.get("global_accuracy"),
+            }
+        )
+    return {
+        "command": " ".join(command),
+        "load_average_before": load_before,
+        "load_average_after": load(),
+        "wall_seconds": wall,
+        "cells": cells,
+    }
+
+
 def measure_run(name: str, run_dir: Path, extra: list[str]) -> dict[str, Any]:
     """Run one command, then split its wall time from its run directory."""
+    if name == "depth-suite":
+        return measure_suite(run_dir, extra)
     command = [sys.executable, "-m", "fedbrick_flower.cli", "run", *run_arguments(name), "--out", str(run_dir), *extra]
     log = run_dir.with_suffix(".log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +234,7 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True, help="where the figures go in the results file (before, after...)")
-    parser.add_argument("--runs", nargs="+", default=["hetero-depth", "depth-fedra"])
+    parser.add_argument("--runs", nargs="+", default=["hetero-depth", "depth-fedra", "depth-suite"])
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
     parser.add_argument("--work", type=Path, default=Path("/tmp/throughput-bench"), help="run directories")
     parser.add_argument("--set", action="append", default=[], help="extra --set KEY=VALUE for every run")
@@ -215,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_line(name: str, result: dict[str, Any]) -> str:
+    if "cells" in result:
+        cells = "; ".join(
+            f"seed {c['seed']}: {c['wall_seconds']:.1f}s = rounds {c['rounds_seconds']:.1f} "
+            f"+ fixed {c['fixed_seconds']:.1f}"
+            for c in result["cells"]
+        )
+        return f"{name}: wall {result['wall_seconds']:.1f}s; {cells}; load {result['load_average_after']}"
     return (
         f"{name}: wall {result['wall_seconds']:.1f}s = start-up {result['startup_seconds']:.1f} + rounds "
         f"{result['rounds_seconds']:.1f} + tear-down {result['teardown_seconds']:.1f}; round 1 "
