@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .backbone import ModelSpec, hidden_size, model_family, stable_seed
+from .placement import autocast
 from .stack import holds_shims, positional_layer_indices
 
 
@@ -40,6 +41,7 @@ class CausalLM(nn.Module):
         self.backbone = backbone
         self.lm_head = lm_head.requires_grad_(False)
         self.logit_softcap = logit_softcap
+        self.autocast_dtype: torch.dtype | None = None  # bf16 on a CPU: the backbone runs under autocast
 
     def hidden_states(
         self,
@@ -53,16 +55,17 @@ class CausalLM(nn.Module):
         With a ``cache`` (from :meth:`kv_cache`), ``input_ids`` are the new tokens only, ``attention_mask`` covers
         the cached tokens and the new ones, and ``position_ids`` give each new token's position.
         """
-        if cache is None:
-            return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        outputs = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        return outputs.last_hidden_state
+        with autocast(self.autocast_dtype):
+            if cache is None:
+                return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            outputs = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            return outputs.last_hidden_state
 
     @contextlib.contextmanager
     def kv_cache(self, length: int) -> Iterator[Any]:

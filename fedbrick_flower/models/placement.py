@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
+logger = logging.getLogger(__name__)
 # Intra-op threads of a client process, overriding its CPU share (benchmarks compare both ways).
 THREADS_ENV = "FEDBRICK_TORCH_THREADS"
 
@@ -53,9 +58,10 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """Pick the base-model dtype: ``auto`` is bf16 (else fp16) on CUDA and fp32 elsewhere.
+    """Pick the base model's compute dtype: ``auto`` is bf16 (else fp16) on CUDA and fp32 elsewhere.
 
-    Half precision on CPU is slower than fp32 and numerically fragile, hence fp32 there.
+    On a CPU ``auto`` stays fp32 even where the CPU computes bf16 natively: every scenario's figures stay those of
+    fp32, and bf16 is asked for explicitly (``dtype: bfloat16``, run under autocast: :func:`cpu_autocast_dtype`).
     """
     if spec == "auto":
         if device.type == "cuda":
@@ -106,3 +112,36 @@ def _ray_cpu_share() -> int | None:
         return None
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     return None if cpus is None else max(1, math.floor(cpus))
+
+
+def cpu_autocast_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
+    """bf16 on a CPU runs under autocast: the frozen weights stay fp32 (and so do the adapters, their gradients
+    and the optimizer state); matrix products run in bf16. None for every other placement (weights in ``dtype``).
+    """
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        return None
+    if not cpu_computes_bf16():
+        logger.warning("dtype bfloat16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated, likely slower than fp32")
+    return torch.bfloat16
+
+
+@contextlib.contextmanager
+def autocast(dtype: torch.dtype | None) -> Iterator[None]:
+    """CPU autocast to ``dtype``; nothing at all for None (the fp32 path runs exactly as without this block)."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast("cpu", dtype=dtype):
+        yield
+
+
+@functools.cache
+def cpu_computes_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has native bf16 arithmetic: AVX512-BF16 or AMX in its flags (or torch's capability)."""
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) or "amx" in capability

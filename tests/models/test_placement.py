@@ -77,3 +77,23 @@ def test_client_threads_follow_the_override_and_stay_default_outside_ray(monkeyp
     # Assert
     assert outside_ray == default
     assert overridden == current == 1
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    # Prepare: two CPUs as /proc/cpuinfo describes them, torch reporting no AMX.
+    from fedbrick_flower.models.placement import cpu_autocast_dtype, cpu_computes_bf16
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    zen = tmp_path / "zen"
+    zen.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    older = tmp_path / "older"
+    older.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+
+    # Execute
+    found = cpu_computes_bf16(zen), cpu_computes_bf16(older)
+
+    # Assert: and only bf16 on a CPU runs under autocast; fp32 and accelerators keep their weights' dtype.
+    assert found == (True, False)
+    assert cpu_autocast_dtype(torch.bfloat16, torch.device("cpu")) is torch.bfloat16
+    assert cpu_autocast_dtype(torch.float32, torch.device("cpu")) is None
+    assert cpu_autocast_dtype(torch.bfloat16, torch.device("cuda:0")) is None
