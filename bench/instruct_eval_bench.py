@@ -2,9 +2,10 @@
 
 A reduced run: no federation and no training. The server's evaluation of the ``instruct`` scenario (SmolLM2-135M,
 30 layers, full depth) is timed per task exactly as :class:`~fedbrick_flower.evaluation.GlobalModelEvaluator` runs
-it, on the global model with the seeded initial adapters (LoRA B = 0: the pretrained model), twice: with greedy
-decoding through the KV cache (the code as it is) and with it switched off (every step recomputes the sequences,
-as before issue 24). The scores and every greedy answer must be the same.
+it, on the global model with the seeded initial adapters (LoRA B = 0: the pretrained model), twice: with the KV
+cache (the code as it is: one pass per batch gives the loss and the prompts' cache, then one token per step) and with
+it switched off (a loss pass, then every decoding step recomputes the sequences, as before issue 24). The scores and
+every greedy answer must be the same.
 
 Usage::
 
@@ -58,18 +59,18 @@ def without_cache() -> Iterator[None]:
 @contextlib.contextmanager
 def recorded_answers(store: list[list[int]]) -> Iterator[None]:
     """Keep every greedy answer the scoring produces inside the block."""
-    original = scoring.greedy_answers
+    original = scoring.losses_and_answers
 
-    def recording(*args: Any, **kwargs: Any) -> list[list[int]]:
-        answers = original(*args, **kwargs)
-        store.extend(answers)
-        return answers
+    def recording(*args: Any, **kwargs: Any) -> tuple[float, int, int, list[list[int]]]:
+        result = original(*args, **kwargs)
+        store.extend(result[3])
+        return result
 
-    scoring.greedy_answers = recording
+    scoring.losses_and_answers = recording
     try:
         yield
     finally:
-        scoring.greedy_answers = original
+        scoring.losses_and_answers = original
 
 
 def timed(evaluator: GlobalModelEvaluator, task: str, tensors: dict, cached: bool) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from torch.nn import functional as F
 from fedbrick_flower.data import IGNORE_INDEX, EncodedExamples
 from fedbrick_flower.models import ModelSpec, causal_lm, keep_layers, model_family
 from fedbrick_flower.objectives import response_loss
-from fedbrick_flower.scoring import evaluate_generative, exact_match, greedy_answers
+from fedbrick_flower.scoring import evaluate_generative, exact_match, greedy_answers, losses_and_answers
 from tests.conftest import tiny_model
 
 END = 99
@@ -183,3 +184,21 @@ def test_a_stack_with_surrogate_layers_decodes_without_a_cache() -> None:
 
     # Assert
     assert refused and answers == [ids[len(prompt) :]]
+
+
+def test_one_pass_gives_the_loss_and_the_same_answers_as_decoding_without_a_cache(monkeypatch) -> None:  # noqa: ANN001
+    # Prepare: a truncated stack; the reference is the same scoring with the cache switched off.
+    backbone = tiny_model("llama")
+    keep_layers(backbone, model_family(backbone), [0, 2])
+    model = causal_lm(backbone, ModelSpec(key="m", family="llama", tokenizer="minilm"), seed=0).eval()
+    rows = [([3, 4, 5], [6, END]), ([7, 8], [9, 10, END]), ([12, 13, 14, 15, 16], [17, END]), ([20], [21, END])]
+    examples = _examples(rows)
+
+    # Execute
+    cached = losses_and_answers(model, examples, 3, torch.device("cpu"), 6, end_token=-1)
+    monkeypatch.setattr(model, "kv_cache", lambda length: contextlib.nullcontext())
+    uncached = losses_and_answers(model, examples, 3, torch.device("cpu"), 6, end_token=-1)
+
+    # Assert: the same loss sum, token counts and answers, token by token.
+    assert cached == uncached
+    assert all(len(answer) == 6 for answer in cached[3])
