@@ -20,6 +20,7 @@ from .adapters.base import AdapterKind
 from .adapters.lora import LoraSettings, adapter_tensors, attach_lora, load_adapter_tensors, with_ranks_of
 from .data import (
     EncodedExamples,
+    FileStamp,
     TextDataset,
     local_dataset,
     split_federated,
@@ -27,6 +28,7 @@ from .data import (
     task_dataset,
     task_labels,
 )
+from .data.sources import file_stamp, spec_stamps
 from .models import ModelSpec, keep_layers, load_backbone, load_config, model_family, num_layers, stable_seed
 from .objectives import task_objective
 from .scenario import ClientProfile, Scenario, ScenarioError
@@ -49,7 +51,12 @@ def cached_config(spec: ModelSpec) -> Any:
     return load_config(spec)
 
 
-@functools.lru_cache(maxsize=16)
+def data_stamps(scenario: Scenario, task: str, client: ClientProfile | None) -> tuple[FileStamp, ...]:
+    """Stamps of the files a split of ``task`` reads: the task's own and, for a client, its device files."""
+    own = (file_stamp(client.train), file_stamp(client.test)) if client is not None else ()
+    return (*spec_stamps(scenario.tasks[task]), *own)
+
+
 def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile | None) -> TextDataset:
     """The examples of one split of a task: ``proxy`` / ``server_test`` / ``server_validation`` (``client`` None)
     or a client's ``train`` / ``test`` / ``validation`` (``data.validation_fraction`` of its training data).
@@ -58,6 +65,14 @@ def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile |
     whose profile names its own files (``train``, ``test``) reads only those; the task's data is partitioned
     over its other clients.
     """
+    return _task_split(scenario, task, part, client, data_stamps(scenario, task, client))
+
+
+# Sized for every split a Ray worker may serve in one run: each client's train and test, the server's parts.
+@functools.lru_cache(maxsize=64)
+def _task_split(
+    scenario: Scenario, task: str, part: str, client: ClientProfile | None, stamps: tuple[FileStamp, ...]
+) -> TextDataset:
     spec = scenario.tasks[task]
     settings = scenario.data
     if client is not None and client.train is not None:
@@ -93,7 +108,6 @@ def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile |
     return dataset.subset(indices)
 
 
-@functools.lru_cache(maxsize=16)
 def task_examples(
     scenario: Scenario, task: str, part: str, client: ClientProfile | None, tokenizer_source: str
 ) -> EncodedExamples:
@@ -101,7 +115,19 @@ def task_examples(
 
     Encoded by the task's objective: class labels, or response-masked prompt -> response pairs.
     """
-    rows = task_split(scenario, task, part, client)
+    return _task_examples(scenario, task, part, client, tokenizer_source, data_stamps(scenario, task, client))
+
+
+@functools.lru_cache(maxsize=64)
+def _task_examples(
+    scenario: Scenario,
+    task: str,
+    part: str,
+    client: ClientProfile | None,
+    tokenizer_source: str,
+    stamps: tuple[FileStamp, ...],
+) -> EncodedExamples:
+    rows = _task_split(scenario, task, part, client, stamps)
     what = f"task {task}, {client.id if client is not None else 'server'}, {part}"
     return task_objective(scenario, task, tokenizer_source).encode(rows, what)
 

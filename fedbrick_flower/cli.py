@@ -100,6 +100,13 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--audit-wire", action="store_true", help="describe every message in RUN_DIR/wire-audit.jsonl (no values)"
     )
+    parser.add_argument(
+        "--superlink",
+        metavar="HOST:PORT",
+        help="submit to this running local simulation SuperLink instead of starting one (`fedbrick-flower bench` "
+        "starts one SuperLink and one Ray cluster for all of a suite's cells)",
+    )
+    parser.add_argument("--superlink-log", type=Path, help="that SuperLink's log, named in errors")
     parser.set_defaults(handler=run_simulation)
 
 
@@ -114,41 +121,32 @@ def run_simulation(args: argparse.Namespace) -> int:
     flwr_home = run_dir / ".flwr-home"
     env = runtime.flower_env(flwr_home)
     http_port = runtime.free_port()
+    address = args.superlink or f"127.0.0.1:{http_port}"
     runtime.write_connection(
         flwr_home,
         "fedbrick-sim",
-        f"127.0.0.1:{http_port}",
+        address,
         num_supernodes=len(scenario.clients),
         num_gpus=simulated_client_gpus(scenario),
     )
-    log_file = run_dir / LOGS_DIR / "superlink.log"
-    command = [
-        "flower-superlink",
-        "--insecure",
-        "--simulation",
-        "--isolation",
-        "subprocess",
-        "--control-api-address",
-        f"127.0.0.1:{runtime.free_port()}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
-        "--database",
-        ":flwr-in-memory:",
-    ]
     # Overrides are baked into a scenario file: Flower's run_config accepts only keys pyproject declares.
     resolved = run_dir / SCENARIO_INPUT_FILE
     resolved.write_text(_dump(scenario.raw))
-    run_config = {"scenario": str(resolved), "out-dir": str(run_dir)}
+    # The ServerApp reads the same file: the fingerprint tells it these checks passed (pre-flight runs once).
+    run_config = {"scenario": str(resolved), "out-dir": str(run_dir), "preflight": scenario.fingerprint}
     if args.resume:
         run_config["resume-from"] = str(run_dir)
     if args.audit_wire:
         run_config["audit-wire"] = True
+    log_file = args.superlink_log or run_dir / LOGS_DIR / "superlink.log"
     print(f"run directory: {run_dir} (Flower's log: {log_file})", flush=True)
-    with runtime.running([runtime.start(command, log_file, env)]) as processes:
-        runtime.wait_for_http(http_port, processes[0], log_file)
-        runtime.submit_run("fedbrick-sim", run_config, env, run_dir / SUMMARY_FILE, processes[0], log_file)
+    if args.superlink:  # a SuperLink (and Ray cluster) that outlives this run: submit, do not start or stop one
+        runtime.submit_run("fedbrick-sim", run_config, env, run_dir / SUMMARY_FILE, None, log_file)
+    else:
+        superlink = runtime.start(runtime.simulation_superlink_command(http_port), log_file, env)
+        with runtime.running([superlink]):
+            runtime.wait_for_http(http_port, superlink, log_file)
+            runtime.submit_run("fedbrick-sim", run_config, env, run_dir / SUMMARY_FILE, superlink, log_file)
     print_summary(run_dir)
     return 0
 

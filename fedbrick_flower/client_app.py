@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 from .clients.base import ClientAlgorithm
 from .clients.profile import ClientSession, session_for
 from .clients.state import STATE_DIR_KEY, ClientState
+from .models.placement import match_threads_to_cpu_share
 from .mods import fault_injection_mod, local_dp_mod, secure_aggregation_mod, wire_audit_mod
 from .records import (
     ADAPTERS_KEY,
@@ -41,6 +42,7 @@ app = ClientApp(mods=[wire_audit_mod, secure_aggregation_mod, fault_injection_mo
 
 
 def _session(context: Context) -> ClientSession:
+    match_threads_to_cpu_share()  # once per process: a simulated client computes on its CPU share only
     return session_for(context.run_config, context.node_config)
 
 

@@ -7,6 +7,7 @@ from the scenario like every other split), so no client data is involved.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from .assembly import build_global_model, task_examples
@@ -14,13 +15,15 @@ from .metrics import SERVER_EVAL
 from .models import resolve_device
 from .objectives import task_objective
 from .scenario import Scenario
+from .scoring import scored_round
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
 logger = logging.getLogger(__name__)
 
 
 class GlobalModelEvaluator(RoundCallback):
-    """After each round, evaluate every ``(model, task)`` global adapter the strategy exposes.
+    """After each round (every ``server.evaluate_every``-th and the last), evaluate every ``(model, task)`` global
+    adapter the strategy exposes.
 
     Parameters
     ----------
@@ -35,7 +38,10 @@ class GlobalModelEvaluator(RoundCallback):
         self.device = resolve_device(device)
 
     def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
+        if not scored_round(server_round, self.scenario.server.evaluate_every, self.scenario.rounds):
+            return
         for (model_key, task), tensors in strategy.global_adapters().items():
+            started = time.perf_counter()
             scores = self.evaluate(model_key, task, tensors)
             logger.info("round %d: global %s on %s: %s", server_round, model_key, task, _describe(scores))
             row = {"round": server_round, "phase": SERVER_EVAL, "model": model_key, "task": task, **scores}
@@ -45,7 +51,9 @@ class GlobalModelEvaluator(RoundCallback):
             if self.scenario.data.validation_fraction > 0:  # carved from the training pool, never the test split
                 validation = self.evaluate(model_key, task, tensors, "server_validation")
                 row.update({f"validation-{name}": value for name, value in validation.items()})
+            row["seconds"] = time.perf_counter() - started  # compute time of this row's evaluations
             log_rows.append(row)
+        logger.info("round %d: server evaluation done", server_round)
 
     def evaluate(
         self, model_key: str, task: str, tensors: dict[str, Any], part: str = "server_test"

@@ -60,7 +60,7 @@ _SIMPLE_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
 
 def check_scenario(
-    name_or_path: str, overrides: dict[str, Any] | None = None, *, local_clients: bool = False
+    name_or_path: str, overrides: dict[str, Any] | None = None, *, local_clients: bool = False, checked: str = ""
 ) -> Scenario:
     """Load a scenario and run every check; one :class:`ScenarioError` lists all problems of the file.
 
@@ -72,10 +72,14 @@ def check_scenario(
         Dotted-path overrides (``--set``).
     local_clients : bool (default: False)
         True where the clients run on this machine (``run``, ``launch``): their devices are checked here.
+    checked : str (default: "")
+        The fingerprint of a scenario whose checks already passed on this machine (``fedbrick-flower run`` checks
+        before it submits the run): the same scenario gets only the file's own checks, so pre-flight runs once.
     """
     path = scenario_path(name_or_path)
     scenario, problems = collect_scenario(read_scenario(path, overrides))
-    problems += environment_problems(scenario, local_clients=local_clients)
+    if problems or scenario.fingerprint != checked:
+        problems += environment_problems(scenario, local_clients=local_clients)
     if problems:
         raise ScenarioError(problems, source=str(path))
     return scenario

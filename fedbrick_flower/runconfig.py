@@ -6,16 +6,22 @@ means "keep the scenario's value". Any other declared key is a dotted scenario p
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from .scenario import Scenario, load_scenario
+from .data.sources import FileStamp, file_stamp
+from .scenario import Scenario, load_scenario, scenario_path
 
 SCENARIO_KEY = "scenario"
 OUT_DIR_KEY = "out-dir"
 RESUME_KEY = "resume-from"
 AUDIT_KEY = "audit-wire"
-_RUN_KEYS = {SCENARIO_KEY, OUT_DIR_KEY, RESUME_KEY, AUDIT_KEY}
+# The fingerprint of the scenario `fedbrick-flower run` checked before submitting: the ServerApp does not repeat
+# the pre-flight checks of that same scenario (a plain `flwr run .` leaves it empty and gets them all).
+PREFLIGHT_KEY = "preflight"
+_RUN_KEYS = {SCENARIO_KEY, OUT_DIR_KEY, RESUME_KEY, AUDIT_KEY, PREFLIGHT_KEY}
 _UNSET: tuple[Any, ...] = ("", -1, -1.0)
 _SHORT_KEYS = {
     "algorithm": "algorithm",
@@ -38,5 +44,16 @@ def scenario_overrides(run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
-    """Load the run's scenario with its overrides applied."""
-    return load_scenario(str(run_config.get(SCENARIO_KEY, "smoke")), scenario_overrides(run_config))
+    """Load the run's scenario with its overrides applied.
+
+    Every message of a run asks for it, so it is read once per process: memoized on the file's path, size and
+    modification time and on the overrides (a scenario file rewritten in place is read again).
+    """
+    name = str(run_config.get(SCENARIO_KEY, "smoke"))
+    overrides = json.dumps(scenario_overrides(run_config), sort_keys=True)
+    return _load(name, file_stamp(scenario_path(name)), overrides)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, stamp: FileStamp, overrides: str) -> Scenario:
+    return load_scenario(name, json.loads(overrides))

@@ -34,6 +34,8 @@ FLOWER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # The SuperExec looks for a submitted run once a second by default: a quarter second starts each run sooner.
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.25",
 }
 
 
@@ -98,6 +100,71 @@ def write_connection(
     path = flwr_home / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def simulation_superlink_command(http_port: int) -> list[str]:
+    """A local simulation SuperLink on ``127.0.0.1:http_port``: each run it takes starts one ``flwr-simulation``."""
+    return [
+        "flower-superlink",
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--control-api-address",
+        f"127.0.0.1:{free_port()}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(http_port),
+        "--database",
+        ":flwr-in-memory:",
+    ]
+
+
+RAY_STARTED = "Ray runtime started"  # what `ray start` prints once the head node's processes run
+
+
+@contextlib.contextmanager
+def shared_simulation(folder: Path, cpus: int, timeout: float = 120.0) -> Iterator[tuple[str, Path]]:
+    """One simulation SuperLink and one Ray cluster that several runs share; yields the SuperLink's address and log.
+
+    Flower lets several runs share a SuperLink: each ``flwr run`` is a new run on it. Each run still gets its own
+    Simulation Engine (the SuperLink's SuperExec starts one ``flwr-simulation`` process per run), and that process
+    starts a Ray cluster of its own unless ``RAY_ADDRESS`` names a running one, which it then joins as a new job
+    (new worker processes, nothing kept from the runs before). So the SuperLink, its SuperExec and the Ray head
+    (GCS, raylet) start once here, for every run submitted while the block lasts; both are stopped by PID on exit.
+    """
+    import tempfile
+
+    logs = folder / "logs"
+    ray_port = free_port()
+    # Ray's socket paths must stay short: a temp folder of its own, not one under the suite's folder.
+    temp_dir = Path(tempfile.mkdtemp(prefix="fbr-ray-"))
+    env = flower_env(folder / ".flwr-home")
+    ray_head = [
+        "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={ray_port}",
+        f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]  # fmt: skip
+    http_port = free_port()
+    with running([start(ray_head, logs / "ray.log", env)]) as processes:
+        wait_for_line(logs / "ray.log", RAY_STARTED, processes[0], timeout)
+        env["RAY_ADDRESS"] = f"127.0.0.1:{ray_port}"  # inherited by the SuperExec and every flwr-simulation
+        processes.append(start(simulation_superlink_command(http_port), logs / "superlink.log", env))
+        wait_for_http(http_port, processes[-1], logs / "superlink.log")
+        yield f"127.0.0.1:{http_port}", logs / "superlink.log"
+
+
+def wait_for_line(log_file: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``process`` has written ``text`` to ``log_file``; fail at once if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log_file.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}; see {log_file}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{process.args[0]} did not become ready within {timeout:.0f}s; see {log_file}")
 
 
 def start(command: Sequence[str], log_file: Path, env: Mapping[str, str]) -> subprocess.Popen:
@@ -278,7 +345,7 @@ def wait_for_run(
     run_id: int | None,
     env: Mapping[str, str],
     summary: Path,
-    superlink: subprocess.Popen,
+    superlink: subprocess.Popen | None,
     log_file: Path,
     timeout: float = 120.0,
     submitted_at: float = 0.0,
@@ -293,7 +360,7 @@ def wait_for_run(
     server_log = summary.parent / "logs" / "server.log"
     deadline = time.monotonic() + timeout
     while not summary.exists():
-        if superlink.poll() is not None:
+        if superlink is not None and superlink.poll() is not None:
             raise RuntimeError(f"the SuperLink exited with code {superlink.returncode}; see {log_file}")
         status, details = run_status(connection, run_id, env) if run_id is not None else (None, "")
         if status in FAILED_STATUSES:
@@ -313,14 +380,15 @@ def submit_run(
     run_config: Mapping[str, Any],
     env: Mapping[str, str],
     summary: Path,
-    superlink: subprocess.Popen,
+    superlink: subprocess.Popen | None,
     log_file: Path,
     attempts: int = 2,
 ) -> None:
     """``flwr run`` the app and wait for its summary, submitting it again when Flower failed it before it started.
 
     A loaded machine can start the ``flwr-serverapp`` process too late for Flower's task claim (30 s), and the run
-    then fails with no line of ours written; a run that got that far is never resubmitted.
+    then fails with no line of ours written; a run that got that far is never resubmitted. ``superlink`` is the
+    process to watch, None for a SuperLink this command did not start (:func:`shared_simulation`).
     """
     for attempt in range(1, attempts + 1):
         submitted_at = time.time()

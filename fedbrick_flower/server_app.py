@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from .plateau import PlateauStop
 from .preflight import check_scenario
 from .run_dir import SUMMARY_FILE, RunRecorder
-from .runconfig import OUT_DIR_KEY, RESUME_KEY, SCENARIO_KEY, scenario_overrides
+from .runconfig import OUT_DIR_KEY, PREFLIGHT_KEY, RESUME_KEY, SCENARIO_KEY, scenario_overrides
 from .scenario import Scenario
 from .strategies.base import RoundCallback
 from .strategies.build import build_strategy
@@ -60,8 +60,13 @@ def _log_to_file(path: Path) -> None:
 def main(grid: Grid, context: Context) -> None:
     """Run the scenario named in ``run_config`` and write its run directory."""
     run_config = dict(context.run_config)
-    # Every check before any client is asked: also for a run submitted with plain `flwr run .`.
-    scenario = check_scenario(str(run_config.get(SCENARIO_KEY, "smoke")), scenario_overrides(run_config))
+    # Every check before any client is asked: also for a run submitted with plain `flwr run .`; a scenario that
+    # `fedbrick-flower run` checked before submitting it is not checked twice.
+    scenario = check_scenario(
+        str(run_config.get(SCENARIO_KEY, "smoke")),
+        scenario_overrides(run_config),
+        checked=str(run_config.get(PREFLIGHT_KEY, "")),
+    )
     random.seed(scenario.seed)  # Flower's own node sampling uses the global RNG
     run_dir = run_directory(run_config, scenario).resolve()
     _log_to_file(run_dir / "logs" / "server.log")

@@ -397,3 +397,20 @@ def test_a_folder_with_a_broken_config_is_a_problem_not_a_traceback(tmp_path: Pa
     # Assert
     assert config is None
     assert problems[0].startswith(f"models.m.source: cannot read the config of {str(folder)!r}: Expecting")
+
+
+def test_pre_flight_runs_once_for_the_scenario_the_command_checked(tmp_path: Path) -> None:
+    # Prepare: a layer list past MiniLM's 6 layers, a problem only the machine-level checks find.
+    path = _write(tmp_path, VALID.replace("layers: [0, 5]", "layers: [0, 9]"))
+    from fedbrick_flower.scenario import load_scenario
+
+    fingerprint = load_scenario(str(path)).fingerprint
+
+    # Execute: the ServerApp of a run `fedbrick-flower run` checked, then one of another scenario.
+    checked = check_scenario(str(path), checked=fingerprint)
+    with pytest.raises(ScenarioError) as caught:
+        check_scenario(str(path), {"rounds": 3}, checked=fingerprint)
+
+    # Assert: the same scenario is not checked again; a different one (here: rounds changed) gets every check.
+    assert checked.clients[1].layers == (0, 9)
+    assert "clients[1].layers" in str(caught.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -9,10 +10,10 @@ import torch
 from torch.nn import functional as F
 
 from fedbrick_flower.data import IGNORE_INDEX, EncodedExamples
-from fedbrick_flower.models import ModelSpec
+from fedbrick_flower.models import ModelSpec, keep_layers, model_family
 from fedbrick_flower.models.causal_lm import causal_lm
 from fedbrick_flower.objectives import response_loss
-from fedbrick_flower.scoring import evaluate_generative, exact_match, greedy_answers
+from fedbrick_flower.scoring import evaluate_generative, exact_match, greedy_answers, losses_and_answers
 from tests.conftest import tiny_model
 
 END = 99
@@ -136,3 +137,69 @@ def test_exact_match_after_normalisation() -> None:
     assert exact_match(["Sport.", " tech", "Politics"], ["sport", "Tech!", "business"]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         exact_match(["a", "b"], ["a"])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text", "gpt2"])
+def test_cached_decoding_of_a_truncated_stack_matches_decoding_without_a_cache(model_type: str) -> None:
+    # Prepare: layers 1 and 3 of 4 (global indices 1 and 3 at positions 0 and 1), the rows of different lengths.
+    backbone = tiny_model(model_type)
+    family = model_family(backbone)
+    keep_layers(backbone, family, [1, 3])
+    model = causal_lm(backbone, ModelSpec(key="m", family=model_type, tokenizer="minilm"), seed=0).eval()
+    rows = [([3, 4, 5], [6]), ([7, 8], [9]), ([12, 13, 14, 15, 16, 17, 18], [19]), ([20], [21])]
+    examples = _examples(rows)
+    reference = []
+    for prompt, _ in rows:  # one sequence at a time, the whole sequence recomputed for every token
+        ids = list(prompt)
+        for _ in range(8):
+            ids.append(int(model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0, -1].argmax()))
+        reference.append(ids[len(prompt) :])
+    indices = [module.layer_idx for module in model.modules() if isinstance(getattr(module, "layer_idx", None), int)]
+
+    # Execute
+    with model.kv_cache(16) as cache:
+        used = cache is not None
+    answers = greedy_answers(model, examples, 3, torch.device("cpu"), max_new_tokens=8, end_token=-1)
+
+    # Assert: the cache is used, the answers are the same token by token, and every layer keeps its global index.
+    assert used
+    assert answers == reference
+    assert [m.layer_idx for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)] == indices
+    assert sorted(set(indices)) == [1, 3]
+
+
+def test_a_stack_with_surrogate_layers_decodes_without_a_cache() -> None:
+    # Prepare: layer 2 of 4 held, the others BRICK-like surrogates (any hidden-state map).
+    backbone = tiny_model("llama")
+    keep_layers(backbone, model_family(backbone), [2], filler=lambda index: torch.nn.Identity())
+    model = causal_lm(backbone, ModelSpec(key="m", family="llama", tokenizer="minilm"), seed=0).eval()
+    prompt = [3, 4, 5]
+    ids = list(prompt)
+    for _ in range(3):
+        ids.append(int(model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0, -1].argmax()))
+
+    # Execute
+    with model.kv_cache(8) as cache:
+        refused = cache is None
+    answers = greedy_answers(model, _examples([(prompt, [6])]), 1, torch.device("cpu"), max_new_tokens=3, end_token=-1)
+
+    # Assert
+    assert refused and answers == [ids[len(prompt) :]]
+
+
+def test_one_pass_gives_the_loss_and_the_same_answers_as_decoding_without_a_cache(monkeypatch) -> None:  # noqa: ANN001
+    # Prepare: a truncated stack; the reference is the same scoring with the cache switched off.
+    backbone = tiny_model("llama")
+    keep_layers(backbone, model_family(backbone), [0, 2])
+    model = causal_lm(backbone, ModelSpec(key="m", family="llama", tokenizer="minilm"), seed=0).eval()
+    rows = [([3, 4, 5], [6, END]), ([7, 8], [9, 10, END]), ([12, 13, 14, 15, 16], [17, END]), ([20], [21, END])]
+    examples = _examples(rows)
+
+    # Execute
+    cached = losses_and_answers(model, examples, 3, torch.device("cpu"), 6, end_token=-1)
+    monkeypatch.setattr(model, "kv_cache", lambda length: contextlib.nullcontext())
+    uncached = losses_and_answers(model, examples, 3, torch.device("cpu"), 6, end_token=-1)
+
+    # Assert: the same loss sum, token counts and answers, token by token.
+    assert cached == uncached
+    assert all(len(answer) == 6 for answer in cached[3])

@@ -6,6 +6,7 @@ nothing on ``self`` between messages: what must last lives in the :class:`Client
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from ..adapters.lora import adapter_tensors, load_adapter_tensors
 from ..adapters.naming import drop_lora
 from ..models import model_family, stable_seed
 from ..records import EVAL_PREFIX, RECEIVED_PREFIX
+from ..scoring import scored_round
 from .profile import ClientSession
 from .state import ClientState
 from .trainer import TrainResult, head_only, make_optimizer, process_peak_rss_mb, seed_torch, train_steps
@@ -110,12 +112,14 @@ class ClientAlgorithm:
         names: the trained network's as ``eval-accuracy``, ``eval-loss``..., and the network as received, before
         any local step (the server's model, or the personalized one the server mixed for this client), as
         ``eval-received-accuracy``, ``eval-received-loss``... Scoring the trained network alone would credit every
-        method with a local fine-tune.
+        method with a local fine-tune. Both are taken in every ``train.evaluate_every``-th round and in the last.
         """
         seed_torch(self.round_seed(config, "torch"))  # dropout and any other torch draw of this round
         model = self.build_model(list(config["layers"]), config)
         self.receive(model, arrays)
-        received = self.score(model)
+        scenario = self.session.scenario
+        scored = scored_round(int(config.get("server-round", 0)), scenario.train.evaluate_every, scenario.rounds)
+        received = self.score(model) if scored else {}
         warmup = self.head_warmup(model, config)
         result = self.local_training(model, config)
         if warmup is not None:
@@ -139,10 +143,13 @@ class ClientAlgorithm:
             "data-truncated": float(train.truncated),
             "data-dropped": float(train.dropped),
         }
-        metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
-        metrics.update(
-            {EVAL_PREFIX + RECEIVED_PREFIX + key: value for key, value in received.items() if key != "num-examples"}
-        )
+        if scored:
+            started = time.perf_counter()
+            metrics.update({EVAL_PREFIX + key: value for key, value in self.score(model).items()})
+            metrics[EVAL_PREFIX + "seconds"] = time.perf_counter() - started  # the evaluate row's own compute time
+            metrics.update(
+                {EVAL_PREFIX + RECEIVED_PREFIX + key: value for key, value in received.items() if key != "num-examples"}
+            )
         metrics["local-rounds"] = float(self.count_local_round())
         metrics["peak-memory-mb"] = result.peak_bytes / 2**20  # this client's training alone
         metrics["process-peak-rss-mb"] = process_peak_rss_mb()  # the whole process (mixes clients in a Ray worker)

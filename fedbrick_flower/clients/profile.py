@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import nn
 
@@ -40,6 +41,7 @@ from ..models import (
     resolve_dtype,
     resolve_roles,
 )
+from ..models.placement import cpu_autocast_dtype
 from ..objectives import TaskObjective, task_objective
 from ..runconfig import scenario_from_run_config
 from ..scenario import ClientProfile, Scenario, ScenarioError, parse_profile
@@ -178,7 +180,9 @@ class ClientSession:
         ``kind`` replaces LoRA by another adapter kind (see :func:`~fedbrick_flower.assembly.build_network`).
         """
         model = build_network(self.scenario, self.profile.model, self.profile.task, layers, self.lora, filler, kind)
-        model.backbone.to(device=self.device, dtype=self.dtype)
+        # bf16 on a CPU: fp32 weights under bf16 autocast; elsewhere the frozen weights take the dtype itself.
+        model.autocast_dtype = cpu_autocast_dtype(self.dtype, self.device)
+        model.backbone.to(device=self.device, dtype=self.dtype if model.autocast_dtype is None else torch.float32)
         adapters = adapter_tensors(model, model_family(model.backbone))
         if kind is not None:
             adapters.update(kind.tensors(model.backbone))

@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "TASK_KINDS": "sources",
     "Columns": "sources",
     "DataError": "sources",
+    "FileStamp": "sources",
     "RawExamples": "sources",
     "label_set": "sources",
     "read_file": "sources",

@@ -1,7 +1,8 @@
 """A task spec -> its examples and label set; a device's own files -> its examples.
 
 The spec is a ``scenario.TaskSpec`` (read by attribute, so this layer does not import the scenario). Loading
-is memoized per process: the same files give the same examples in every process that reads them.
+is memoized per process: the same files give the same examples in every process that reads them. The memos key on
+each file's size and modification time as well as its path, so a file rewritten in place is read again.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from fedbrick_flower.data.instructions import load_packaged
 from fedbrick_flower.data.sources import (
     Columns,
     DataError,
+    FileStamp,
     RawExamples,
+    file_stamp,
     label_set,
     read_file,
     read_hf_dataset,
+    spec_stamps,
     to_dataset,
 )
 from fedbrick_flower.data.tasks import TextDataset
@@ -40,10 +44,9 @@ def task_labels(spec: Any) -> tuple[str, ...] | None:
         return None
     if not spec.sources:
         raise DataError("the task names no data and declares no labels; declare its labels (tasks.<name>.labels)")
-    return label_set([part for part in _raw_parts(spec) if part is not None], None)
+    return label_set([part for part in _raw_parts(spec, spec_stamps(spec)) if part is not None], None)
 
 
-@functools.lru_cache(maxsize=8)
 def task_dataset(name: str, spec: Any) -> tuple[TextDataset, tuple[int, ...] | None]:
     """All of a task's own examples, and which of them came from its test file or split.
 
@@ -67,11 +70,16 @@ def task_dataset(name: str, spec: Any) -> tuple[TextDataset, tuple[int, ...] | N
     DataError
         For a task without data of its own, and every file and row error.
     """
+    return _task_dataset(name, spec, spec_stamps(spec))
+
+
+@functools.lru_cache(maxsize=8)
+def _task_dataset(name: str, spec: Any, stamps: tuple[FileStamp, ...]) -> tuple[TextDataset, tuple[int, ...] | None]:
     if spec.dataset is not None:
         return load_packaged(spec.dataset), None
     if not spec.sources:
         raise DataError(f"task {name!r} names no data of its own: its examples live on the devices")
-    train, test = _raw_parts(spec)
+    train, test = _raw_parts(spec, stamps)
     labels, field = task_labels(spec), Columns.of(spec).label
     dataset = to_dataset(name, train, labels, field or "label")
     if test is None:
@@ -82,7 +90,7 @@ def task_dataset(name: str, spec: Any) -> tuple[TextDataset, tuple[int, ...] | N
 
 
 @functools.lru_cache(maxsize=8)
-def _raw_parts(spec: Any) -> tuple[RawExamples, RawExamples | None]:
+def _raw_parts(spec: Any, stamps: tuple[FileStamp, ...]) -> tuple[RawExamples, RawExamples | None]:
     columns = Columns.of(spec)
     if spec.train is not None:
         return read_file(spec.train, columns), read_file(spec.test, columns) if spec.test is not None else None
@@ -93,9 +101,15 @@ def _raw_parts(spec: Any) -> tuple[RawExamples, RawExamples | None]:
     )
 
 
-@functools.lru_cache(maxsize=8)
 def local_raw(spec: Any, train: str, test: str | None) -> tuple[RawExamples, RawExamples | None]:
     """A device's own files, read with its task's columns (labels as written, not yet checked)."""
+    return _local_raw(spec, train, test, file_stamp(train), file_stamp(test))
+
+
+@functools.lru_cache(maxsize=8)
+def _local_raw(
+    spec: Any, train: str, test: str | None, train_stamp: FileStamp, test_stamp: FileStamp
+) -> tuple[RawExamples, RawExamples | None]:
     columns = Columns.of(spec)
     return read_file(train, columns), read_file(test, columns) if test is not None else None
 

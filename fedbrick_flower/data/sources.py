@@ -121,6 +121,26 @@ def sorted_labels(labels: Iterable[str]) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------------- files
+FileStamp = tuple[str, int, int] | None
+
+
+def file_stamp(path: str | Path | None) -> FileStamp:
+    """``(path, size, mtime_ns)`` of a file (a folder: its own entry) that a memo reads, None for no path or a
+    missing one: memos key on it, so a file rewritten in place is read again rather than served from memory."""
+    if path is None:
+        return None
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return str(path), status.st_size, status.st_mtime_ns
+
+
+def spec_stamps(spec: Any) -> tuple[FileStamp, ...]:
+    """Stamps of the local files and folders a task spec reads (its train and test files, a local HF dataset)."""
+    return tuple(file_stamp(getattr(spec, name, None)) for name in ("train", "test", "hf_dataset"))
+
+
 def read_file(path: str | Path, columns: Columns) -> RawExamples:
     """Read the examples of one JSONL, CSV or Parquet file.
 

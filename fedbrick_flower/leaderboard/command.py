@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from .. import runtime
 from ..scenario import parse_overrides
 from .protocol import PoweredSuite
-from .runner import SUITE_FILE, _versions, earlier_invocations, machine, run_suite
+from .runner import SUITE_FILE, _versions, cell_dir, cell_status, earlier_invocations, machine, run_in_child, run_suite
 from .suites import Suite, expand, suite
 
 
@@ -53,7 +56,13 @@ def main(args: argparse.Namespace) -> int:
     out = (args.out or Path("runs") / f"bench-{chosen.name}").resolve()
     started = time.monotonic()
     load_before = machine()["load_average"]
-    entries = run_suite(cells, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(not c.unavailable and cell_status(cell_dir(out, c), c) != "finished" for c in cells):
+        # Every cell of the suite joins one simulation SuperLink and one Ray cluster instead of starting its own.
+        with runtime.shared_simulation(out, os.cpu_count() or 1) as superlink:
+            entries = run_suite(cells, out, functools.partial(run_in_child, superlink=superlink))
+    else:
+        entries = run_suite(cells, out)
     wall = time.monotonic() - started
     invocation = {
         "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),

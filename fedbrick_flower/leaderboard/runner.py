@@ -1,7 +1,9 @@
 """``fedbrick-flower bench SUITE``: a suite's methods x seeds as ordinary runs, resumable, with progress.
 
 Each cell is one ``fedbrick-flower run`` in a child process (the same code path, Flower's Simulation Engine) in
-its own run directory ``OUT/METHOD/seed-N``. Next to it ``cell.json`` records the cell's overrides and, once the
+its own run directory ``OUT/METHOD/seed-N``. The cells share one simulation SuperLink and one Ray cluster, started
+once for the invocation (:func:`~fedbrick_flower.runtime.shared_simulation`; logs in ``OUT/logs``), so a cell pays
+for neither. Next to it ``cell.json`` records the cell's overrides and, once the
 run has written its ``summary.json``, its wall seconds: a cell whose summary exists and whose recorded
 overrides are the current ones is finished and is not run again. A cell stopped half-way continues from its
 checkpoint (``run --resume``); one with a different configuration starts over. At the end the suite's results
@@ -90,10 +92,15 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{rest:02d}s"
 
 
-def run_in_child(cell: Cell, folder: Path, resume: bool, log: Path) -> int:
-    """One ``fedbrick-flower run`` of the cell in a child process; its output goes to ``log``."""
+def run_in_child(cell: Cell, folder: Path, resume: bool, log: Path, superlink: tuple[str, Path] | None = None) -> int:
+    """One ``fedbrick-flower run`` of the cell in a child process; its output goes to ``log``.
+
+    ``superlink`` (address, log) submits the run to a running SuperLink instead of starting one.
+    """
     command = [sys.executable, "-m", "fedbrick_flower.cli", "run", cell.scenario, "--out", str(folder)]
     command += cell.set_arguments() + (["--resume"] if resume else [])
+    if superlink is not None:
+        command += ["--superlink", superlink[0], "--superlink-log", str(superlink[1])]
     with log.open("w") as sink:
         sink.write(" ".join(command) + "\n")
         sink.flush()

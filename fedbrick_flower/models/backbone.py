@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .families import FamilySpec, family_of
+from .placement import autocast
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -123,9 +124,12 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(hidden_size(backbone), num_labels)
+        self.autocast_dtype: torch.dtype | None = None  # bf16 on a CPU: the backbone runs under autocast
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with autocast(self.autocast_dtype):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden.to(self.head.weight.dtype) if self.autocast_dtype is not None else hidden
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return self.head(pooled.to(self.head.weight.dtype))

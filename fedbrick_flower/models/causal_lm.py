@@ -9,14 +9,19 @@ from the checkpoint (or seeded for a random-init model). Nothing of it is traine
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .backbone import hidden_size, stable_seed
+from .backbone import hidden_size, model_family, stable_seed
+from .placement import autocast
 from .spec import ModelSpec
+from .stack import holds_shims, positional_layer_indices
 
 
 class CausalLM(nn.Module):
@@ -37,10 +42,51 @@ class CausalLM(nn.Module):
         self.backbone = backbone
         self.lm_head = lm_head.requires_grad_(False)
         self.logit_softcap = logit_softcap
+        self.autocast_dtype: torch.dtype | None = None  # bf16 on a CPU: the backbone runs under autocast
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Final-normed hidden states ``(B, T, d)``."""
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
+    ) -> torch.Tensor:
+        """Final-normed hidden states ``(B, T, d)``.
+
+        With a ``cache`` (from :meth:`kv_cache`), ``input_ids`` are the new tokens only, ``attention_mask`` covers
+        the cached tokens and the new ones, and ``position_ids`` give each new token's position.
+        """
+        with autocast(self.autocast_dtype):
+            if cache is None:
+                return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            outputs = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            return outputs.last_hidden_state
+
+    @contextlib.contextmanager
+    def kv_cache(self, length: int) -> Iterator[Any]:
+        """A fresh KV cache for step-by-step decoding of sequences up to ``length`` tokens, or None where one cannot
+        give the same answers as decoding without it.
+
+        The stack's layers are re-indexed by position for the block (:func:`positional_layer_indices`), so a truncated
+        stack (layers 26-29 of 30) caches in slots 0-3. None for a stack with surrogate layers (a BRICK keeps no
+        cache), and for sliding-window attention shorter than ``length`` (the cache would count the window in slots,
+        padding included, where decoding without it counts positions).
+        """
+        from transformers import DynamicCache
+
+        family = model_family(self.backbone)
+        window = getattr(self.backbone.config, "sliding_window", None)
+        if holds_shims(self.backbone, family) or (window is not None and window < length):
+            yield None
+            return
+        with positional_layer_indices(self.backbone, family):
+            yield DynamicCache(config=self.backbone.config)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of hidden states of any leading shape (in the head's dtype)."""

@@ -7,7 +7,8 @@ that a 2-layer client's update lands on the right layers of the global model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 
 from torch import nn
@@ -110,3 +111,31 @@ def _shrink_config(model: nn.Module, family: FamilySpec, positions: list[int]) -
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) > max(positions):
         config.layer_types = [layer_types[g] for g in positions]
+
+
+def holds_shims(model: nn.Module, family: FamilySpec) -> bool:
+    """Whether any position of the layer stack is a :class:`LayerShim` (a surrogate that keeps no KV cache)."""
+    return any(isinstance(layer, LayerShim) for layer in layer_stack(model, family))
+
+
+@contextlib.contextmanager
+def positional_layer_indices(model: nn.Module, family: FamilySpec) -> Iterator[None]:
+    """Within the block, every layer's ``layer_idx`` is its POSITION in the (truncated) stack, then its own again.
+
+    A Hugging Face KV cache holds one slot per position of the stack (``config`` was shrunk to the kept layers) and
+    each attention module writes to ``cache.layers[self.layer_idx]``; a truncated stack keeps its layers' original
+    indices (layer 26 of 30 at position 0), which would address slots that do not exist. Nothing else reads
+    ``layer_idx`` after construction (per-layer attention types and scalings are fixed at ``__init__``), so the
+    computation is the same.
+    """
+    saved: list[tuple[nn.Module, int]] = []
+    try:
+        for position, layer in enumerate(layer_stack(model, family)):
+            for module in layer.modules():
+                if isinstance(getattr(module, "layer_idx", None), int):
+                    saved.append((module, module.layer_idx))
+                    module.layer_idx = position
+        yield
+    finally:
+        for module, index in saved:
+            module.layer_idx = index

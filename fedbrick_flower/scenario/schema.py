@@ -132,6 +132,9 @@ class TrainSettings:
     """True: LoRA stays at its initialisation (B = 0) and only the head (and the algorithm's own modules) trains,
     a federated linear probe. LoRA then stays off the wire both ways (algorithms whose registry entry declares
     ``linear_probe`` only)."""
+    evaluate_every: int = 1
+    """The clients score their own test split in every K-th round's training message (K, 2K, ...) and always in
+    the last round; evaluation-only messages (to clients that did not train) always score."""
     head_warmup_steps: int = 0
     """LP-FT style warm-up: every training message first trains the task head alone for this many steps (at
     ``head_lr``, on the client's training data, backbone and adapters frozen as received), then the local
@@ -168,6 +171,8 @@ class ServerSettings:
     evaluate_global: bool = True
     evaluate_without_lora: bool = False
     """Also score each global model with its LoRA B zeroed (head only): what the aggregated LoRA adds."""
+    evaluate_every: int = 1
+    """Server-side evaluation of the global models in every K-th round (K, 2K, ...) and always in the last round."""
     node_wait_timeout: float = 120.0
     round_timeout: float = 3600.0
     aggregation: str = "mean"

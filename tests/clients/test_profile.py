@@ -187,3 +187,32 @@ def test_a_client_on_a_pathological_share_reports_the_labels_of_its_share() -> N
     assert [len(report["labels"]) for report in reports] == [2, 2, 2]
     assert all(set(report["labels"]) <= set(label_names(scenario, "bbc")) for report in reports)
     assert all(report["num_train_examples"] > 0 and report["own_data"] is False for report in reports)
+
+
+@pytest.mark.parametrize("client", ["bert-edge", "llama-edge"])
+def test_bfloat16_on_a_cpu_keeps_fp32_weights_and_runs_the_backbone_under_autocast(client: str) -> None:
+    # Prepare: the same client in float32 and in bfloat16, both on the CPU.
+    import torch
+
+    from fedbrick_flower.data import iterate_batches
+
+    scenario = load_scenario("smoke", {f"clients.{i}.device": "cpu" for i in range(3)})
+    index = [c.id for c in scenario.clients].index(client)
+    bf16 = load_scenario("smoke", {"clients.0.device": "cpu", f"clients.{index}.dtype": "bfloat16"})
+    fp32_session = ClientSession(scenario, scenario.client(client))
+    bf16_session = ClientSession(bf16, bf16.client(client))
+    batch = next(iterate_batches(fp32_session.examples("train"), 4, shuffle=False))
+
+    # Execute
+    fp32_model, bf16_model = fp32_session.build([0, 1]), bf16_session.build([0, 1])
+    fp32_logits = fp32_model(batch["input_ids"], batch["attention_mask"])
+    bf16_logits = bf16_model(batch["input_ids"], batch["attention_mask"])
+    bf16_session.objective.loss(bf16_model, batch).backward()
+
+    # Assert: every weight, adapter and gradient stays fp32; the output is fp32 and only close to the fp32 one.
+    assert fp32_model.autocast_dtype is None and bf16_model.autocast_dtype is torch.bfloat16
+    assert {p.dtype for p in bf16_model.parameters()} == {torch.float32}
+    assert {p.grad.dtype for p in bf16_model.parameters() if p.grad is not None} == {torch.float32}
+    assert bf16_logits.dtype == fp32_logits.dtype == torch.float32
+    assert not torch.equal(bf16_logits, fp32_logits)
+    torch.testing.assert_close(bf16_logits, fp32_logits, atol=0.1, rtol=0.1)

@@ -88,3 +88,22 @@ def test_a_task_without_data_needs_declared_labels(files: dict[str, str]) -> Non
         task_labels(TaskSpec())
     with pytest.raises(DataError, match="names no data of its own"):
         task_dataset("bare", TaskSpec(labels=("a",)))
+
+
+def test_a_file_rewritten_in_place_is_read_again(tmp_path: Path) -> None:
+    # Prepare: the same path, read once (memoized), then rewritten with other rows and a different size.
+    path = write_jsonl(tmp_path / "t.jsonl", [("a", "pos"), ("b", "neg")])
+    spec = TaskSpec(train=path)
+    first, _ = task_dataset("t", spec)
+    device_first, _ = local_dataset("t", spec, path, None)
+    write_jsonl(tmp_path / "t.jsonl", [("a", "pos"), ("b", "neg"), ("c", "neg")])
+
+    # Execute
+    second, _ = task_dataset("t", spec)
+    device_second, _ = local_dataset("t", spec, path, None)
+    again, _ = task_dataset("t", spec)
+
+    # Assert: the new rows are read, and an unchanged file is served from the memo (the very same object).
+    assert first.texts == ("a", "b") and second.texts == ("a", "b", "c")
+    assert device_first.texts == ("a", "b") and device_second.texts == ("a", "b", "c")
+    assert again is second

@@ -1,0 +1,1 @@
+"""plain-lora: a minimal Flower / Hugging Face / PEFT app (the peer of a fedbrick-flower scenario)."""
