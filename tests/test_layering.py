@@ -211,7 +211,7 @@ ALGORITHM_NAMES = re.compile(
     r"(?<![a-z])(fedbip|fedmosaic|fedbrick|flora|flexlora|hetlora|h2tune|fedsa)(?![a-z])", re.I
 )
 # The package's own name in identifiers, paths and markers: not the algorithm.
-PACKAGE_WORDS = re.compile(r"fedbrick[-_]flower|FEDBRICK_CACHE|\.fedbrick-complete|fedbrick_global_layer_indices")
+PACKAGE_WORDS = re.compile(r"fedbrick[-_]flower|FEDBRICK_[A-Z_]+|\.fedbrick-complete|fedbrick_global_layer_indices")
 CITATION = re.compile(r"et al\.|arxiv\.org|doi\.org")
 # Shared modules that must name no algorithm (an algorithm's knowledge lives in its own modules and registry entry).
 ALGORITHM_FREE = (

@@ -204,6 +204,7 @@ def secure_aggregation_problems(scenario: Scenario) -> list[str]:
             f"privacy.secure_aggregation: privacy.mode 'central' clips each individual update on the server; {why} "
             "(use privacy.mode: local, whose noise is added on the device before masking)"
         )
+    return problems
 
 
 def privacy_problems(scenario: Scenario) -> list[str]:
