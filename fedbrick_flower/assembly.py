@@ -9,7 +9,6 @@ splits); they are caches of pure functions, never state that a message could cha
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from .adapters.base import AdapterKind
 from .adapters.lora import LoraSettings, adapter_tensors, attach_lora, load_adapter_tensors, with_ranks_of
+from .cache import file_memo
 from .data import (
     EncodedExamples,
     TextDataset,
@@ -25,6 +25,7 @@ from .data import (
     split_federated,
     split_local,
     task_dataset,
+    task_files,
     task_labels,
 )
 from .models import ModelSpec, keep_layers, load_backbone, load_config, model_family, num_layers, stable_seed
@@ -34,7 +35,7 @@ from .scenario import ClientProfile, Scenario, ScenarioError
 LayerFillerFactory = Callable[[int], nn.Module]
 
 
-@functools.lru_cache(maxsize=4)
+@file_memo(maxsize=4, files=lambda spec, seed: spec.files)
 def cached_backbone(spec: ModelSpec, seed: int) -> nn.Module:
     """The full-depth base model, loaded once per process and never modified (callers deep-copy it).
 
@@ -43,13 +44,19 @@ def cached_backbone(spec: ModelSpec, seed: int) -> nn.Module:
     return load_backbone(spec, seed)
 
 
-@functools.lru_cache(maxsize=8)
+@file_memo(maxsize=8, files=lambda spec: spec.files)
 def cached_config(spec: ModelSpec) -> Any:
     """The model's Hugging Face config, read once per process without loading weights (never modified)."""
     return load_config(spec)
 
 
-@functools.lru_cache(maxsize=16)
+def split_files(scenario: Scenario, task: str, client: ClientProfile | None) -> tuple[str | None, ...]:
+    """The local files a split of ``task`` may read: the task's own, and the client's when it names its own."""
+    own = (client.train, client.test) if client is not None else ()
+    return (*task_files(scenario.tasks[task]), *own)
+
+
+@file_memo(maxsize=16, files=lambda scenario, task, part, client: split_files(scenario, task, client))
 def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile | None) -> TextDataset:
     """The examples of one split of a task: ``proxy`` / ``server_test`` (``client`` None) or a client's ``train``
     / ``test``.
@@ -87,7 +94,13 @@ def task_split(scenario: Scenario, task: str, part: str, client: ClientProfile |
     return dataset.subset(indices)
 
 
-@functools.lru_cache(maxsize=16)
+@file_memo(
+    maxsize=16,
+    files=lambda scenario, task, part, client, tokenizer_source: (
+        *split_files(scenario, task, client),
+        tokenizer_source,
+    ),
+)
 def task_examples(
     scenario: Scenario, task: str, part: str, client: ClientProfile | None, tokenizer_source: str
 ) -> EncodedExamples:

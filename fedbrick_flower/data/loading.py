@@ -1,14 +1,15 @@
 """A task spec -> its examples and label set; a device's own files -> its examples.
 
 The spec is a ``scenario.TaskSpec`` (read by attribute, so this layer does not import the scenario). Loading
-is memoized per process: the same files give the same examples in every process that reads them.
+is memoized per process, keyed on the files' sizes and mtimes too: the same files give the same examples in
+every process that reads them, and an edited file is read again.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
+from fedbrick_flower.cache import file_memo
 from fedbrick_flower.data.instructions import load_packaged
 from fedbrick_flower.data.sources import (
     Columns,
@@ -43,7 +44,12 @@ def task_labels(spec: Any) -> tuple[str, ...] | None:
     return label_set([part for part in _raw_parts(spec) if part is not None], None)
 
 
-@functools.lru_cache(maxsize=8)
+def task_files(spec: Any) -> tuple[str | None, ...]:
+    """The local paths a task's examples may come from (its files, or a saved Hugging Face dataset folder)."""
+    return (spec.train, spec.test, spec.hf_dataset)
+
+
+@file_memo(maxsize=8, files=lambda name, spec: task_files(spec))
 def task_dataset(name: str, spec: Any) -> tuple[TextDataset, tuple[int, ...] | None]:
     """All of a task's own examples, and which of them came from its test file or split.
 
@@ -81,7 +87,7 @@ def task_dataset(name: str, spec: Any) -> tuple[TextDataset, tuple[int, ...] | N
     )
 
 
-@functools.lru_cache(maxsize=8)
+@file_memo(maxsize=8, files=task_files)
 def _raw_parts(spec: Any) -> tuple[RawExamples, RawExamples | None]:
     columns = Columns.of(spec)
     if spec.train is not None:
@@ -93,7 +99,7 @@ def _raw_parts(spec: Any) -> tuple[RawExamples, RawExamples | None]:
     )
 
 
-@functools.lru_cache(maxsize=8)
+@file_memo(maxsize=8, files=lambda spec, train, test: (train, test))
 def local_raw(spec: Any, train: str, test: str | None) -> tuple[RawExamples, RawExamples | None]:
     """A device's own files, read with its task's columns (labels as written, not yet checked)."""
     columns = Columns.of(spec)

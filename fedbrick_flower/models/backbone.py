@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cache import file_memo
 from .families import FamilySpec, family_of
 
 
@@ -49,6 +49,11 @@ class ModelSpec:
             raise ValueError(f"models.{self.key}.tokenizer is required for a random-init model")
         return source
 
+    @property
+    def files(self) -> tuple[str | None, ...]:
+        """What loading this model may read from local paths: its source and its tokenizer (see ``file_memo``)."""
+        return (self.source, self.tokenizer)
+
 
 def stable_seed(*parts: object) -> int:
     """A seed that is the same in every process (Python's ``hash`` is salted per process)."""
@@ -56,9 +61,10 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-@functools.lru_cache(maxsize=8)
+@file_memo(maxsize=8, files=lambda source, cache_dir=None: (source,))
 def load_tokenizer(source: str, cache_dir: Path | None = None) -> Any:
-    """Load (and cache per process) a tokenizer, with a pad token for decoder families."""
+    """Load (and cache per process, and per version of a local folder) a tokenizer, with a pad token for decoder
+    families."""
     from transformers import AutoTokenizer
 
     from ..data import ensure_pad_token

@@ -9,12 +9,12 @@ from the checkpoint (or seeded for a random-init model). Nothing of it is traine
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..cache import file_memo
 from .backbone import ModelSpec, hidden_size, stable_seed
 
 
@@ -66,7 +66,7 @@ def causal_lm(backbone: nn.Module, spec: ModelSpec, seed: int) -> CausalLM:
     return CausalLM(backbone, head, getattr(config, "final_logit_softcapping", None))
 
 
-@functools.lru_cache(maxsize=4)
+@file_memo(maxsize=4, files=lambda spec, *args, **kwargs: spec.files)
 def untied_head_weight(spec: ModelSpec, seed: int, vocab_size: int, width: int, cache_dir: Path | None = None):  # noqa: ANN201
     """The LM head matrix of a model whose head is not its embedding (a read-only memo, like ``cached_backbone``).
 
