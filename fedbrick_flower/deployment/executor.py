@@ -494,17 +494,19 @@ def serve(link: RuntimeLink, warm: str, poll_interval: float, parent_pid: int | 
         apps.preload()
         log(INFO, "warm executor (%s) ready in %.1f s, Runtime API %s", warm, time.monotonic() - started, link.address)
         acquirer = link.acquirer()
+        token = acquire(acquirer)  # retried until the SuperNode answers (it may start after this executor)
+        log(INFO, "connected to the SuperNode's Runtime API at %s", link.address)
         served = 0
         while True:
-            token = acquire(acquirer)
             if token is None:
                 time.sleep(poll_interval)
-                continue
-            begun = time.monotonic()
-            kind = serve_task(link, token, apps, run_task)
-            served += 1
-            seconds = time.monotonic() - begun
-            log(INFO, "task %d (%s) took %.2f s; executor RSS %.0f MB", served, kind, seconds, rss_mb())
+            else:
+                begun = time.monotonic()
+                kind = serve_task(link, token, apps, run_task)
+                served += 1
+                seconds = time.monotonic() - begun
+                log(INFO, "task %d (%s) took %.2f s; executor RSS %.0f MB", served, kind, seconds, rss_mb())
+            token = acquire(acquirer)
     except Stopped:
         log(INFO, "warm executor stopped")
         return 0
