@@ -494,7 +494,10 @@ def serve(link: RuntimeLink, warm: str, poll_interval: float, parent_pid: int | 
         apps.preload()
         log(INFO, "warm executor (%s) ready in %.1f s, Runtime API %s", warm, time.monotonic() - started, link.address)
         acquirer = link.acquirer()
-        token = acquire(acquirer)  # retried until the SuperNode answers (it may start after this executor)
+        try:
+            token = acquire(acquirer)  # retried until the SuperNode answers (it may start after this executor)
+        except httpx.HTTPError as error:  # one Flower does not retry: a refused certificate, a wrong address
+            raise RuntimeError(f"cannot reach the SuperNode's Runtime API at {link.address}: {error}") from None
         log(INFO, "connected to the SuperNode's Runtime API at %s", link.address)
         served = 0
         while True:
