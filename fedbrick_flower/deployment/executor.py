@@ -79,6 +79,8 @@ WARM_IMPORTS = ("torch", "transformers", "peft")
 APP_SUFFIXES = (".py", ".yaml")
 # Seconds a stopping executor gives a forked task before it kills it.
 STOP_GRACE = 5.0
+# Seconds before a crashed executor is started again.
+RESTART_DELAY = 1.0
 # Component names Flower's own processes announce to the Runtime API (its version check reads them).
 ACQUIRER_NAME = "SuperExec"
 TASK_NAME = "flwr-clientapp"
@@ -234,24 +236,37 @@ def _is_fab_dir(entry: str) -> bool:
 # ------------------------------------------------------------------------------------------------ one task
 @dataclass
 class Task:
-    """One acquired task: its token, its Runtime API client, and the message and context it pulled."""
+    """One acquired task: its token, its Runtime API client, the message and context it pulled, and what it has
+    reported to the SuperNode so far (a reply, the task's end)."""
 
     link: RuntimeLink
     token: str
     client: RuntimeHttpClient
     message: Message
     context: Context
+    replied: bool = False
+    finished: bool = False
 
-    def fail(self, code: int, reason: str, *, replied: bool = False) -> None:
-        """Reply with an error (unless a reply is out already) and close the task as failed."""
+    def fail(self, code: int, reason: str, client: RuntimeHttpClient | None = None) -> None:
+        """Reply with an error (unless a reply is out already) and close the task as failed.
+
+        A ClientApp task that ends without a reply would hold its SuperNode, which waits for one, forever.
+        """
         log(ERROR, "task failed: %s", reason)
-        if not replied:
+        client = client or self.client
+        if not self.replied:
             with contextlib.suppress(Exception):
-                push_message(self.client, Message(Error(code=code, reason=reason), reply_to=self.message), self.context)
-        push_task_output(client=self.client, context=self.context, sub_status=SubStatus.FAILED, details=reason)
+                push_message(client, Message(Error(code=code, reason=reason), reply_to=self.message), self.context)
+        push_task_output(client=client, context=self.context, sub_status=SubStatus.FAILED, details=reason)
+        self.replied = self.finished = True
+
+    def step(self, step: bytes) -> None:
+        """Record a step of :func:`execute`: ``b"r"`` the reply is pushed, ``b"f"`` the task is closed."""
+        self.replied |= step == b"r"
+        self.finished |= step == b"f"
 
 
-def execute(task: Task, app: ClientApp, client: RuntimeHttpClient, on_step: Callable[[bytes], Any] = bool) -> None:
+def execute(task: Task, app: ClientApp, client: RuntimeHttpClient, on_step: Callable[[bytes], Any]) -> None:
     """Run the ClientApp on the task's message, push the reply and close the task, as ``flwr-clientapp`` does.
 
     An exception of the app becomes the same error reply (``CLIENT_APP_RAISED_EXCEPTION``, naming it).
@@ -340,10 +355,10 @@ def run_in_fork(task: Task, app: ClientApp) -> None:
         raise
     finally:
         with os.fdopen(read_end, "rb") as pipe:
-            steps = pipe.read()
-    if b"f" not in steps:
-        reason = f"the ClientApp process ended with {_describe(status)} before it had finished"
-        task.fail(ErrorCode.CLIENT_APP_CRASHED, reason, replied=b"r" in steps)
+            for step in pipe.read():
+                task.step(bytes([step]))
+    if not task.finished:
+        task.fail(ErrorCode.CLIENT_APP_CRASHED, f"the ClientApp process ended with {_describe(status)}")
 
 
 def _child(task: Task, app: ClientApp, progress_fd: int) -> NoReturn:
@@ -391,7 +406,7 @@ def run_in_process(task: Task, app: ClientApp) -> None:
 
     try:
         with heartbeat(task.client, lost):
-            execute(task, app, task.client)
+            execute(task, app, task.client, task.step)
     finally:
         release_between_messages()
 
@@ -445,11 +460,11 @@ def serve_task(link: RuntimeLink, token: str, apps: Apps, run_task: Callable[[Ta
             run_task(task, app)
         return message.metadata.message_type
     except Stopped:
-        last = link.task_client(token, tries=1)  # the node may be gone: do not wait on it
-        with contextlib.suppress(Exception):
-            context = task.context if task else None
-            push_task_output(client=last, context=context, sub_status=SubStatus.FAILED, details="Task stopped.")
-        last.close()
+        if task is not None and not task.finished:
+            last = link.task_client(token, tries=1)  # the node may be gone: do not wait on it
+            with contextlib.suppress(Exception):
+                task.fail(ErrorCode.CLIENT_APP_CRASHED, "the executor was stopped during this message", last)
+            last.close()
         raise
     except Exception as error:  # noqa: BLE001 - close the task and serve the next one
         log(ERROR, "task failed before its ClientApp ran", exc_info=error)
@@ -478,7 +493,59 @@ def run(
     except ValueError as error:
         raise RuntimeError(f"--superexec-auth-secret-file: {error}") from None
     certificates = str(root_certificates) if root_certificates is not None else None
-    return serve(RuntimeLink(address, insecure, certificates, secret), warm, poll_interval, parent_pid)
+    link = RuntimeLink(address, insecure, certificates, secret)
+    return supervise(lambda: serve(link, warm, poll_interval, parent_pid))
+
+
+def supervise(serve_once: Callable[[], int], restart_delay: float = RESTART_DELAY) -> int:
+    """Run ``serve_once`` in a child; start a new one when it dies of a signal (a segfault, an out-of-memory kill).
+
+    A persistent executor runs the app in its own process: without this, one crash would leave its SuperNode
+    without an executor for the rest of the run. The message it was serving fails as Flower fails it (the
+    task's heartbeat stops). SIGTERM and SIGINT are passed on to the child; its exit code becomes this one's.
+    """
+    child = 0
+    stopping = False
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if child > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signals = {signal.SIGTERM, signal.SIGINT}
+    for number in signals:
+        signal.signal(number, forward)
+    while True:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # no signal between the fork and the child's handlers
+        child = os.fork()
+        if child == 0:
+            _serve_in_child(serve_once, signals)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        status = os.waitpid(child, 0)[1]
+        if stopping or not os.WIFSIGNALED(status):
+            return os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else 0
+        log(WARNING, "the executor ended with %s: starting a new one", _describe(status))
+        time.sleep(restart_delay)
+
+
+def _serve_in_child(serve_once: Callable[[], int], signals: set[signal.Signals]) -> NoReturn:
+    code = 1
+    try:
+        for number in signals:
+            signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        code = serve_once()
+    except RuntimeError as error:  # a setup problem: said once, as the command line says it
+        print(f"fedbrick-flower executor: error: {error}", file=sys.stderr)
+        code = 2
+    except BaseException:  # noqa: BLE001 - reported, then the exit code tells the supervisor
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def serve(link: RuntimeLink, warm: str, poll_interval: float, parent_pid: int | None = None) -> int:

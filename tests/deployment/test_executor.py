@@ -105,9 +105,11 @@ def test_an_exception_of_the_app_becomes_flowers_error_reply(pushed: Pushed) -> 
         raise ValueError("no data file")
 
     # Execute
-    executor.execute(_task(), _app(broken), FakeClient())
+    task = _task()
+    executor.execute(task, _app(broken), FakeClient(), task.step)
 
     # Assert: the code and wording of flwr-clientapp's reply
+    assert (task.replied, task.finished) == (True, True)
     [reply] = pushed.replies
     assert reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     assert reply.error.reason == "<class 'ValueError'>:<'no data file'>"
@@ -215,6 +217,51 @@ def test_sigterm_raises_stopped_through_the_apps_own_exception_handlers() -> Non
 
     # Assert: a second signal during the teardown is ignored
     assert ignored
+
+
+@pytest.fixture
+def own_signals() -> Any:
+    """Restore this process's SIGTERM and SIGINT handlers after a test that installs the executor's."""
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for number, handler in previous.items():
+        signal.signal(number, handler)
+
+
+def test_a_worker_killed_by_a_signal_is_started_again(tmp_path: Path, own_signals: Any) -> None:
+    # Prepare: the first worker dies as an out-of-memory kill would end it, the second one stops cleanly
+    starts = tmp_path / "starts"
+
+    def serve_once() -> int:
+        with starts.open("a") as sink:
+            sink.write("x")
+        if starts.read_text() == "x":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+    # Execute
+    code = executor.supervise(serve_once, restart_delay=0)
+
+    # Assert
+    assert code == 0
+    assert starts.read_text() == "xx"
+
+
+def test_a_worker_that_fails_to_start_is_not_started_again(tmp_path: Path, own_signals: Any) -> None:
+    # Prepare
+    starts = tmp_path / "starts"
+
+    def serve_once() -> int:
+        with starts.open("a") as sink:
+            sink.write("x")
+        raise RuntimeError("cannot reach the SuperNode's Runtime API")
+
+    # Execute
+    code = executor.supervise(serve_once, restart_delay=0)
+
+    # Assert: the command line's exit code for a setup problem, once
+    assert code == 2
+    assert starts.read_text() == "x"
 
 
 # ------------------------------------------------------------------------------------------------ the app
