@@ -18,6 +18,7 @@ from torch import nn
 
 from .adapters.base import AdapterKind
 from .adapters.lora import LoraSettings, adapter_tensors, attach_lora, load_adapter_tensors, with_ranks_of
+from .cache import file_memo
 from .data import (
     EncodedExamples,
     FileStamp,
@@ -26,6 +27,7 @@ from .data import (
     split_federated,
     split_local,
     task_dataset,
+    task_files,
     task_labels,
 )
 from .data.sources import file_stamp, spec_stamps
@@ -36,7 +38,7 @@ from .scenario import ClientProfile, Scenario, ScenarioError
 LayerFillerFactory = Callable[[int], nn.Module]
 
 
-@functools.lru_cache(maxsize=4)
+@file_memo(maxsize=4, files=lambda spec, seed: spec.files)
 def cached_backbone(spec: ModelSpec, seed: int) -> nn.Module:
     """The full-depth base model, loaded once per process and never modified (callers deep-copy it).
 
@@ -45,10 +47,16 @@ def cached_backbone(spec: ModelSpec, seed: int) -> nn.Module:
     return load_backbone(spec, seed)
 
 
-@functools.lru_cache(maxsize=8)
+@file_memo(maxsize=8, files=lambda spec: spec.files)
 def cached_config(spec: ModelSpec) -> Any:
     """The model's Hugging Face config, read once per process without loading weights (never modified)."""
     return load_config(spec)
+
+
+def split_files(scenario: Scenario, task: str, client: ClientProfile | None) -> tuple[str | None, ...]:
+    """The local files a split of ``task`` may read: the task's own, and the client's when it names its own."""
+    own = (client.train, client.test) if client is not None else ()
+    return (*task_files(scenario.tasks[task]), *own)
 
 
 def data_stamps(scenario: Scenario, task: str, client: ClientProfile | None) -> tuple[FileStamp, ...]:

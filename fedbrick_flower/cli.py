@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import runtime
 from .deployment import commands as deployment
+from .deployment import node
 from .run_files import LOGS_DIR, SCENARIO_INPUT_FILE, SUMMARY_FILE, print_summary
 from .scenario import Scenario, ScenarioError, builtin_scenarios, parse_overrides, read_yaml_mapping, scenario_path
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     deployment.add_server(commands)
     deployment.add_client(commands)
     deployment.add_launch(commands)
+    node.add_executor(commands)
     return parser
 
 

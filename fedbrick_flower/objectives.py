@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .adapters.lora import head_schema
-from .data import EncodedExamples, TextDataset, encode_examples, encode_generative, task_labels
+from .cache import file_memo
+from .data import EncodedExamples, TextDataset, encode_examples, encode_generative, task_files, task_labels
 from .data.generative import end_token_id
 from .models import ModelSpec, SequenceClassifier, load_tokenizer, stable_seed
 from .models.causal_lm import causal_lm
@@ -175,7 +176,10 @@ def response_loss(model: nn.Module, batch: Batch, step: int = 0) -> torch.Tensor
 OBJECTIVES: dict[str, type[TaskObjective]] = {cls.kind: cls for cls in (ClassificationObjective, GenerativeObjective)}
 
 
-@functools.lru_cache(maxsize=32)
+@file_memo(
+    maxsize=32,
+    files=lambda scenario, task, tokenizer_source: (*task_files(scenario.tasks[task]), tokenizer_source),
+)
 def task_objective(scenario: Scenario, task: str, tokenizer_source: str) -> TaskObjective:
     """The objective of ``task`` for a model with this tokenizer (derived from the scenario, memoised)."""
     return OBJECTIVES[scenario.tasks[task].kind](scenario, task, tokenizer_source)

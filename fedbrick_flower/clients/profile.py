@@ -26,9 +26,11 @@ from ..assembly import (
     build_network,
     cached_config,
     scenario_lora,
+    split_files,
     task_examples,
     task_split,
 )
+from ..cache import file_memo
 from ..client_info import ClientInfo
 from ..data import EncodedExamples, label_mismatch, local_labels, task_labels
 from ..models import (
@@ -245,9 +247,14 @@ class ClientSession:
         )
 
 
-@functools.lru_cache(maxsize=32)
+def session_files(scenario: Scenario, profile: ClientProfile) -> tuple[str | None, ...]:
+    """The local files a session reads: its task's data, the profile's own files, its model's folders."""
+    return (*split_files(scenario, profile.task, profile), *scenario.models[profile.model].files)
+
+
+@file_memo(maxsize=32, files=session_files)
 def client_session(scenario: Scenario, profile: ClientProfile) -> ClientSession:
-    """One session per (scenario, profile) and process."""
+    """One session per (scenario, profile) and process (and version of the files it reads)."""
     return ClientSession(scenario, profile)
 
 

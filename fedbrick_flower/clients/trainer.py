@@ -217,7 +217,10 @@ class TrainingMemory:
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         self._saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        # Detached (same storage): a packed value that is the tensor itself closes a reference cycle through
+        # autograd's C++ graph that no garbage collection breaks, and a process serving many messages (a warm
+        # executor, a Ray worker) would keep every step's network and activations alive.
+        return tensor.detach()
 
     def _resident_bytes(self) -> int:
         """Parameters, buffers, gradients and optimizer state, each storage once."""

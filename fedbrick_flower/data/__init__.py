@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "local_dataset": "loading",
     "local_labels": "loading",
     "task_dataset": "loading",
+    "task_files": "loading",
     "task_labels": "loading",
     "ClientSplit": "partition",
     "FederatedSplit": "partition",

@@ -89,6 +89,11 @@ def _task_dataset(name: str, spec: Any, stamps: tuple[FileStamp, ...]) -> tuple[
     )
 
 
+def task_files(spec: Any) -> tuple[str | None, ...]:
+    """The local paths a task's examples may come from (its files, or a saved Hugging Face dataset folder)."""
+    return (spec.train, spec.test, spec.hf_dataset)
+
+
 @functools.lru_cache(maxsize=8)
 def _raw_parts(spec: Any, stamps: tuple[FileStamp, ...]) -> tuple[RawExamples, RawExamples | None]:
     columns = Columns.of(spec)

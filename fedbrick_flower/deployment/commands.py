@@ -22,6 +22,7 @@ from .. import runtime
 from ..run_files import LOGS_DIR, SCENARIO_INPUT_FILE, print_summary
 from ..scenario import Scenario, ScenarioError, parse_overrides, parse_profile, read_yaml_mapping
 from .certs import CA_CERT, CertificateSet, key_fingerprint, make_certificates, node_names
+from .node import add_executor_options, node_command, runtime_address
 from .processes import (
     IN_MEMORY,
     SuperLinkSettings,
@@ -191,6 +192,7 @@ def add_client(commands: argparse._SubParsersAction) -> None:
         help="keep this client's state (personal adapters, optimizer state, running statistics) in DIR, written "
         "after every message, so that it survives a restart of the device (default: in memory, for the run only)",
     )
+    add_executor_options(parser)
     parser.set_defaults(handler=client)
 
 
@@ -200,12 +202,14 @@ def client(args: argparse.Namespace) -> int:
     Before that, it waits until the server's Fleet API answers, printing each failed try with the address and
     the cause (Flower's SuperNode names neither), and names its key's fingerprint, which the server prints for
     every key it registered.
+    With the warm executor the process first starts the executor, which follows it by PID (see :mod:`.node`).
     """
     root_certificates = None if args.insecure else _root_certificate(args)
     node_config = _node_config(args)
     if args.key is not None:
         print(f"this node's key: {args.key} ({_fingerprint(args.key)}); the server must have registered its .pub")
     wait_until_reachable(args.superlink, root_certificates)
+    warm = args.executor == "warm"
     command = supernode_command(
         args.superlink,
         node_config,
@@ -214,7 +218,10 @@ def client(args: argparse.Namespace) -> int:
         root_certificates=root_certificates,
         private_key=args.key,
         heartbeat=args.heartbeat,
+        isolation="process" if warm else None,
     )
+    if warm:
+        command = node_command(command, runtime_address(args.host, args.port), args.warm)
     # Flower keeps only the run's app there: a temporary folder by default, so nothing is left in the home folder.
     home = args.home or Path(tempfile.mkdtemp(prefix=f"fedbrick-supernode-{args.port}-"))
     home.mkdir(parents=True, exist_ok=True)
@@ -281,6 +288,7 @@ def add_launch(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<scenario>-<time>)")
     parser.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication")
     parser.add_argument("--heartbeat", type=float, help="SuperNode heartbeat in seconds (10..1800; Flower's is 30)")
+    add_executor_options(parser)
     _add_run_options(parser)
     parser.set_defaults(handler=launch)
 
@@ -298,7 +306,7 @@ def launch(args: argparse.Namespace) -> int:
     with runtime.running([start_superlink(settings, run_dir, env)]) as processes:
         if certs is not None:
             register_node_keys([certs.node_public_key(cid) for cid in client_ids], env, client_ids)
-        nodes = {cid: _start_supernode(cid, settings, certs, run_dir, args.heartbeat) for cid in client_ids}
+        nodes = {cid: _start_supernode(cid, settings, certs, run_dir, args) for cid in client_ids}
         processes.extend(nodes.values())
         _write_deployment(run_dir, settings, processes[0].pid, {cid: node.pid for cid, node in nodes.items()})
         submit(run_dir, run_config(run_dir, scenario, audit_wire=args.audit_wire), processes[0], env)
@@ -311,16 +319,21 @@ def _start_supernode(
     settings: SuperLinkSettings,
     certs: CertificateSet | None,
     run_dir: Path,
-    heartbeat: float | None,
+    args: argparse.Namespace,
 ) -> subprocess.Popen:
+    """One SuperNode and its ClientApp executor (a child of the SuperNode's process, logging to the same file)."""
+    warm, port = args.executor == "warm", runtime.free_port()
     command = supernode_command(
         settings.fleet_address,
         {"client-id": client_id},
-        port=runtime.free_port(),
+        port=port,
         root_certificates=certs.ca_cert if certs else None,
         private_key=certs.node_key(client_id) if certs else None,
-        heartbeat=heartbeat,
+        heartbeat=args.heartbeat,
+        isolation="process" if warm else None,
     )
+    if warm:
+        command = node_command(command, runtime_address("127.0.0.1", port), args.warm)
     # Each node gets its own FLWR_HOME, as on separate machines.
     node_env = runtime.flower_env(run_dir / "nodes" / client_id / ".flwr-home")
     return runtime.start(command, run_dir / LOGS_DIR / f"supernode-{client_id}.log", node_env)

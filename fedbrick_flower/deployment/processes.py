@@ -87,10 +87,12 @@ def supernode_command(
     root_certificates: Path | None = None,
     private_key: Path | None = None,
     heartbeat: float | None = None,
+    isolation: str | None = None,
 ) -> list[str]:
     """``flower-supernode`` dialing ``superlink`` over gRPC; TLS unless ``root_certificates`` is None.
 
     ``heartbeat`` (seconds) runs the same SuperNode through :mod:`.heartbeat` to notice a lost node sooner.
+    ``isolation="process"`` leaves its ClientApp tasks to an executor started beside it (see :mod:`.node`).
     """
     if heartbeat is None:
         command = ["flower-supernode"]
@@ -103,6 +105,8 @@ def supernode_command(
         "--host", host,
         "--port", str(port),
     ]  # fmt: skip
+    if isolation is not None:
+        command += ["--isolation", isolation]
     if root_certificates is None:
         return [*command, "--insecure"]
     command += ["--root-certificates", str(root_certificates.resolve())]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,12 +9,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..cache import file_memo
 from .families import FamilySpec, family_of
 from .placement import autocast
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    @property
+    def files(self) -> tuple[str | None, ...]:
+        """What loading this model may read from local paths: its source and its tokenizer (see ``file_memo``)."""
+        return (self.source, self.tokenizer)
 
 
 def stable_seed(*parts: object) -> int:
@@ -24,9 +29,10 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-@functools.lru_cache(maxsize=8)
+@file_memo(maxsize=8, files=lambda source, cache_dir=None: (source,))
 def load_tokenizer(source: str, cache_dir: Path | None = None) -> Any:
-    """Load (and cache per process) a tokenizer, with a pad token for decoder families."""
+    """Load (and cache per process, and per version of a local folder) a tokenizer, with a pad token for decoder
+    families."""
     from transformers import AutoTokenizer
 
     from .sources import resolve_pretrained

@@ -10,7 +10,6 @@ from the checkpoint (or seeded for a random-init model). Nothing of it is traine
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cache import file_memo
 from .backbone import hidden_size, model_family, stable_seed
 from .placement import autocast
 from .spec import ModelSpec
@@ -113,7 +113,7 @@ def causal_lm(backbone: nn.Module, spec: ModelSpec, seed: int) -> CausalLM:
     return CausalLM(backbone, head, getattr(config, "final_logit_softcapping", None))
 
 
-@functools.lru_cache(maxsize=4)
+@file_memo(maxsize=4, files=lambda spec, *args, **kwargs: spec.files)
 def untied_head_weight(spec: ModelSpec, seed: int, vocab_size: int, width: int, cache_dir: Path | None = None):  # noqa: ANN201
     """The LM head matrix of a model whose head is not its embedding (a read-only memo, like ``cached_backbone``).
 

@@ -143,6 +143,48 @@ def test_training_memory_counts_saved_activations_that_grow_with_the_batch() -> 
     assert measured[64] - measured[8] >= (64 - 8) * 64 * 4
 
 
+def test_a_measured_step_leaves_no_network_alive_behind_it() -> None:
+    """A warm executor runs every message in one process: a step must not keep its network and activations."""
+    # Prepare
+    import gc
+    import weakref
+
+    from fedbrick_flower.clients.trainer import TrainingMemory
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    memory = TrainingMemory(model, optimizer, torch.device("cpu"))
+    with memory.step():
+        outputs = model(torch.randn(8, 16))
+        torch.sigmoid(outputs)  # a branch the loss does not use: its graph is never freed by a backward pass
+        outputs.sum().backward()
+        optimizer.step()
+    alive = weakref.ref(model[0].weight)
+
+    # Execute
+    del model, optimizer, memory, outputs
+    gc.collect()
+
+    # Assert
+    assert alive() is None
+
+
+def test_a_client_reports_the_same_peak_memory_after_a_bigger_training_in_its_process() -> None:
+    # Prepare: the figure of a 2-layer training alone
+    torch.manual_seed(0)
+    config = {"server-round": 1, "layers": [0, 1]}
+    _, alone = _client().train({}, config)
+
+    # Execute: a 6-layer training first, in the same process (as a persistent warm executor serves them)
+    torch.manual_seed(0)
+    client = _client()
+    client.train({}, {**config, "layers": list(range(6))})
+    _, after = client.train({}, config)
+
+    # Assert: peak-memory-mb is the message's own (storages are told apart by address: allow allocator noise)
+    assert after["peak-memory-mb"] == pytest.approx(alone["peak-memory-mb"], rel=0.01)
+
+
 def test_freeze_lora_trains_the_head_only() -> None:
     # Prepare
     client = _client(**{"train.freeze_lora": True})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,11 +28,14 @@ def compose_binary() -> Path:
     return binary
 
 
-def compose(*files: Path, args: tuple[str, ...] = ("config", "-q")) -> subprocess.CompletedProcess:
+def compose(
+    *files: Path, args: tuple[str, ...] = ("config", "-q"), env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     command = [str(compose_binary())]
     for path in files:
         command += ["-f", str(path)]
-    return subprocess.run([*command, *args], capture_output=True, text=True, check=False, cwd=ROOT)
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run([*command, *args], capture_output=True, text=True, check=False, cwd=ROOT, env=environment)
 
 
 def test_compose_file_is_valid() -> None:
@@ -99,3 +103,44 @@ def test_compose_commands_use_flags_the_installed_flower_accepts() -> None:
     # Assert
     assert checked > 20
     assert not unknown
+
+
+def _clientapps(env: dict[str, str] | None = None, *files: Path) -> dict[str, dict]:
+    merged = json.loads(compose(*(files or (COMPOSE_FILE,)), args=("config", "--format", "json"), env=env).stdout)
+    return {name: service for name, service in merged["services"].items() if name.startswith("clientapp-")}
+
+
+@pytest.mark.parametrize("files", [(COMPOSE_FILE,), (COMPOSE_FILE, OVERLAY)], ids=["compose", "multi-host"])
+def test_every_node_runs_the_warm_executor_on_its_own_supernode(files: tuple[Path, ...]) -> None:
+    # Execute
+    services = _clientapps(None, *files)
+
+    # Assert: one executor per SuperNode, the warm one by default, dialing that node's Runtime API
+    assert sorted(services) == ["clientapp-1", "clientapp-2"]
+    for name, service in services.items():
+        command = service["command"]
+        assert command[:3] == ["fedbrick-flower", "executor", "--executor=warm"]
+        assert f"--runtime-api-address=supernode-{name[-1]}:9094" in command
+
+
+def test_the_stock_executor_is_one_variable_away() -> None:
+    # Execute
+    services = _clientapps({"CLIENTAPP_EXECUTOR": "flower", "CLIENTAPP_WARM": "fork"})
+
+    # Assert
+    assert all("--executor=flower" in service["command"] for service in services.values())
+    assert all("--warm=fork" in service["command"] for service in services.values())
+
+
+def test_executor_commands_use_flags_the_executor_accepts() -> None:
+    # Prepare
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fedbrick_flower.cli", "executor", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+
+    # Execute
+    flags = {arg.split("=", 1)[0] for service in _clientapps().values() for arg in service["command"][2:]}
+
+    # Assert
+    assert flags == {"--executor", "--warm", "--insecure", "--runtime-api-address"}
+    assert not [flag for flag in flags if not re.search(rf"{re.escape(flag)}\b", help_text)]

@@ -87,10 +87,15 @@ def alive(pid: int) -> bool:
 # --------------------------------------------------------------------------------------- launch, TLS, audit
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, int]]:
-    """``fedbrick-flower launch smoke`` over TLS with node authentication, clients auditing their messages."""
+    """``fedbrick-flower launch smoke`` over TLS with node authentication, clients auditing their messages.
+
+    Its ClientApps run in the warm executor's fork mode (each message in a child of the warm process); the
+    default mode is compared with Flower's executor in ``test_warm_executor.py``.
+    """
     run_dir = tmp_path_factory.mktemp("launch")
     log_file = run_dir / "launch.out"
-    process = fedbrick(["launch", "smoke", "--out", str(run_dir), "--audit-wire", *FAST], log_file, run_dir)
+    args = ["launch", "smoke", "--out", str(run_dir), "--audit-wire", "--warm", "fork", *FAST]
+    process = fedbrick(args, log_file, run_dir)
     output = finish(process, log_file, timeout=900)
     yield run_dir, output, process.returncode
 

@@ -109,13 +109,20 @@ def test_sigint_to_server_stops_its_superlink_and_superexec(tmp_path: Path) -> N
     assert not left, [process.cmdline() for process in left]
 
 
-def test_sigterm_to_client_stops_its_supernode_and_superexec(tmp_path: Path) -> None:
-    # Prepare: a SuperNode dialing a Fleet API where nothing listens (it retries; its SuperExec is up)
+@pytest.mark.parametrize("executor", ["flower", "warm"])
+def test_sigterm_to_client_stops_its_supernode_and_superexec(tmp_path: Path, executor: str) -> None:
+    # Prepare: a SuperNode dialing a Fleet API where nothing listens (it retries; its executor is up: Flower's
+    # flower-superexec, or the warm executor once it has reached the SuperNode's Runtime API)
     args = ["client", "--insecure", "--superlink", f"127.0.0.1:{runtime.free_port()}", "--client-id", "bert-edge"]
-    args += ["--port", str(runtime.free_port()), "--home", str(tmp_path / "node")]
-    command = fedbrick(args, tmp_path / "client.out", tmp_path)
+    args += ["--port", str(runtime.free_port()), "--home", str(tmp_path / "node"), "--executor", executor]
+    log_file = tmp_path / "client.out"
+    command = fedbrick(args, log_file, tmp_path)
     try:
-        wait_for(lambda: "flower-superexec" in _names(_processes(command)), 120, "SuperExec", command)
+        if executor == "flower":
+            wait_for(lambda: "flower-superexec" in _names(_processes(command)), 120, "SuperExec", command)
+        else:
+            connected = "connected to the SuperNode's Runtime API"
+            wait_for(lambda: connected in log_file.read_text(), 180, "warm executor", command)
     except AssertionError:
         runtime.stop(command)
         raise
@@ -123,7 +130,7 @@ def test_sigterm_to_client_stops_its_supernode_and_superexec(tmp_path: Path) -> 
     # Execute
     _, left = _signal_and_collect(command, signal.SIGTERM)  # the exit code is Flower's own
 
-    # Assert: `client` became the SuperNode (same PID), which takes its SuperExec with it
+    # Assert: `client` became the SuperNode (same PID), which takes its executor with it
     assert not left, [process.cmdline() for process in left]
 
 
