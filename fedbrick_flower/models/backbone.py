@@ -17,11 +17,6 @@ from .spec import ModelSpec
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    @property
-    def files(self) -> tuple[str | None, ...]:
-        """What loading this model may read from local paths: its source and its tokenizer (see ``file_memo``)."""
-        return (self.source, self.tokenizer)
-
 
 def stable_seed(*parts: object) -> int:
     """A seed that is the same in every process (Python's ``hash`` is salted per process)."""

@@ -40,3 +40,8 @@ class ModelSpec:
         if source is None:
             raise ValueError(f"models.{self.key}.tokenizer is required for a random-init model")
         return source
+
+    @property
+    def files(self) -> tuple[str | None, ...]:
+        """What loading this model may read from local paths: its source and its tokenizer (see ``file_memo``)."""
+        return (self.source, self.tokenizer)

@@ -21,6 +21,7 @@ def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     calls: list[list[str]] = []
     monkeypatch.setattr(node.os, "execvp", lambda file, args: calls.append(list(args)))
     monkeypatch.setattr(commands.os, "execvpe", lambda file, args, env: calls.append(list(args)))
+    monkeypatch.setattr(commands, "wait_until_reachable", lambda *_: 0)  # no SuperLink to reach in a unit test
     return calls
 
 
@@ -32,7 +33,7 @@ def test_client_runs_its_supernode_in_process_isolation_beside_a_warm_executor(
     execs: list[list[str]], tmp_path: Path
 ) -> None:
     # Execute
-    argv = ["client", "--superlink", "10.0.0.1:9092", "--client-id", "a", "--insecure", "--port", "9101"]
+    argv = ["client", "--superlink", "127.0.0.1:9092", "--client-id", "a", "--insecure", "--port", "9101"]
     cli.main([*argv, "--home", str(tmp_path), "--warm", "fork"])
 
     # Assert: the launcher starts the executor on the node's Runtime API, then becomes flower-supernode
@@ -47,7 +48,7 @@ def test_client_runs_its_supernode_in_process_isolation_beside_a_warm_executor(
 
 def test_client_with_flowers_executor_is_the_stock_supernode(execs: list[list[str]], tmp_path: Path) -> None:
     # Execute
-    argv = ["client", "--superlink", "10.0.0.1:9092", "--client-id", "a", "--insecure", "--executor", "flower"]
+    argv = ["client", "--superlink", "127.0.0.1:9092", "--client-id", "a", "--insecure", "--executor", "flower"]
     cli.main([*argv, "--home", str(tmp_path)])
 
     # Assert: the SuperNode starts flower-superexec itself (subprocess isolation, Flower's default)
