@@ -44,6 +44,12 @@ DECLARED_METRICS = {
     "perplexity",
     "token-accuracy",
     "exact-match",
+    # the received model's scores, taken in the train message before local training (clients/base.py)
+    "eval-received-accuracy",
+    "eval-received-loss",
+    "eval-received-perplexity",
+    "eval-received-token-accuracy",
+    "eval-received-exact-match",
 }
 
 
