@@ -9,9 +9,9 @@ SuperLink, so both pay the same fixed cost.
 
 Reported per side: the command's wall time, bytes per client and round (up and down; the plain app's are its
 ArrayRecord's), the global model's accuracy on the server test split after the last round, and the ratio of the
-wall times (ours over plain). Writes ``bench/results/peers.json`` (``throughput_bench.py --targets`` reads it). The
-machine is shared:
-the wall times are upper bounds, read the ratio with the load recorded beside it.
+wall times (ours over plain). Appends the pair to ``bench/results/peers.json`` (``throughput_bench.py --targets``
+reads the last one). The machine is shared: the wall times are upper bounds, read the ratio with the load recorded
+beside it.
 
 Usage::
 
@@ -102,15 +102,20 @@ def main() -> int:
     print(f"plain Flower app: {plain['wall_seconds']:.1f}s, accuracy {plain['global_accuracy']:.4f}", flush=True)
     ours = run_ours(work)
     print(f"fedbrick-flower: {ours['wall_seconds']:.1f}s, accuracy {ours['global_accuracy']:.4f}", flush=True)
-    record = {
+    run = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "job": str(SCENARIO.relative_to(HERE.parent)),
-        "plain_app": str(PLAIN_APP.relative_to(HERE.parent)),
         "order": "plain first, then ours, back to back",
         "plain": plain,
         "ours": ours,
         "wall_ratio_ours_over_plain": ours["wall_seconds"] / plain["wall_seconds"],
         "work_dir": str(work),
+    }
+    earlier = json.loads(RESULTS.read_text())["runs"] if RESULTS.is_file() else []
+    record = {
+        "job": str(SCENARIO.relative_to(HERE.parent)),
+        "plain_app": str(PLAIN_APP.relative_to(HERE.parent)),
+        "runs": [*earlier, run],
+        "wall_ratio_ours_over_plain": run["wall_ratio_ours_over_plain"],
     }
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
     print(f"ratio ours/plain {record['wall_ratio_ours_over_plain']:.2f}; wrote {RESULTS}")

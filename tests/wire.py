@@ -21,6 +21,7 @@ DECLARED_METRICS = {
     "eval-accuracy",
     "eval-loss",
     "eval-num-examples",
+    "eval-seconds",
     "train-loss",
     "train-loss-first",
     "train-loss-last",
