@@ -12,8 +12,10 @@ outside every task (Flower's polls: a SuperNode waits 3 s between two pulls when
 A last cell runs the persistent executor over ``--rss-messages`` messages of one client and reads the
 executor's resident set size after the first and the last message from its log.
 
-The machine is shared: every cell records the load average before and after it.
-Run: ``python bench/warm_bench.py`` (about 40 minutes on 2 cores) -> ``bench/results/warm-executor.json``.
+The machine is shared: every cell records the load average before and after it, and ``--append`` adds a
+pass to the results file instead of replacing it (to measure again when the machine is quieter).
+Run: ``python bench/warm_bench.py`` (40 minutes to 2 hours on 2 cores, with the load) ->
+``bench/results/warm-executor.json``.
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def main() -> None:
     parser.add_argument("--executors", nargs="+", default=list(EXECUTORS), choices=list(EXECUTORS))
     parser.add_argument("--rss-messages", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "warm-executor.json")
+    parser.add_argument("--append", action="store_true", help="add this pass to the passes already in --out")
     args = parser.parse_args()
     results: dict[str, Any] = {"cells": {}, "summary": {}}
     with tempfile.TemporaryDirectory(prefix="warm-bench-") as tmp:
@@ -158,7 +161,8 @@ def main() -> None:
         "note": "overhead = round wall - slowest client's train-seconds; means over rounds 2+; a 2-core machine "
         "shared with other jobs (load averages per cell)",
     }
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    passes = json.loads(args.out.read_text())["passes"] if args.append and args.out.is_file() else []
+    args.out.write_text(json.dumps({"passes": [*passes, results]}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 
