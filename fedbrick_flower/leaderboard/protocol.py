@@ -129,14 +129,16 @@ def _methods(suite: Suite, *names: str) -> tuple[Method, ...]:
 # ---------------------------------------------------------------------------------------------------- depth
 _CLIENTS = len(DEPTH.base["clients"])
 _ALL_AT_2 = each_client("layers", 2, _CLIENTS)
-# Declared now: FedRA with FedBRICK's optimizer steps per round arrives with the fidelity issue (21, item 6);
-# until its algorithm is registered its cells show as not available.
-FEDRA_EQUAL_STEPS = Method(
-    "fedra-equal-steps", "fedra-equal-steps", {}, "FedRA at FedBRICK's optimizer steps per round (equal compute)"
-)
 # The control's ceiling keeps every client at 6 layers whatever the suite's own depths.
-_ALLLAYERS, _SMALLEST, _FEDRA, _FEDBRICK, _NO_DISTILL, _HEAD_ONLY = _methods(
-    DEPTH, "alllayers", "smallest-depth", "fedra", "fedbrick", "fedbrick-no-distill", "head-only"
+_ALLLAYERS, _SMALLEST, _FEDRA, FEDRA_EQUAL_STEPS, _FEDBRICK, _NO_DISTILL, _HEAD_ONLY = _methods(
+    DEPTH,
+    "alllayers",
+    "smallest-depth",
+    "fedra",
+    "fedra-fedbrick-steps",
+    "fedbrick",
+    "fedbrick-no-distill",
+    "head-only",
 )
 _DEPTH_CONTROLS = (
     Control("AllLayers beats the smallest depth", "alllayers", "smallest-depth"),
@@ -146,8 +148,8 @@ _DEPTH_CONTROLS = (
 )  # fmt: skip
 _DEPTH_COMPARISONS = (
     Comparison("fedbrick", "fedra"),
-    Comparison("fedra-equal-steps", "fedra"),
-    Comparison("fedbrick", "fedra-equal-steps"),
+    Comparison("fedra-fedbrick-steps", "fedra"),
+    Comparison("fedbrick", "fedra-fedbrick-steps"),
     Comparison("fedra", "head-only"),
     Comparison("fedra", "smallest-depth"),
 )

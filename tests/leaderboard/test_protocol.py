@@ -15,7 +15,7 @@ from fedbrick_flower.leaderboard.protocol import (
     suite_from_file,
     user_powered_suite,
 )
-from fedbrick_flower.leaderboard.suites import NOT_REGISTERED, expand
+from fedbrick_flower.leaderboard.suites import expand
 
 SCENARIO = """\
 algorithm: fedavg
@@ -69,7 +69,7 @@ def test_two_of_six_suite_puts_every_client_at_two_layers_except_the_ceiling() -
     # Assert
     assert cells["fedra"].overrides["clients.3.layers"] == 2
     assert cells["alllayers"].overrides["clients.3.layers"] == 6
-    assert cells["fedra-equal-steps"].unavailable == NOT_REGISTERED
+    assert cells["fedra-fedbrick-steps"].unavailable is None and cells["fedra-fedbrick-steps"].algorithm == "fedavg"
 
 
 def test_suite_from_a_user_file_takes_suite_methods_and_algorithms(tmp_path: Path) -> None:
