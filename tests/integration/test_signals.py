@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from fedbrick_flower import runtime
+from fedbrick_flower.deployment.processes import SuperLinkSettings, start_superlink
 from tests.integration.test_deployment import smoke_subset, wait_for
 
 pytestmark = pytest.mark.integration
@@ -109,11 +111,22 @@ def test_sigint_to_server_stops_its_superlink_and_superexec(tmp_path: Path) -> N
     assert not left, [process.cmdline() for process in left]
 
 
+@pytest.fixture(scope="module")
+def bare_superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain ``flower-superlink`` (no run submitted) on loopback: the Fleet address a SuperNode can join."""
+    folder = tmp_path_factory.mktemp("superlink")
+    settings = SuperLinkSettings(f"127.0.0.1:{runtime.free_port()}", runtime.free_port())
+    with runtime.running([start_superlink(settings, folder, runtime.flower_env(folder / ".flwr-home"))]):
+        yield settings.fleet_address
+
+
 @pytest.mark.parametrize("executor", ["flower", "warm"])
-def test_sigterm_to_client_stops_its_supernode_and_superexec(tmp_path: Path, executor: str) -> None:
-    # Prepare: a SuperNode dialing a Fleet API where nothing listens (it retries; its executor is up: Flower's
-    # flower-superexec, or the warm executor once it has reached the SuperNode's Runtime API)
-    args = ["client", "--insecure", "--superlink", f"127.0.0.1:{runtime.free_port()}", "--client-id", "bert-edge"]
+def test_sigterm_to_client_stops_its_supernode_and_superexec(
+    tmp_path: Path, executor: str, bare_superlink: str
+) -> None:
+    # Prepare: a SuperNode that joined a SuperLink where no run is submitted; its executor is up: Flower's
+    # flower-superexec, or the warm executor once it has reached the SuperNode's Runtime API
+    args = ["client", "--insecure", "--superlink", bare_superlink, "--client-id", "bert-edge"]
     args += ["--port", str(runtime.free_port()), "--home", str(tmp_path / "node"), "--executor", executor]
     log_file = tmp_path / "client.out"
     command = fedbrick(args, log_file, tmp_path)
