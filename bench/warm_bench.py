@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fleet import ROOT, run_context
 
 from fedbrick_flower import runtime
+from fedbrick_flower.deployment.loopback_fleet import PACKAGE_ROOT as ROOT
+from fedbrick_flower.deployment.loopback_fleet import run_context
 from fedbrick_flower.run_files import read_metrics
 from fedbrick_flower.scenario import scenario_path
 

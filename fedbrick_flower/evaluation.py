@@ -42,18 +42,24 @@ class GlobalModelEvaluator(RoundCallback):
             return
         for (model_key, task), tensors in strategy.global_adapters().items():
             started = time.perf_counter()
-            scores = self.evaluate(model_key, task, tensors)
-            logger.info("round %d: global %s on %s: %s", server_round, model_key, task, _describe(scores))
-            row = {"round": server_round, "phase": SERVER_EVAL, "model": model_key, "task": task, **scores}
-            if self.scenario.server.evaluate_without_lora:
-                bare = self.evaluate(model_key, task, without_lora(tensors))
-                row.update({f"{name}-without-lora": value for name, value in bare.items()})
-            if self.scenario.data.validation_fraction > 0:  # carved from the training pool, never the test split
-                validation = self.evaluate(model_key, task, tensors, "server_validation")
-                row.update({f"validation-{name}": value for name, value in validation.items()})
+            row: dict[str, Any] = {"round": server_round, "phase": SERVER_EVAL, "model": model_key, "task": task}
+            for prefix, part in self._splits():
+                scores = self.evaluate(model_key, task, tensors, part)
+                row.update({f"{prefix}{name}": value for name, value in scores.items()})
+                if self.scenario.server.evaluate_without_lora:
+                    bare = self.evaluate(model_key, task, without_lora(tensors), part)
+                    row.update({f"{prefix}{name}-without-lora": value for name, value in bare.items()})
+            logger.info("round %d: global %s on %s: %s", server_round, model_key, task, _describe(row))
             row["seconds"] = time.perf_counter() - started  # compute time of this row's evaluations
             log_rows.append(row)
         logger.info("round %d: server evaluation done", server_round)
+
+    def _splits(self) -> list[tuple[str, str]]:
+        """(row key prefix, split) of the splits scored: the test split, and the validation split when there is
+        one (carved from the clients' training pool, never from the test split)."""
+        if self.scenario.data.validation_fraction > 0:
+            return [("", "server_test"), ("validation-", "server_validation")]
+        return [("", "server_test")]
 
     def evaluate(
         self, model_key: str, task: str, tensors: dict[str, Any], part: str = "server_test"
@@ -67,8 +73,8 @@ class GlobalModelEvaluator(RoundCallback):
         return objective.score(model, examples, self.scenario.train.eval_batch_size, self.device)
 
 
-def _describe(scores: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+def _describe(row: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in row.items() if isinstance(value, float))
 
 
 def without_lora(tensors: dict[str, Any]) -> dict[str, Any]:
