@@ -77,12 +77,24 @@ def restart_once(folder: Path, rounds: int, crash_after: int) -> dict[str, Any]:
         if (fleet.run_dir / SUMMARY_FILE).is_file()
         else None,
         "local_rounds": {cid: _local_rounds(rows, cid) for cid in CLIENTS},
+        # What each client received per round: after the restart, the global adapters restored from the
+        # checkpoint (round 1 sends none: nothing is aggregated yet; so would a resumed server that started over)
+        "bytes_down_by_round": _bytes_down(rows),
         "strays": fleet.strays(),
         "start_to_round_s": round(first_round, 1),
         "restart_to_round_s": round(restart_to_round, 1),
         "superlink_ready_to_round_s": round(ready_to_round, 1),
         "resumed_log": "resuming" in output or f"rounds {crash_after + 1}.." in output,
     }
+
+
+def _bytes_down(rows: list[dict]) -> dict[int, list[int]]:
+    """Round -> the bytes each training client received in it."""
+    received: dict[int, list[int]] = {}
+    for row in rows:
+        if row["phase"] == "train":
+            received.setdefault(row["round"], []).append(int(row["bytes_down"]))
+    return received
 
 
 def _local_rounds(rows: list[dict], client_id: str) -> dict[int, int]:

@@ -1,4 +1,6 @@
-"""The Deployment Engine on loopback: TLS, SuperNode authentication, a lost node, resume, and what crosses the link.
+"""The Deployment Engine on loopback: TLS, SuperNode authentication, a lost node, and what crosses the link.
+
+A server resumed from its checkpoint is tested in ``test_restart_soak.py``.
 
 Every Flower process is started by the commands under test in its own session and stopped by PID; the tests
 start ``fedbrick-flower`` itself the same way and stop it with SIGTERM, which it turns into a clean teardown.
@@ -29,7 +31,6 @@ from tests.wire import ADAPTER_NAME, DECLARED_METRICS, array_names, audit_rows, 
 pytestmark = pytest.mark.integration
 
 SMOKE_CLIENTS = ["bert-full", "bert-edge", "llama-edge"]
-RESUME_CLIENTS = ["bert-edge", "llama-edge"]
 # One short round: these tests exercise the links, not learning.
 FAST = ["--set", "rounds=1", "--set", "train.local_steps=2", "--set", "server.evaluate_global=false"]
 READY = "waiting for SuperNodes"  # printed by `server` once its SuperLink is up and the keys are registered
@@ -195,81 +196,3 @@ def test_killed_supernode_is_rejected_under_its_client_id_and_the_run_finishes(t
     assert rejected[0]["reason"].startswith("node error")
     assert [row["client"] for row in rows if row["phase"] == "train"] == ["llama-edge"]
     assert "rejected_updates                 1" in output
-
-
-# --------------------------------------------------------------------------------------- resume
-def _start_clients(certs_dir: Path, fleet: str, tmp_path: Path) -> list[subprocess.Popen]:
-    # Two clients of two model families: enough to aggregate, and light on a 2-core machine.
-    return [
-        fedbrick(
-            [
-                "client",
-                "--superlink",
-                fleet,
-                "--client-id",
-                cid,
-                "--certs",
-                str(certs_dir),
-                "--key",
-                str(certs_dir / "nodes" / f"{cid}.key"),
-                "--port",
-                str(runtime.free_port()),
-                "--home",
-                str(tmp_path / "nodes" / cid),
-            ],
-            tmp_path / "logs" / f"client-{cid}.log",
-            tmp_path / "nodes" / cid,
-        )  # fmt: skip
-        for cid in RESUME_CLIENTS
-    ]
-
-
-def _server(run_dir: Path, certs_dir: Path, extra: list[str], log_name: str) -> tuple[subprocess.Popen, str]:
-    """Start ``fedbrick-flower server`` and wait until its keys are registered (a SuperNode that finds no
-    SuperLink, or is not registered yet, exits at once)."""
-    fleet = f"127.0.0.1:{runtime.free_port()}"
-    args = ["server", "--certs", str(certs_dir), "--fleet-address", fleet, "--control-port", str(runtime.free_port())]
-    log_file = run_dir.parent / log_name
-    server = fedbrick([*args, *extra], log_file, run_dir.parent)
-    try:
-        wait_for(lambda: READY in log_file.read_text(), 120, "SuperLink ready", server)
-    except AssertionError:
-        runtime.stop(server)
-        raise
-    return server, fleet
-
-
-def test_server_stopped_mid_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    # Prepare: two rounds, two clients started by hand with `fedbrick-flower client`
-    certs_dir = make_certificates(tmp_path / "certs", RESUME_CLIENTS).folder
-    run_dir = tmp_path / "run"
-    first = ["--scenario", str(smoke_subset(tmp_path, RESUME_CLIENTS, rounds=2)), "--out", str(run_dir)]
-    server, fleet = _server(run_dir, certs_dir, first, "1.out")
-    clients = _start_clients(certs_dir, fleet, tmp_path)
-    try:
-        wait_for(lambda: (run_dir / "checkpoint" / "state.safetensors").exists(), 600, "round 1 checkpoint", server)
-
-        # Execute: stop the server (and its SuperLink) during round 2, then resume on a new SuperLink
-        runtime.stop(server, grace=30)
-        superlink_pid = json.loads((run_dir / "deployment.json").read_text())["superlink_pid"]
-        for client in clients:
-            runtime.stop(client)
-        assert not alive(superlink_pid)
-        assert [row["round"] for row in read_metrics(run_dir) if row["phase"] == "round"] == [1]
-        server, fleet = _server(run_dir, certs_dir, ["--resume", str(run_dir)], "2.out")
-        clients = _start_clients(certs_dir, fleet, tmp_path)
-        output = finish(server, tmp_path / "2.out", timeout=600)
-    finally:
-        for process in [server, *clients]:
-            runtime.stop(process)
-
-    # Assert: round 2 ran once, on the restored global adapters, and the run reached its last round
-    assert server.returncode == 0, output[-3000:]
-    rows = read_metrics(run_dir)
-    assert [row["round"] for row in rows if row["phase"] == "round"] == [1, 2]
-    assert "for rounds 2..2" in output  # the strategy restarted after its checkpointed round
-    round_2 = [row for row in rows if row["phase"] == "train" and row["round"] == 2]
-    assert sorted(row["client"] for row in round_2) == sorted(RESUME_CLIENTS)
-    # Round 1 sends no tensors (nothing aggregated yet); round 2 sends the aggregate restored from the checkpoint.
-    assert all(row["bytes_down"] > 10_000 for row in round_2)
-    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 2

@@ -42,6 +42,9 @@ def test_superlink_restart_keeps_the_supernodes_and_resumes_from_the_checkpoint(
     # The run completed, no round was lost or run twice, and the resumed ServerApp started after round 1
     assert run["server_exit"] == 0 and run["rounds"] == [1, 2] and run["rounds_completed"] == 2
     assert run["resumed_log"]
+    # The resumed server sent the aggregate restored from its checkpoint; round 1 sends no tensors (none yet)
+    received = run["bytes_down_by_round"]
+    assert min(received["2"]) > max(received["1"]) + 1000, received
     # Each client's own counter (its state handle, kept in its state folder) went on counting: 2 in round 2, or 3
     # when the client had already trained the round that the crash cut short (it runs again); 1 would be a reset
     local_rounds = run["local_rounds"]
