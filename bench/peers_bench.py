@@ -20,6 +20,7 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -31,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from fedbrick_flower import runtime
-from fedbrick_flower.run_files import SUMMARY_FILE, read_metrics
+from fedbrick_flower.metrics import read_metrics
+from fedbrick_flower.run_files import SUMMARY_FILE
 from fedbrick_flower.scenario import load_scenario
 
 HERE = Path(__file__).resolve().parent
@@ -97,6 +99,7 @@ def run_plain(work: Path) -> dict[str, Any]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: --help says what it does
     work = Path(tempfile.mkdtemp(prefix="peers-bench-"))
     plain = run_plain(work)
     print(f"plain Flower app: {plain['wall_seconds']:.1f}s, accuracy {plain['global_accuracy']:.4f}", flush=True)

@@ -46,7 +46,8 @@ from statistics import mean
 from typing import Any
 
 from fedbrick_flower.leaderboard.suites import DEPTH, expand
-from fedbrick_flower.run_files import SUMMARY_FILE, read_metrics
+from fedbrick_flower.metrics import read_metrics
+from fedbrick_flower.run_files import SUMMARY_FILE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV = {

@@ -37,7 +37,7 @@ import yaml
 from fedbrick_flower import runtime
 from fedbrick_flower.deployment.loopback_fleet import PACKAGE_ROOT as ROOT
 from fedbrick_flower.deployment.loopback_fleet import run_context
-from fedbrick_flower.run_files import read_metrics
+from fedbrick_flower.metrics import read_metrics
 from fedbrick_flower.scenario import scenario_path
 
 EXECUTORS = {"flower": ["--executor", "flower"], "fork": ["--warm", "fork"], "persistent": ["--warm", "persistent"]}
