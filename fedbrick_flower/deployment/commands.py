@@ -23,6 +23,7 @@ from ..run_files import LOGS_DIR, SCENARIO_INPUT_FILE, print_summary
 from ..scenario import Scenario, ScenarioError, parse_overrides, parse_profile, read_yaml_mapping
 from .certs import CA_CERT, CertificateSet, key_fingerprint, make_certificates, node_names
 from .node import add_executor_options, node_command, runtime_address
+from .pacing import add_pacing_options
 from .processes import (
     IN_MEMORY,
     SuperLinkSettings,
@@ -178,7 +179,7 @@ def add_client(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--port", type=int, default=9094, help="port of this node's local ClientApp API (one per node on a machine)"
     )
-    parser.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (10..1800; Flower's is 30)")
+    add_pacing_options(parser)
     parser.add_argument(
         "--home",
         type=Path,
@@ -218,6 +219,7 @@ def client(args: argparse.Namespace) -> int:
         root_certificates=root_certificates,
         private_key=args.key,
         heartbeat=args.heartbeat,
+        poll=args.poll,
         isolation="process" if warm else None,
     )
     if warm:
@@ -287,7 +289,7 @@ def add_launch(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("scenario", help="built-in name or YAML path")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<scenario>-<time>)")
     parser.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication")
-    parser.add_argument("--heartbeat", type=float, help="SuperNode heartbeat in seconds (10..1800; Flower's is 30)")
+    add_pacing_options(parser)
     add_executor_options(parser)
     _add_run_options(parser)
     parser.set_defaults(handler=launch)
@@ -330,6 +332,7 @@ def _start_supernode(
         root_certificates=certs.ca_cert if certs else None,
         private_key=certs.node_key(client_id) if certs else None,
         heartbeat=args.heartbeat,
+        poll=args.poll,
         isolation="process" if warm else None,
     )
     if warm:

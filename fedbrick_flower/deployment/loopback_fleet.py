@@ -26,6 +26,7 @@ from .. import runtime
 from ..metrics import read_metrics
 from .certs import CertificateSet, make_certificates
 from .commands import DEPLOYMENT_FILE
+from .pacing import DEFAULT_POLL
 from .processes import supernode_command
 
 # The folder that holds this package: the server and the SuperNodes import the same package as this process.
@@ -198,6 +199,7 @@ class LoopbackFleet:
             node_config,
             port=runtime.free_port(),
             heartbeat=self.heartbeat,
+            poll=DEFAULT_POLL,
             root_certificates=self.certs.ca_cert if self.certs else None,
             private_key=self.certs.node_key(client_id) if self.certs else None,
         )

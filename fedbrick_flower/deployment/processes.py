@@ -87,17 +87,21 @@ def supernode_command(
     root_certificates: Path | None = None,
     private_key: Path | None = None,
     heartbeat: float | None = None,
+    poll: float | None = None,
     isolation: str | None = None,
 ) -> list[str]:
     """``flower-supernode`` dialing ``superlink`` over gRPC; TLS unless ``root_certificates`` is None.
 
-    ``heartbeat`` (seconds) runs the same SuperNode through :mod:`.heartbeat` to notice a lost node sooner.
+    ``heartbeat`` and ``poll`` (seconds) run the same SuperNode through :mod:`.pacing`: a lost node is noticed
+    sooner, and a message or a reply waits at most ``poll`` seconds in the SuperNode (Flower's own loop: 3 s).
     ``isolation="process"`` leaves its ClientApp tasks to an executor started beside it (see :mod:`.node`).
     """
-    if heartbeat is None:
-        command = ["flower-supernode"]
+    paced = {"heartbeat": heartbeat, "poll": poll}
+    pacing = [f"--{name}={float(value)!r}" for name, value in paced.items() if value is not None]
+    if pacing:
+        command = [sys.executable, "-m", "fedbrick_flower.deployment.pacing", *pacing, "--"]
     else:
-        command = [sys.executable, "-m", "fedbrick_flower.deployment.heartbeat", repr(float(heartbeat))]
+        command = ["flower-supernode"]
     command += [
         "--grpc-rere",
         "--superlink", superlink,

@@ -85,6 +85,9 @@ def _help(executable: str) -> str:
     return subprocess.run([path, "--help"], capture_output=True, text=True, check=False).stdout
 
 
+PACED_SUPERNODE = ["python", "-m", "fedbrick_flower.deployment.pacing"]
+
+
 def test_compose_commands_use_flags_the_installed_flower_accepts() -> None:
     # Prepare: flags that older releases had (e.g. superexec's --plugin-type) must not appear
     merged = json.loads(compose(COMPOSE_FILE, args=("config", "--format", "json")).stdout)
@@ -93,6 +96,8 @@ def test_compose_commands_use_flags_the_installed_flower_accepts() -> None:
     unknown, checked = [], 0
     for name, service in merged["services"].items():
         command = service.get("command") or []
+        if command[:3] == PACED_SUPERNODE:  # flower-supernode through the pacing wrapper: its flags follow `--`
+            command = ["flower-supernode", *command[command.index("--") + 1 :]]
         if not command or not command[0].startswith("flower-"):
             continue
         for flag in (arg.split("=", 1)[0] for arg in command[1:] if arg.startswith("--")):

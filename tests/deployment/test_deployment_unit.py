@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from fedbrick_flower import cli
-from fedbrick_flower.deployment import heartbeat
+from fedbrick_flower.deployment import pacing
 from fedbrick_flower.deployment.certs import CertificateSet, make_certificates, subject_alt_names
 from fedbrick_flower.deployment.processes import SuperLinkSettings, superlink_command, supernode_command
 from fedbrick_flower.scenario import ScenarioError, load_scenario, parse_profile
@@ -126,19 +127,50 @@ def test_supernode_command_carries_the_profile_and_credentials(certificates: Cer
     assert "--insecure" not in command
 
 
-def test_supernode_with_heartbeat_runs_through_the_wrapper() -> None:
+def test_supernode_with_heartbeat_or_poll_runs_through_the_pacing_wrapper() -> None:
     # Execute
-    command = supernode_command("127.0.0.1:9092", {"client-id": "a"}, port=9094, heartbeat=10)
+    command = supernode_command("127.0.0.1:9092", {"client-id": "a"}, port=9094, heartbeat=10, poll=0.5)
+
+    # Assert: our options before `--`, the SuperNode's after it
+    assert command[1:6] == ["-m", "fedbrick_flower.deployment.pacing", "--heartbeat=10.0", "--poll=0.5", "--"]
+    options, supernode_args = pacing.parse(command[3:])
+    assert (options.heartbeat, options.poll) == (10.0, 0.5)
+    assert supernode_args[:2] == ["--grpc-rere", "--superlink"] and supernode_args[-1] == "--insecure"
+
+
+def test_capped_sleep_shortens_long_waits_only_and_passes_the_rest_through() -> None:
+    # Prepare
+    slept: list[float] = []
+    clock = SimpleNamespace(sleep=slept.append, monotonic=lambda: 42.0)
+    capped = pacing.CappedSleep(clock, 0.5)  # type: ignore[arg-type]
+
+    # Execute
+    capped.sleep(3)
+    capped.sleep(0.2)
 
     # Assert
-    assert command[1:4] == ["-m", "fedbrick_flower.deployment.heartbeat", "10.0"]
-    assert command[-1] == "--insecure"
+    assert slept == [0.5, 0.2]
+    assert capped.monotonic() == 42.0
+
+
+def test_the_poll_cap_reaches_the_supernode_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: Flower's SuperNode loop module, whose `time` the cap replaces (restored after the test)
+    from flwr.supernode import start_client_internal
+
+    monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)
+
+    # Execute
+    pacing.set_poll(0.25)
+
+    # Assert: a Flower upgrade that renames the module or stops sleeping through `time` fails here
+    assert isinstance(start_client_internal.time, pacing.CappedSleep)
+    assert "time.sleep(3)" in Path(start_client_internal.__file__).read_text()
 
 
 def test_heartbeat_interval_outside_the_superlink_range_is_refused() -> None:
     # Execute / Assert
     with pytest.raises(ValueError, match="10..1800"):
-        heartbeat.set_interval(5)
+        pacing.set_interval(5)
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)

@@ -29,6 +29,14 @@ def _after(command: list[str], separator: str = node.SEPARATOR) -> list[str]:
     return command[command.index(separator) + 1 :]
 
 
+PACED_SUPERNODE = [sys.executable, "-m", "fedbrick_flower.deployment.pacing", "--poll=0.5", "--"]
+
+
+def _paced(command: list[str]) -> bool:
+    """Whether ``command`` is flower-supernode run through the pacing wrapper at the default poll."""
+    return command[: len(PACED_SUPERNODE)] == PACED_SUPERNODE and command[len(PACED_SUPERNODE)] == "--grpc-rere"
+
+
 def test_client_runs_its_supernode_in_process_isolation_beside_a_warm_executor(
     execs: list[list[str]], tmp_path: Path
 ) -> None:
@@ -36,13 +44,13 @@ def test_client_runs_its_supernode_in_process_isolation_beside_a_warm_executor(
     argv = ["client", "--superlink", "127.0.0.1:9092", "--client-id", "a", "--insecure", "--port", "9101"]
     cli.main([*argv, "--home", str(tmp_path), "--warm", "fork"])
 
-    # Assert: the launcher starts the executor on the node's Runtime API, then becomes flower-supernode
+    # Assert: the launcher starts the executor on the node's Runtime API, then becomes the (paced) SuperNode
     [command] = execs
     assert command[:3] == [sys.executable, "-m", "fedbrick_flower.deployment.node"]
     options = command[3 : command.index(node.SEPARATOR)]
     assert options == ["--runtime-api-address", "127.0.0.1:9101", "--insecure", "--warm", "fork"]
     supernode = _after(command)
-    assert supernode[0] == "flower-supernode"
+    assert _paced(supernode)
     assert supernode[supernode.index("--isolation") + 1] == "process"
 
 
@@ -51,9 +59,9 @@ def test_client_with_flowers_executor_is_the_stock_supernode(execs: list[list[st
     argv = ["client", "--superlink", "127.0.0.1:9092", "--client-id", "a", "--insecure", "--executor", "flower"]
     cli.main([*argv, "--home", str(tmp_path)])
 
-    # Assert: the SuperNode starts flower-superexec itself (subprocess isolation, Flower's default)
+    # Assert: the (paced) SuperNode starts flower-superexec itself (subprocess isolation, Flower's default)
     [command] = execs
-    assert command[0] == "flower-supernode"
+    assert _paced(command)
     assert "--isolation" not in command
 
 
@@ -64,7 +72,7 @@ def test_launch_starts_each_node_with_the_chosen_executor(
     # Prepare
     started: list[list[str]] = []
     monkeypatch.setattr(runtime, "start", lambda command, log, env: started.append(list(command)))
-    args = argparse.Namespace(executor=executor, warm="persistent", heartbeat=None)
+    args = argparse.Namespace(executor=executor, warm="persistent", heartbeat=None, poll=0.5)
 
     # Execute
     commands._start_supernode("a", SuperLinkSettings("127.0.0.1:9092", 8000), None, tmp_path, args)
@@ -73,9 +81,9 @@ def test_launch_starts_each_node_with_the_chosen_executor(
     [command] = started
     if executor == "warm":
         assert command[command.index("--warm") + 1] == "persistent"
-        assert _after(command)[0] == "flower-supernode" and "--isolation" in command
+        assert _paced(_after(command)) and "--isolation" in command
     else:
-        assert command[0] == "flower-supernode" and "--isolation" not in command
+        assert _paced(command) and "--isolation" not in command
 
 
 @pytest.mark.parametrize(
