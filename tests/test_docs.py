@@ -78,3 +78,15 @@ def test_every_algorithm_has_a_page_with_its_departures() -> None:
     assert {name for name, page in pages.items() if page is None} == set()
     for name, page in pages.items():
         assert "\n## Departures\n" in page.read_text(), name
+
+
+@pytest.mark.parametrize("document", DOCS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_no_placeholder_is_left_where_figures_belong(document: Path) -> None:
+    # Prepare: a line that is one upper-case word (FIGURES, BF16_TABLE...) is a stand-in nobody filled in
+    text = FENCE.sub("", document.read_text())
+
+    # Execute
+    placeholders = re.findall(r"^[A-Z][A-Z0-9_]{3,}$", text, re.MULTILINE)
+
+    # Assert
+    assert not placeholders, f"{document.name}: fill in {placeholders}"
