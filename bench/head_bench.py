@@ -84,11 +84,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="head-only warm-up steps of the warm-up configs")
     parser.add_argument("--validation", type=float, default=0.2, help="data.validation_fraction")
     parser.add_argument("--head-lr", type=float, default=5e-3, help="today's head learning rate (10x lr)")
+    parser.add_argument("--configs", nargs="+", help="only these configurations (default: all four)")
     parser.add_argument("--work", type=Path, default=Path("runs/head-bench"))
     parser.add_argument("--out", type=Path, default=PACKAGE_ROOT / "bench" / "results" / "head-warmup.json")
     args = parser.parse_args()
     lr = load_scenario("fedbrick").train.lr
     configs = configurations(lr, args.head_lr, args.warmup)
+    configs = {name: overrides for name, overrides in configs.items() if name in (args.configs or configs)}
     runs = [
         run_cell(args.work, name, overrides, seed, args.validation)
         for seed in args.seeds
