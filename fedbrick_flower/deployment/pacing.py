@@ -79,8 +79,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Our options before ``--``, the SuperNode's after it."""
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(prog="python -m fedbrick_flower.deployment.pacing")
-    parser.add_argument("--heartbeat", type=float)
-    parser.add_argument("--poll", type=float)
+    add_pacing_options(parser)
+    parser.set_defaults(poll=None)  # here an absent --poll keeps Flower's own pacing
     return parser.parse_args(argv[:split]), argv[split + 1 :]
 
 
