@@ -26,7 +26,7 @@ from fedbrick_flower.scenario import builtin_scenarios, load_scenario
 from fedbrick_flower.strategies import base
 from fedbrick_flower.strategies.aggregation import Robustness, group_norms, median_norms
 from fedbrick_flower.strategies.replies import ClientUpdate
-from fedbrick_flower.strategies.screening import Screened, scoped_name
+from fedbrick_flower.strategies.screening import Screened, scoped_arrays
 
 RMS_GROUP = "update-rms"
 
@@ -39,8 +39,7 @@ class RatioRecorder:
         self.screen = base.screen_updates
 
     def __call__(self, robustness: Robustness, updates: Sequence[ClientUpdate]) -> Screened:
-        scoped = {u.client.client_id: {scoped_name(u.client, n): v for n, v in u.arrays.items()} for u in updates}
-        norms = {client: group_norms(tensors, "rms") for client, tensors in scoped.items()}
+        norms = {client: group_norms(tensors, "rms") for client, tensors in scoped_arrays(updates).items()}
         median = median_norms(norms)[RMS_GROUP][0]
         self.rounds.append({client: groups[RMS_GROUP] / median for client, groups in norms.items()})
         return self.screen(robustness, updates)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
+
 from ..adapters.naming import is_head
 from ..client_info import ClientInfo
 from .aggregation import Robustness
@@ -19,6 +21,11 @@ from .replies import ClientUpdate
 def scoped_name(client: ClientInfo, name: str) -> str:
     """Server-state key of a canonical tensor name: layers are shared per model, heads per model and task."""
     return f"{client.model}/{client.task}/{name}" if is_head(name) else f"{client.model}/{name}"
+
+
+def scoped_arrays(updates: Sequence[ClientUpdate]) -> dict[str, dict[str, np.ndarray]]:
+    """Client id -> its update's tensors under their server-state names (what the screen compares)."""
+    return {u.client.client_id: {scoped_name(u.client, n): v for n, v in u.arrays.items()} for u in updates}
 
 
 @dataclasses.dataclass
@@ -37,8 +44,7 @@ def screen_updates(robustness: Robustness, updates: Sequence[ClientUpdate]) -> S
     """Reject the norm outliers among ``updates`` and clip the rest, as ``robustness`` asks."""
     if not robustness.screens:
         return Screened(list(updates), {}, {})
-    scoped = {u.client.client_id: {scoped_name(u.client, n): v for n, v in u.arrays.items()} for u in updates}
-    rejected, kept, factors = robustness.screen(scoped)
+    rejected, kept, factors = robustness.screen(scoped_arrays(updates))
     clipped = [
         dataclasses.replace(u, arrays=dict(zip(u.arrays, kept[u.client.client_id].values(), strict=True)))
         for u in updates
