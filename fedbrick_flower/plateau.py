@@ -74,6 +74,11 @@ class PlateauStop(RoundCallback):
                 by_round.setdefault(row["round"], []).append(row)
         self.losses = [loss for k in sorted(by_round) if (loss := round_loss(by_round[k], self.metric)) is not None]
 
+    def stops_with(self, rows: Iterable[dict]) -> bool:
+        """Whether a round with these rows would end the run (this rule's state is left as it is)."""
+        loss = round_loss(rows, self.metric)
+        return loss is not None and plateaued([*self.losses, loss], self.window, self.tolerance)
+
     def on_round_end(self, strategy: HeterogeneousStrategy, server_round: int, log_rows: list[dict]) -> None:
         loss = round_loss(log_rows, self.metric)
         if loss is None:

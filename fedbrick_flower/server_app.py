@@ -71,12 +71,12 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = run_directory(run_config, scenario).resolve()
     _log_to_file(run_dir / "logs" / "server.log")
     callbacks: list[RoundCallback] = []
+    plateau = plateau_stop(scenario)
     if scenario.server.evaluate_global:
         from .evaluation import GlobalModelEvaluator  # torch and the models load only when asked for
 
-        callbacks.append(GlobalModelEvaluator(scenario))
+        callbacks.append(GlobalModelEvaluator(scenario, plateau=plateau))
     recorder = RunRecorder(run_dir, scenario)
-    plateau = plateau_stop(scenario)
     callbacks += [plateau, recorder] if plateau is not None else [recorder]  # the recorder writes its rows
     strategy = build_strategy(scenario, callbacks, state_scope=_state_scope(run_dir))
     if run_config.get(RESUME_KEY):

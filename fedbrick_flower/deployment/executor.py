@@ -35,6 +35,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
+import psutil
 from flwr.app import Context, Message
 from flwr.app.error import Error
 from flwr.cli.install import install_from_fab
@@ -52,7 +54,6 @@ from flwr.common.config import get_project_config, get_project_dir
 from flwr.common.constant import APP_DIR, ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # pylint: disable=E0611
 from flwr.supercore import log
-from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.auth import load_superexec_auth_secret
 from flwr.supercore.constant import TaskType
 from flwr.supercore.fab import Fab
@@ -81,6 +82,11 @@ APP_SUFFIXES = (".py", ".yaml")
 STOP_GRACE = 5.0
 # Seconds before a crashed executor is started again.
 RESTART_DELAY = 1.0
+# Seconds a stopping executor has to finish cleanly before it exits hard: a stop raised while Python runs a
+# finalizer is printed and dropped ("Exception ignored in ..."), and later signals are ignored by design.
+EXIT_GRACE = STOP_GRACE + 10.0
+# Seconds between two looks at the SuperNode the executor serves.
+PARENT_POLL = 0.2
 # Component names Flower's own processes announce to the Runtime API (its version check reads them).
 ACQUIRER_NAME = "SuperExec"
 TASK_NAME = "flwr-clientapp"
@@ -435,8 +441,6 @@ def reset_peak_rss() -> None:
 
 def rss_mb() -> float:
     """This process's resident set size now, in MB."""
-    import psutil
-
     return psutil.Process().memory_info().rss / 2**20
 
 
@@ -552,7 +556,7 @@ def serve(link: RuntimeLink, warm: str, poll_interval: float, parent_pid: int | 
     """Serve the SuperNode's ClientApp tasks until SIGTERM/SIGINT, or until ``parent_pid`` is gone; returns 0."""
     stop_on_signals()
     if parent_pid is not None:
-        start_parent_process_monitor(parent_pid)  # raises SIGINT here once the SuperNode is gone
+        watch_parent(parent_pid)  # raises SIGINT here once the SuperNode is gone
     run_task = MODES[warm]
     acquirer = None
     try:
@@ -585,13 +589,63 @@ def serve(link: RuntimeLink, warm: str, poll_interval: float, parent_pid: int | 
             acquirer.close()
 
 
-def stop_on_signals() -> None:
-    """The first SIGTERM or SIGINT raises :class:`Stopped` in the main thread; later ones are ignored."""
+def stop_on_signals(exit_grace: float = EXIT_GRACE) -> None:
+    """The first SIGTERM or SIGINT raises :class:`Stopped` in the main thread; later ones are ignored.
+
+    Should the stop be lost, the process still ends ``exit_grace`` seconds after the first signal.
+    """
 
     def leave(signum: int, frame: Any) -> None:
         for other in (signal.SIGTERM, signal.SIGINT):
             signal.signal(other, signal.SIG_IGN)
+        deadline = threading.Timer(exit_grace, _exit_hard, args=(exit_grace,))
+        deadline.daemon = True
+        deadline.start()
         raise Stopped(signum)
 
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, leave)
+
+
+def _exit_hard(exit_grace: float) -> None:
+    log(ERROR, "the executor did not stop within %.0f s of its stop signal: exiting now", exit_grace)
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def parent_gone(parent: psutil.Process) -> bool:
+    """Whether the process ``parent`` has ended: exited, killed, or a zombie its own parent has not reaped.
+
+    (Flower's own monitor tests only that the PID exists, which a SIGKILLed SuperNode's zombie still does.)
+    """
+    try:
+        return not parent.is_running() or parent.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def watch_parent(parent_pid: int, poll: float = PARENT_POLL) -> None:
+    """Send SIGINT to this process's main thread (:class:`Stopped` there) once ``parent_pid`` has ended.
+
+    To the main thread itself: a signal raised in the watching thread would wait for the main thread's blocking
+    call (a sleep, a wait for a forked task) to return before its handler ran.
+    """
+    main = threading.main_thread().ident
+    assert main is not None  # the main thread has started: this code runs in it or after it
+
+    def stop() -> None:
+        log(WARNING, "the SuperNode (PID %d) is gone: stopping", parent_pid)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    try:
+        parent = psutil.Process(parent_pid)
+    except psutil.NoSuchProcess:
+        stop()
+        return
+
+    def watch() -> None:
+        while not parent_gone(parent):
+            time.sleep(poll)
+        stop()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

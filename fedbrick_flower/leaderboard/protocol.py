@@ -5,6 +5,7 @@ The protocol (written out in ``docs/results.md``, section "Protocol") is the sam
 - **budget**: rounds until the validation loss (``global``: the server's global models; ``on-device``: the mean
   over clients, for personalised methods) improved by less than ``tolerance`` over the last ``window`` rounds
   (``server.stop_when_plateau``), capped at ``rounds_cap`` (at least 30), ``local_steps`` (at least 20) per round;
+  the test split is scored every ``score_every`` rounds and in the last (the headline figures are the last's);
 - **learning rates**: every method gets the same ``grid`` (the product of its keys' values; keys this version's
   scenario does not know are left out and named in ``suite.json``), tuned at ``tuning_seed`` by the final
   validation loss on ``data.validation_fraction`` of the clients' training data, never a test split;
@@ -42,6 +43,9 @@ class Protocol:
     plateau_metric: str = "global"
     headline: str = "global"
     """Which accuracy and loss the comparisons read: ``global`` or ``on-device``."""
+    score_every: int = 5
+    """The server scores its test split (and the models without LoRA) every ``score_every`` rounds and in the
+    last; the plateau rule's validation loss is scored every round."""
     grid: dict[str, tuple[Any, ...]] = field(
         default_factory=lambda: {"train.lr": (5e-4, 1e-3, 2e-3), "train.head_warmup_steps": (0, 20)}
     )
@@ -57,6 +61,7 @@ class Protocol:
             "server.stop_when_plateau": self.plateau_metric,
             "server.plateau_window": self.window,
             "server.plateau_tolerance": self.tolerance,
+            "server.evaluate_every": self.score_every,
         }
 
     def available_grid(self) -> tuple[dict[str, tuple[Any, ...]], list[str]]:

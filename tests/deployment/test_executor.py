@@ -10,13 +10,16 @@ import json
 import os
 import resource
 import signal
+import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -201,7 +204,7 @@ def test_a_failed_pull_closes_the_task_and_the_executor_goes_on(
 def test_sigterm_raises_stopped_through_the_apps_own_exception_handlers() -> None:
     # Prepare
     previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
-    executor.stop_on_signals()
+    executor.stop_on_signals(exit_grace=24 * 3600)  # the hard exit must not end this test process
 
     # Execute
     try:
@@ -217,6 +220,80 @@ def test_sigterm_raises_stopped_through_the_apps_own_exception_handlers() -> Non
 
     # Assert: a second signal during the teardown is ignored
     assert ignored
+
+
+def _in_child(body: Any) -> tuple[int, float]:
+    """Run ``body`` in a forked child that exits with its return value; its exit code and seconds taken."""
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            code = body()
+        finally:
+            os._exit(code)
+    status = os.waitpid(pid, 0)[1]
+    return os.waitstatus_to_exitcode(status), time.monotonic() - started
+
+
+def test_a_stop_that_the_process_loses_still_ends_it_after_the_grace() -> None:
+    # Prepare: a stop raised while Python runs a finalizer is dropped; here the loop drops it on purpose
+    def swallow_every_stop() -> int:
+        executor.stop_on_signals(exit_grace=0.5)
+        for step in range(200):
+            try:
+                if step == 0:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+            except Stopped:
+                pass
+        return 3
+
+    # Execute
+    code, seconds = _in_child(swallow_every_stop)
+
+    # Assert: the hard exit, not the end of the loop (10 s)
+    assert code == 1
+    assert seconds < 5
+
+
+def test_a_supernode_killed_and_not_yet_reaped_stops_the_executor() -> None:
+    # Prepare: the watched process ends and stays a zombie (nobody waits for it), as a SIGKILLed SuperNode does
+    # until its launcher reaps it; Flower's own monitor sees its PID still in use and waits forever
+    def watch_a_zombie() -> int:
+        zombie = os.fork()
+        if zombie == 0:
+            os._exit(0)
+        executor.stop_on_signals(exit_grace=60)
+        executor.watch_parent(zombie, poll=0.05)
+        try:
+            time.sleep(10)
+        except Stopped:
+            return 0
+        return 3
+
+    # Execute
+    code, seconds = _in_child(watch_a_zombie)
+
+    # Assert
+    assert code == 0
+    assert seconds < 5
+
+
+def test_parent_gone_tells_a_live_process_from_an_ended_and_reaped_one() -> None:
+    # Prepare
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # noqa: S603 - this interpreter
+    watched = psutil.Process(child.pid)
+
+    # Execute
+    while_alive = executor.parent_gone(watched)
+    child.kill()
+    child.wait()
+    after_the_end = executor.parent_gone(watched)
+
+    # Assert
+    assert not while_alive
+    assert after_the_end
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -181,12 +182,16 @@ def test_killed_supernode_is_rejected_under_its_client_id_and_the_run_finishes(t
 
         # Execute: the round's training messages are out; the full-depth client's node dies
         victim = json.loads((run_dir / "deployment.json").read_text())["supernode_pids"]["bert-full"]
+        its_executor = psutil.Process(victim).children(recursive=True)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         output = finish(process, log_file, timeout=600)
     finally:
         runtime.stop(process)
     print(f"kill -> run finished: {time.monotonic() - killed_at:.1f}s")
+    _, executor_left = psutil.wait_procs(its_executor, timeout=30)
+    for process_left in executor_left:
+        process_left.kill()
 
     # Assert
     assert process.returncode == 0, output[-3000:]
@@ -196,3 +201,5 @@ def test_killed_supernode_is_rejected_under_its_client_id_and_the_run_finishes(t
     assert rejected[0]["reason"].startswith("node error")
     assert [row["client"] for row in rows if row["phase"] == "train"] == ["llama-edge"]
     assert "rejected_updates                 1" in output
+    assert its_executor, "the SuperNode had no executor"
+    assert executor_left == [], "the killed SuperNode's executor is still running"
