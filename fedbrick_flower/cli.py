@@ -221,6 +221,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         "--powered", action="store_true", help="apply the protocol (tuning, plateau stop, paired statistics)"
     )
     parser.add_argument(
+        "--report",
+        action="store_true",
+        help="with --powered: run no cell; write suite.json and compare.* from the cells finished so far",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key for every method"
     )
     parser.set_defaults(handler=_bench)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import json
+import os
 import shutil
 import sys
 import time
@@ -26,10 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import runtime
 from ..metrics import mean_of, read_metrics
 from ..run_files import SUMMARY_FILE
 from .protocol import MIN_LOCAL_STEPS, MIN_ROUNDS_CAP, MIN_SEEDS, PoweredSuite
-from .runner import RunCell, _versions, cell_dir, cell_status, earlier_invocations, machine, run_in_child
+from .runner import PENDING, RunCell, _versions, cell_dir, cell_status, earlier_invocations, machine, run_in_child
 from .runner import run_suite as run_cells
 from .stats import NOT_RUN, paired, verdict
 from .suites import Cell, expand
@@ -211,32 +214,45 @@ def run_powered(
     methods: list[str] | None = None,
     run_cell: RunCell = run_in_child,
     echo: Callable[[str], None] = print,
+    run: bool = True,
 ) -> dict[str, Any]:
-    """Tune, measure and write ``suite.json`` and ``compare.json`` into ``out``; returns the suite record."""
+    """Tune, measure and write ``compare.json`` into ``out``; returns the suite record (``suite.json``'s).
+
+    With ``run`` False no cell runs: the record and the comparison describe the cells finished so far, and a
+    method whose tuning is not complete gets no learning rate yet (a choice from part of the grid would not be
+    the protocol's).
+    """
     protocol = powered.protocol
     shared = {**protocol.overrides(), **(extra or {})}
     points = protocol.grid_points()
     _, left_out = protocol.available_grid()
     tuning: dict[str, dict[str, Any]] = {}
+    tuning_entries: list[dict[str, Any]] = []
     for point in points:
         echo(f"tuning {point_label(point)} at seed {protocol.tuning_seed}")
         cells = expand(powered.suite, [protocol.tuning_seed], {**shared, **point}, methods)
-        ran = run_cells(cells, out / "tuning" / point_label(point), run_cell, echo)
+        ran = run_cells(cells, out / "tuning" / point_label(point), run_cell, echo, run)
         for entry, cell in zip(ran, cells, strict=True):
             folder = Path(entry["run_dir"])
             figures = load_figures(folder) if entry["status"] == "finished" else None
             loss = figures.get(f"{protocol.plateau_metric.replace('-', '_')}_validation_loss") if figures else None
-            tuning.setdefault(cell.method, {"points": {}, "losses": {}, "status": entry["status"]})
+            tuning.setdefault(cell.method, {"points": {}, "losses": {}, "status": entry["status"], "pending": 0})
             tuning[cell.method]["points"][point_label(point)] = point
             tuning[cell.method]["losses"][point_label(point)] = loss
+            tuning[cell.method]["pending"] += entry["status"] == PENDING
+        tuning_entries += ran
     entries: list[dict[str, Any]] = []
     chosen: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
     for method in powered.suite.methods:
         if methods and method.name not in methods:
             continue
-        record = tuning.get(method.name, {"losses": {}, "points": {}, "status": NOT_RUN})
+        record = tuning.get(method.name, {"losses": {}, "points": {}, "status": NOT_RUN, "pending": 0})
         label = choose(record["losses"])
+        if record["pending"]:
+            notes[method.name] = f"tuning: {len(points) - record['pending']} of {len(points)} grid points finished"
+            chosen[method.name] = {"point": None, "tuning_losses": record["losses"], "status": notes[method.name]}
+            continue
         if label is None:
             notes[method.name] = record["status"] if record["status"] != "finished" else "tuning gave no loss"
             chosen[method.name] = {"point": None, "tuning_losses": record["losses"], "status": notes[method.name]}
@@ -246,7 +262,7 @@ def run_powered(
         cells = expand(powered.suite, seeds, {**shared, **point}, [method.name])
         for cell in cells:
             _reuse_tuning_cell(out / "tuning" / label, out, cell)
-        entries += run_cells(cells, out, run_cell, echo)
+        entries += run_cells(cells, out, run_cell, echo, run)
     cells_figures: dict[str, dict[int, dict[str, Any]]] = {}
     for entry in entries:
         figures = load_figures(Path(entry["run_dir"])) if entry["status"] == "finished" else None
@@ -266,6 +282,7 @@ def run_powered(
         "extra_overrides": extra or {},
         "chosen": chosen,
         "rounds_run": {f"{e['method']}/seed-{e['seed']}": e.get("rounds_run") for e in entries},
+        "progress": progress(tuning_entries, entries, len(points), seeds, protocol.tuning_seed),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "invocations": earlier_invocations(out / SUITE_FILE),
@@ -273,6 +290,18 @@ def run_powered(
         "cells": entries,
     }
     return record
+
+
+def progress(
+    tuning: list[dict[str, Any]], measured: list[dict[str, Any]], points: int, seeds: list[int], tuning_seed: int
+) -> dict[str, int]:
+    """Cells finished, and cells the whole suite runs: each grid point at the tuning seed, then every other seed
+    (the tuning seed's cell is a copy of the chosen point's tuning run), for each method this version can run."""
+    runnable = {e["method"] for e in tuning if not e["status"].startswith("not available")}
+    other_seeds = [s for s in seeds if s != tuning_seed]
+    finished = [e for e in tuning if e["status"] == "finished"]
+    finished += [e for e in measured if e["status"] == "finished" and e["seed"] != tuning_seed]
+    return {"finished": len(finished), "planned": len(runnable) * (points + len(other_seeds))}
 
 
 def _reuse_tuning_cell(tuning_out: Path, out: Path, cell: Cell) -> None:
@@ -293,9 +322,12 @@ def suite_states(results: Path) -> dict[str, str]:
         if not path.is_file():
             states[name] = NOT_RUN
             continue
-        cells = json.loads(path.read_text())["cells"]
-        done = sum(1 for c in cells if c["status"] == "finished")
-        states[name] = f"{done} of {len(cells)} cells finished"
+        record = json.loads(path.read_text())
+        if "progress" in record:  # tuning cells included
+            done, planned = record["progress"]["finished"], record["progress"]["planned"]
+        else:
+            done, planned = sum(1 for c in record["cells"] if c["status"] == "finished"), len(record["cells"])
+        states[name] = f"{done} of {planned} cells finished"
     return states
 
 
@@ -307,7 +339,14 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
     seeds = seeds if args.seed is None else list(args.seed)
     out = (args.out or Path("bench") / "results" / f"powered-{powered.name}").resolve()
     started, load_before = time.monotonic(), machine()["load_average"]
-    record = run_powered(powered, out, seeds, parse_overrides(args.set), args.methods)
+    if getattr(args, "report", False):
+        record = run_powered(powered, out, seeds, parse_overrides(args.set), args.methods, run=False)
+        return _write(record, out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Every cell joins one simulation SuperLink and one Ray cluster instead of starting its own.
+    with runtime.shared_simulation(out, os.cpu_count() or 1) as superlink:
+        run_cell = functools.partial(run_in_child, superlink=superlink)
+        record = run_powered(powered, out, seeds, parse_overrides(args.set), args.methods, run_cell)
     invocation = {
         "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
         "date": record["date"],
@@ -315,6 +354,11 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
         "machine": {**machine(), "load_average_before": load_before},
     }
     record["invocations"].append(invocation)
+    return _write(record, out)
+
+
+def _write(record: dict[str, Any], out: Path) -> int:
+    """Write ``suite.json``, print the comparison; exit code 1 when a cell failed."""
     (out / SUITE_FILE).write_text(json.dumps(record, indent=2))
     print((out / "compare.md").read_text())
     print(f"wrote {out / SUITE_FILE}, {out / COMPARE_FILE}")

@@ -107,12 +107,20 @@ def run_in_child(cell: Cell, folder: Path, resume: bool, log: Path, superlink: t
         return subprocess.call(command, stdout=sink, stderr=subprocess.STDOUT)
 
 
+PENDING = "pending"
+
+
 def run_suite(
-    cells: list[Cell], out: Path, run_cell: RunCell = run_in_child, echo: Callable[[str], None] = print
+    cells: list[Cell],
+    out: Path,
+    run_cell: RunCell = run_in_child,
+    echo: Callable[[str], None] = print,
+    run: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every cell not yet finished, in order; returns one status entry per cell.
 
     A failed cell is recorded (exit code, log) and the suite goes on: one broken method does not cost the rest.
+    With ``run`` False nothing runs and every cell not finished is reported as :data:`PENDING`.
     """
     out.mkdir(parents=True, exist_ok=True)
     finished: dict[str, list[float]] = {}
@@ -133,6 +141,10 @@ def run_suite(
         entries[cell.key] = entry
     runnable = sum(1 for c in cells if not c.unavailable)
     done = runnable - len(todo)
+    if not run:
+        for cell in todo:
+            entries[cell.key]["status"] = PENDING
+        return [entries[cell.key] for cell in cells]
     echo(f"{len(cells)} cells: {done} finished before, {len(todo)} to run, {len(cells) - runnable} not available")
     for cell in todo:
         folder = cell_dir(out, cell)

@@ -113,3 +113,23 @@ def test_suite_states_list_suites_not_run(tmp_path: Path) -> None:
     # Assert
     assert states["rank"] == "1 of 2 cells finished"
     assert states["depth-2of6"] == "not run"
+
+
+def test_a_report_runs_nothing_and_chooses_no_rate_from_an_unfinished_grid(tmp_path: Path) -> None:
+    # Prepare: only the first grid point's tuning cells have run
+    first_point = PoweredSuite(SUITE, Protocol(rounds_cap=3, local_steps=2, grid={"train.lr": (0.002,)}, seeds=3))
+    run_powered(first_point, tmp_path, [0, 1, 2], run_cell=FakeRuns(), echo=lambda _: None)
+    untouched = FakeRuns()
+
+    # Execute
+    record = run_powered(POWERED, tmp_path, [0, 1, 2], run_cell=untouched, echo=lambda _: None, run=False)
+
+    # Assert: nothing ran; 2 of 2 methods x (2 grid points + 2 seeds) cells, 2 finished; no rate chosen yet
+    assert untouched.calls == []
+    assert record["progress"] == {"finished": 2, "planned": 8}
+    assert record["chosen"]["good"]["point"] is None
+    assert record["chosen"]["good"]["status"] == "tuning: 1 of 2 grid points finished"
+    assert record["chosen"]["good"]["tuning_losses"]["lr-0.001"] is None
+    assert record["cells"] == []
+    compare = json.loads((tmp_path / "compare.json").read_text())
+    assert compare["methods"]["good"]["status"] == "tuning: 1 of 2 grid points finished"
