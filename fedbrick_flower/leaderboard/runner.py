@@ -24,6 +24,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from .. import runtime
 from ..run_files import CHECKPOINT_DIR, SUMMARY_FILE
 from .suites import Cell
 
@@ -104,7 +105,21 @@ def run_in_child(cell: Cell, folder: Path, resume: bool, log: Path, superlink: t
     with log.open("w") as sink:
         sink.write(" ".join(command) + "\n")
         sink.flush()
-        return subprocess.call(command, stdout=sink, stderr=subprocess.STDOUT)
+        return call_with_teardown(command, sink)
+
+
+def call_with_teardown(command: list[str], sink: Any, grace: float = 30.0) -> int:
+    """Run ``command`` and return its exit code; interrupted (Ctrl-C, SIGTERM), stop it with SIGTERM first.
+
+    ``subprocess.call`` would SIGKILL it, and a killed ``fedbrick-flower run`` leaves its SuperLink, Simulation
+    Engine and Ray workers running: with SIGTERM it stops them itself (``grace`` seconds, then SIGKILL).
+    """
+    child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        return child.wait()
+    except BaseException:
+        runtime.stop(child, grace)
+        raise
 
 
 PENDING = "pending"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fedbrick_flower.leaderboard.runner import (
     CELL_FILE,
+    call_with_teardown,
     cell_dir,
     cell_record,
     cell_status,
@@ -188,3 +192,38 @@ def test_bench_resolves_a_scenario_file_a_powered_suite_or_a_suite(tmp_path: Pat
     assert isinstance(plain, Suite) and plain.name == "depth"
     with pytest.raises(ValueError, match="powered suites"):
         resolve_suite("depth", None, powered=True)
+
+
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+marker = Path(sys.argv[1])
+def leave(signum, frame):
+    marker.write_text("stopped by SIGTERM: its teardown ran")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, leave)
+marker.write_text("ready")
+time.sleep(60)
+"""
+
+
+def test_an_interrupted_cell_gets_sigterm_so_that_it_stops_what_it_started(tmp_path: Path) -> None:
+    # Prepare: the bench is interrupted (here by an alarm) while its cell's run is under way
+    marker = tmp_path / "marker"
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+
+    # Execute
+    try:
+        with (tmp_path / "log").open("w") as sink, pytest.raises(KeyboardInterrupt):
+            call_with_teardown([sys.executable, "-c", CHILD, str(marker)], sink, grace=10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    # Assert: not SIGKILLed (which would leave its SuperLink and Ray running)
+    assert marker.read_text() == "stopped by SIGTERM: its teardown ran"
