@@ -65,9 +65,22 @@ def cell_figures(rows: list[dict], summary: dict[str, Any]) -> dict[str, Any]:
         "on_device_received_accuracy": mean_of(r.get("received-accuracy") for r in clients),
         "on_device_validation_loss": mean_of(r.get("validation-loss") for r in clients),
         "rounds_run": summary.get("rounds_completed"),
+        "global_accuracy_by_round": _by_round(server, lambda row: row.get("accuracy")),
+        "on_device_accuracy_by_round": _by_round(
+            [r for r in rows if r.get("phase") == "evaluate"], lambda row: row.get("accuracy")
+        ),
     }
     extra = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return {**figures, "summary": extra}
+
+
+def _by_round(rows: list[dict], value: Callable[[dict], float | None]) -> dict[str, float]:
+    """Mean ``value`` of the rows of each round that has one (keys are round numbers as text, as JSON keeps them)."""
+    rounds: dict[int, list[float]] = {}
+    for row in rows:
+        if (number := value(row)) is not None:
+            rounds.setdefault(row["round"], []).append(number)
+    return {str(k): sum(v) / len(v) for k, v in sorted(rounds.items())}
 
 
 def _pooled(rows: list[dict], key: str) -> float | None:
@@ -117,7 +130,25 @@ def comparison_entry(cells: dict[str, dict[int, dict[str, Any]]], method: str, b
             {s: _scaled(v, scale) for s, v in by_seed(cells, baseline, key).items()},
         )
         entry[key] = interval.as_dict()
+    entry[f"{accuracy}_by_round"] = trend(cells, method, baseline, f"{accuracy}_by_round")
     return entry
+
+
+def trend(cells: dict[str, dict[int, dict[str, Any]]], method: str, baseline: str, key: str) -> dict[str, dict]:
+    """The paired accuracy difference (points) at each round both methods scored at two seeds or more: whether a
+    gap grows with rounds. Rounds past a seed's plateau stop have no pair at that seed."""
+    mine, theirs = cells.get(method, {}), cells.get(baseline, {})
+    rounds = sorted({int(r) for figures in mine.values() for r in figures.get(key) or {}})
+    result = {}
+    for number in rounds:
+        at = str(number)
+        interval = paired(
+            {s: _scaled((f.get(key) or {}).get(at), 100.0) for s, f in mine.items()},
+            {s: _scaled((f.get(key) or {}).get(at), 100.0) for s, f in theirs.items()},
+        )
+        if interval.n >= 2:
+            result[at] = {k: v for k, v in interval.as_dict().items() if k != "differences"}
+    return result
 
 
 def control_entry(cells: dict[str, dict[int, dict[str, Any]]], control: Any) -> dict:
@@ -148,7 +179,7 @@ def comparison_record(powered: PoweredSuite, cells: dict[str, dict[int, dict[str
     methods = {}
     for method in powered.suite.methods:
         seeds = cells.get(method.name, {})
-        keys = sorted({k for figures in seeds.values() for k in figures if k != "summary"})
+        keys = sorted({k for figures in seeds.values() for k, v in figures.items() if not isinstance(v, dict)})
         methods[method.name] = {
             "seeds": sorted(seeds),
             "per_seed": {str(s): f for s, f in sorted(seeds.items())},
@@ -184,6 +215,12 @@ def compare_markdown(record: dict[str, Any]) -> str:
             f"| {entry['method']} - {entry['baseline']} | {summarize_interval(entry[accuracy])} | "
             f"{summarize_interval(entry[loss])} |"
         )
+    trends = [(e, e.get(f"{accuracy}_by_round") or {}) for e in record["comparisons"]]
+    if any(by_round for _, by_round in trends):
+        lines += ["", "Accuracy difference by round (points; rounds both methods scored at 2 or more seeds):", ""]
+        for entry, by_round in trends:
+            steps = ", ".join(f"r{r} {v['mean']:+.1f}" for r, v in by_round.items())
+            lines.append(f"- {entry['method']} - {entry['baseline']}: {steps or 'no round with 2 pairs'}")
     lines += ["", "| positive control | difference, points | verdict |", "|---|---|---|"]
     for entry in record["controls"]:
         lines.append(f"| {entry['name']} | {summarize_interval(entry['difference_points'])} | {entry['verdict']} |")

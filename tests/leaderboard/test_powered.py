@@ -95,7 +95,10 @@ def test_powered_suite_tunes_measures_compares_and_resumes(tmp_path: Path) -> No
     assert [c["verdict"] for c in compare["controls"]] == ["met", "met"]
     assert compare["methods"]["good"]["mean"]["on_device_micro_accuracy"] == pytest.approx(0.875)
     assert compare["methods"]["gone"]["status"].startswith("not available")
-    assert (tmp_path / "compare.md").read_text().count("good - base") == 1
+    assert compare["comparisons"][0]["global_accuracy_by_round"]["2"]["mean"] == pytest.approx(6.0)
+    table = (tmp_path / "compare.md").read_text()
+    assert table.count("| good - base |") == 1
+    assert "- good - base: r2 +6.0" in table
 
 
 def test_suite_states_list_suites_not_run(tmp_path: Path) -> None:
