@@ -252,12 +252,13 @@ def run_powered(
     run_cell: RunCell = run_in_child,
     echo: Callable[[str], None] = print,
     run: bool = True,
+    after_cell: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Tune, measure and write ``compare.json`` into ``out``; returns the suite record (``suite.json``'s).
 
     With ``run`` False no cell runs: the record and the comparison describe the cells finished so far, and a
     method whose tuning is not complete gets no learning rate yet (a choice from part of the grid would not be
-    the protocol's).
+    the protocol's). ``after_cell`` is called after each cell that ran.
     """
     protocol = powered.protocol
     shared = {**protocol.overrides(), **(extra or {})}
@@ -268,7 +269,7 @@ def run_powered(
     for point in points:
         echo(f"tuning {point_label(point)} at seed {protocol.tuning_seed}")
         cells = expand(powered.suite, [protocol.tuning_seed], {**shared, **point}, methods)
-        ran = run_cells(cells, out / "tuning" / point_label(point), run_cell, echo, run)
+        ran = run_cells(cells, out / "tuning" / point_label(point), run_cell, echo, run, after_cell)
         for entry, cell in zip(ran, cells, strict=True):
             folder = Path(entry["run_dir"])
             figures = load_figures(folder) if entry["status"] == "finished" else None
@@ -299,7 +300,7 @@ def run_powered(
         cells = expand(powered.suite, seeds, {**shared, **point}, [method.name])
         for cell in cells:
             _reuse_tuning_cell(out / "tuning" / label, out, cell)
-        entries += run_cells(cells, out, run_cell, echo, run)
+        entries += run_cells(cells, out, run_cell, echo, run, after_cell)
     cells_figures: dict[str, dict[int, dict[str, Any]]] = {}
     for entry in entries:
         figures = load_figures(Path(entry["run_dir"])) if entry["status"] == "finished" else None
@@ -376,14 +377,21 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
     seeds = seeds if args.seed is None else list(args.seed)
     out = (args.out or Path("bench") / "results" / f"powered-{powered.name}").resolve()
     started, load_before = time.monotonic(), machine()["load_average"]
+    extra = parse_overrides(args.set)
+
+    def report() -> dict[str, Any]:
+        return run_powered(powered, out, seeds, extra, args.methods, run=False, echo=lambda _: None)
+
     if getattr(args, "report", False):
-        record = run_powered(powered, out, seeds, parse_overrides(args.set), args.methods, run=False)
-        return _write(record, out)
+        return _write(report(), out)
     out.mkdir(parents=True, exist_ok=True)
     # Every cell joins one simulation SuperLink and one Ray cluster instead of starting its own.
     with runtime.shared_simulation(out, os.cpu_count() or 1) as superlink:
         run_cell = functools.partial(run_in_child, superlink=superlink)
-        record = run_powered(powered, out, seeds, parse_overrides(args.set), args.methods, run_cell)
+        # suite.json follows the cells, so an interrupted invocation leaves its progress on record
+        record = run_powered(
+            powered, out, seeds, extra, args.methods, run_cell, after_cell=lambda: _write(report(), out, quiet=True)
+        )
     invocation = {
         "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
         "date": record["date"],
@@ -394,10 +402,11 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
     return _write(record, out)
 
 
-def _write(record: dict[str, Any], out: Path) -> int:
-    """Write ``suite.json``, print the comparison; exit code 1 when a cell failed."""
+def _write(record: dict[str, Any], out: Path, quiet: bool = False) -> int:
+    """Write ``suite.json`` and print the comparison (unless ``quiet``); exit code 1 when a cell failed."""
     (out / SUITE_FILE).write_text(json.dumps(record, indent=2))
-    print((out / "compare.md").read_text())
-    print(f"wrote {out / SUITE_FILE}, {out / COMPARE_FILE}")
+    if not quiet:
+        print((out / "compare.md").read_text())
+        print(f"wrote {out / SUITE_FILE}, {out / COMPARE_FILE}")
     failed = [e for e in record["cells"] if e["status"].startswith("failed")]
     return 1 if failed else 0

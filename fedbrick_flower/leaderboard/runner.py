@@ -131,11 +131,13 @@ def run_suite(
     run_cell: RunCell = run_in_child,
     echo: Callable[[str], None] = print,
     run: bool = True,
+    after_cell: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell not yet finished, in order; returns one status entry per cell.
 
     A failed cell is recorded (exit code, log) and the suite goes on: one broken method does not cost the rest.
-    With ``run`` False nothing runs and every cell not finished is reported as :data:`PENDING`.
+    With ``run`` False nothing runs and every cell not finished is reported as :data:`PENDING`. ``after_cell``
+    is called after each cell that ran (to write a progress report).
     """
     out.mkdir(parents=True, exist_ok=True)
     finished: dict[str, list[float]] = {}
@@ -187,6 +189,8 @@ def run_suite(
             f"[{done}/{runnable}] {cell.key}: {entry['status']} in {format_seconds(seconds)}; "
             f"time left about {format_seconds(time_left(finished, remaining))}"
         )
+        if after_cell is not None:
+            after_cell()
     return [entries[cell.key] for cell in cells]
 
 

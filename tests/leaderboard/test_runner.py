@@ -59,6 +59,25 @@ def test_second_invocation_runs_nothing_and_reports_finished_cells(tmp_path: Pat
     assert all(e["resumed"] for e in entries)
 
 
+def test_after_cell_hears_each_cell_that_ran_once_it_is_recorded(tmp_path: Path) -> None:
+    # Prepare: one cell finished before, two to run
+    cells = [_cell("fedra", 0), _cell("fedra", 1), _cell("fedbrick", 0)]
+    run_suite(cells[:1], tmp_path, FakeRuns(), echo=lambda _: None)
+    finished_when_called: list[list[str]] = []
+
+    def after_cell() -> None:
+        finished_when_called.append([c.key for c in cells if cell_status(cell_dir(tmp_path, c), c) == "finished"])
+
+    # Execute
+    run_suite(cells, tmp_path, FakeRuns(), echo=lambda _: None, after_cell=after_cell)
+
+    # Assert: called after each cell run (not for the one finished before), each cell already on record
+    assert finished_when_called == [
+        ["fedra/seed-0", "fedra/seed-1"],
+        ["fedra/seed-0", "fedra/seed-1", "fedbrick/seed-0"],
+    ]
+
+
 def test_cell_status_new_finished_partial_and_stale(tmp_path: Path) -> None:
     # Prepare
     cell = _cell()
