@@ -382,23 +382,25 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
     def report() -> dict[str, Any]:
         return run_powered(powered, out, seeds, extra, args.methods, run=False, echo=lambda _: None)
 
+    def invocation() -> dict[str, Any]:
+        return {
+            "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "wall_seconds": time.monotonic() - started,
+            "machine": {**machine(), "load_average_before": load_before},
+        }
+
+    def progress_report() -> None:  # suite.json follows the cells: an interrupted invocation leaves its progress
+        _write({**report(), "invocation_in_progress": invocation()}, out, quiet=True)
+
     if getattr(args, "report", False):
         return _write(report(), out)
     out.mkdir(parents=True, exist_ok=True)
     # Every cell joins one simulation SuperLink and one Ray cluster instead of starting its own.
     with runtime.shared_simulation(out, os.cpu_count() or 1) as superlink:
         run_cell = functools.partial(run_in_child, superlink=superlink)
-        # suite.json follows the cells, so an interrupted invocation leaves its progress on record
-        record = run_powered(
-            powered, out, seeds, extra, args.methods, run_cell, after_cell=lambda: _write(report(), out, quiet=True)
-        )
-    invocation = {
-        "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
-        "date": record["date"],
-        "wall_seconds": time.monotonic() - started,
-        "machine": {**machine(), "load_average_before": load_before},
-    }
-    record["invocations"].append(invocation)
+        record = run_powered(powered, out, seeds, extra, args.methods, run_cell, after_cell=progress_report)
+    record["invocations"].append(invocation())
     return _write(record, out)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,37 @@ def test_a_report_runs_nothing_and_chooses_no_rate_from_an_unfinished_grid(tmp_p
     assert record["cells"] == []
     compare = json.loads((tmp_path / "compare.json").read_text())
     assert compare["methods"]["good"]["status"] == "tuning: 1 of 2 grid points finished"
+
+
+def test_the_command_records_its_progress_after_every_cell_and_its_invocation_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: no SuperLink or Ray (a stand-in shared simulation); each cell's run is a fake that also reads the
+    # progress the previous cell left in suite.json
+    import argparse
+    import contextlib
+
+    from fedbrick_flower.leaderboard import powered
+
+    seen: list[int] = []
+    runs = FakeRuns()
+
+    def run_in_child(cell: Cell, folder: Path, resume: bool, log: Path, superlink: Any = None) -> int:
+        suite = tmp_path / "suite.json"
+        seen.append(json.loads(suite.read_text())["progress"]["finished"] if suite.is_file() else 0)
+        return runs(cell, folder, resume, log)
+
+    monkeypatch.setattr(powered.runtime, "shared_simulation", lambda out, cpus: contextlib.nullcontext(("a", out)))
+    monkeypatch.setattr(powered, "run_in_child", run_in_child)
+    args = argparse.Namespace(seeds=None, seed=[0, 1, 2], out=tmp_path, set=[], methods=None, report=False)
+
+    # Execute
+    code = powered.main(args, POWERED)
+
+    # Assert: 8 cells, each saw the ones before it on record; the final file has the invocation, not "in progress"
+    assert code == 0
+    assert seen == list(range(8))
+    record = json.loads((tmp_path / "suite.json").read_text())
+    assert record["progress"] == {"finished": 8, "planned": 8}
+    assert "invocation_in_progress" not in record
+    assert len(record["invocations"]) == 1 and record["invocations"][0]["machine"]["load_average_before"]
