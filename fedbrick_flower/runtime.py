@@ -177,6 +177,17 @@ def start(command: Sequence[str], log_file: Path, env: Mapping[str, str]) -> sub
         )
 
 
+def ended(process: Any) -> bool:
+    """Whether the ``psutil.Process`` ``process`` has ended: exited, killed, its PID now another process's, or a
+    zombie its parent has not reaped (which still holds its PID: a PID check alone would call it alive)."""
+    import psutil
+
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a process we started and every process it started (SIGTERM, then SIGKILL after ``grace`` s).
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fedbrick_flower import runtime
@@ -239,3 +240,19 @@ def test_the_streamed_log_leaves_tracebacks_out_and_keeps_the_rest() -> None:
 
     # Assert
     assert kept == [lines[0], lines[1], lines[6]]
+
+
+def test_ended_tells_a_live_process_from_an_ended_and_reaped_one() -> None:
+    # Prepare
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # noqa: S603 - this interpreter
+    watched = psutil.Process(child.pid)
+
+    # Execute
+    while_alive = runtime.ended(watched)
+    child.kill()
+    child.wait()
+    after_the_end = runtime.ended(watched)
+
+    # Assert
+    assert not while_alive
+    assert after_the_end

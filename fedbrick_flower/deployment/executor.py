@@ -72,6 +72,8 @@ from flwr.supercore.tls import validate_and_resolve_root_certificates
 from flwr.supercore.utils import get_flwr_home
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
+from ..runtime import ended
+
 # The app imported before the first task (the same reference as pyproject's [tool.flwr.app.components]).
 APP_REF = "fedbrick_flower.client_app:app"
 WARM_IMPORTS = ("torch", "transformers", "peft")
@@ -613,19 +615,10 @@ def _exit_hard(exit_grace: float) -> None:
     os._exit(1)
 
 
-def parent_gone(parent: psutil.Process) -> bool:
-    """Whether the process ``parent`` has ended: exited, killed, or a zombie its own parent has not reaped.
-
-    (Flower's own monitor tests only that the PID exists, which a SIGKILLed SuperNode's zombie still does.)
-    """
-    try:
-        return not parent.is_running() or parent.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def watch_parent(parent_pid: int, poll: float = PARENT_POLL) -> None:
-    """Send SIGINT to this process's main thread (:class:`Stopped` there) once ``parent_pid`` has ended.
+    """Send SIGINT to this process's main thread (:class:`Stopped` there) once ``parent_pid`` has ended
+    (:func:`~fedbrick_flower.runtime.ended`: Flower's own monitor tests only that the PID exists, which a
+    SIGKILLed SuperNode's zombie still does).
 
     To the main thread itself: a signal raised in the watching thread would wait for the main thread's blocking
     call (a sleep, a wait for a forked task) to return before its handler ran.
@@ -644,7 +637,7 @@ def watch_parent(parent_pid: int, poll: float = PARENT_POLL) -> None:
         return
 
     def watch() -> None:
-        while not parent_gone(parent):
+        while not ended(parent):
             time.sleep(poll)
         stop()
 

@@ -90,20 +90,6 @@ def completed_rounds(run_dir: Path) -> list[int]:
     return [row["round"] for row in read_metrics(run_dir) if row["phase"] == "round"]
 
 
-def _identity(pid: int) -> tuple[int, float] | None:
-    """``(pid, start time)``: tells a process from a later one that reuses its PID."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        return pid, psutil.Process(pid).create_time()
-    return None
-
-
-def _running(identity: tuple[int, float]) -> bool:
-    with contextlib.suppress(psutil.NoSuchProcess):
-        process = psutil.Process(identity[0])
-        return process.create_time() == identity[1] and process.status() != psutil.STATUS_ZOMBIE
-    return False
-
-
 def family(pid: int) -> list[int]:
     """``pid`` and every process it started, now (empty if it is gone)."""
     with contextlib.suppress(psutil.NoSuchProcess):
@@ -155,7 +141,7 @@ class LoopbackFleet:
         self.control_port = runtime.free_port()
         self.server: subprocess.Popen | None = None
         self.nodes: dict[str, subprocess.Popen] = {}
-        self.seen: set[tuple[int, float]] = set()  # every process started here or by them, for the stray check
+        self.seen: set[psutil.Process] = set()  # every process started here or by them, for the stray check
         self.launches = 0
 
     # ---------------------------------------------------------------------------------------- server
@@ -227,15 +213,14 @@ class LoopbackFleet:
         and go)."""
         roots = [process.pid for process in [self.server, *self.nodes.values()] if process is not None]
         for pid in (member for root in roots for member in family(root)):
-            identity = _identity(pid)
-            if identity is not None:
-                self.seen.add(identity)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.seen.add(psutil.Process(pid))  # it keeps its start time: a reused PID is not mistaken for it
 
     def strays(self, settle: float = 20.0) -> list[int]:
         """PIDs of processes ever tracked that are still running after at most ``settle`` seconds."""
         deadline = time.monotonic() + settle
         while True:
-            left = sorted(pid for pid, start in self.seen if _running((pid, start)))
+            left = sorted(process.pid for process in self.seen if not runtime.ended(process))
             if not left or time.monotonic() > deadline:
                 return left
             time.sleep(0.5)

@@ -10,7 +10,6 @@ import json
 import os
 import resource
 import signal
-import subprocess
 import sys
 import time
 import tomllib
@@ -19,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psutil
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -278,22 +276,6 @@ def test_a_supernode_killed_and_not_yet_reaped_stops_the_executor() -> None:
     # Assert
     assert code == 0
     assert seconds < 5
-
-
-def test_parent_gone_tells_a_live_process_from_an_ended_and_reaped_one() -> None:
-    # Prepare
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # noqa: S603 - this interpreter
-    watched = psutil.Process(child.pid)
-
-    # Execute
-    while_alive = executor.parent_gone(watched)
-    child.kill()
-    child.wait()
-    after_the_end = executor.parent_gone(watched)
-
-    # Assert
-    assert not while_alive
-    assert after_the_end
 
 
 @pytest.fixture
