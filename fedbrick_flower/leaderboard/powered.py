@@ -35,7 +35,7 @@ from .protocol import MIN_LOCAL_STEPS, MIN_ROUNDS_CAP, MIN_SEEDS, PoweredSuite
 from .runner import PENDING, RunCell, _versions, cell_dir, cell_status, earlier_invocations, machine, run_in_child
 from .runner import run_suite as run_cells
 from .stats import NOT_RUN, paired, verdict
-from .suites import Cell, expand
+from .suites import Cell, expand, selected
 
 SUITE_FILE, COMPARE_FILE = "suite.json", "compare.json"
 
@@ -262,33 +262,31 @@ def run_powered(
     """
     protocol = powered.protocol
     shared = {**protocol.overrides(), **(extra or {})}
-    points = protocol.grid_points()
     _, left_out = protocol.available_grid()
     tuning: dict[str, dict[str, Any]] = {}
     tuning_entries: list[dict[str, Any]] = []
-    for point in points:
-        echo(f"tuning {point_label(point)} at seed {protocol.tuning_seed}")
-        cells = expand(powered.suite, [protocol.tuning_seed], {**shared, **point}, methods)
-        ran = run_cells(cells, out / "tuning" / point_label(point), run_cell, echo, run, after_cell)
+    for label, (point, names) in tuning_groups(powered, methods).items():
+        echo(f"tuning {label} at seed {protocol.tuning_seed}")
+        cells = expand(powered.suite, [protocol.tuning_seed], {**shared, **point}, names)
+        ran = run_cells(cells, out / "tuning" / label, run_cell, echo, run, after_cell)
         for entry, cell in zip(ran, cells, strict=True):
             folder = Path(entry["run_dir"])
             figures = load_figures(folder) if entry["status"] == "finished" else None
             loss = figures.get(f"{protocol.plateau_metric.replace('-', '_')}_validation_loss") if figures else None
             tuning.setdefault(cell.method, {"points": {}, "losses": {}, "status": entry["status"], "pending": 0})
-            tuning[cell.method]["points"][point_label(point)] = point
-            tuning[cell.method]["losses"][point_label(point)] = loss
+            tuning[cell.method]["points"][label] = point
+            tuning[cell.method]["losses"][label] = loss
             tuning[cell.method]["pending"] += entry["status"] == PENDING
         tuning_entries += ran
     entries: list[dict[str, Any]] = []
     chosen: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
-    for method in powered.suite.methods:
-        if methods and method.name not in methods:
-            continue
+    for method in selected(powered.suite, methods):
         record = tuning.get(method.name, {"losses": {}, "points": {}, "status": NOT_RUN, "pending": 0})
         label = choose(record["losses"])
         if record["pending"]:
-            notes[method.name] = f"tuning: {len(points) - record['pending']} of {len(points)} grid points finished"
+            points = len(record["points"])
+            notes[method.name] = f"tuning: {points - record['pending']} of {points} grid points finished"
             chosen[method.name] = {"point": None, "tuning_losses": record["losses"], "status": notes[method.name]}
             continue
         if label is None:
@@ -296,7 +294,13 @@ def run_powered(
             chosen[method.name] = {"point": None, "tuning_losses": record["losses"], "status": notes[method.name]}
             continue
         point = record["points"][label]
-        chosen[method.name] = {"point": point, "label": label, "tuning_losses": record["losses"]}
+        chosen[method.name] = {
+            "point": point,
+            "label": label,
+            "grid_edges": protocol.grid_edges(point),
+            "ignored": list(method.ignores),
+            "tuning_losses": record["losses"],
+        }
         cells = expand(powered.suite, seeds, {**shared, **point}, [method.name])
         for cell in cells:
             _reuse_tuning_cell(out / "tuning" / label, out, cell)
@@ -320,7 +324,7 @@ def run_powered(
         "extra_overrides": extra or {},
         "chosen": chosen,
         "rounds_run": {f"{e['method']}/seed-{e['seed']}": e.get("rounds_run") for e in entries},
-        "progress": progress(tuning_entries, entries, len(points), seeds, protocol.tuning_seed),
+        "progress": progress(tuning_entries, entries, seeds, protocol.tuning_seed),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "invocations": earlier_invocations(out / SUITE_FILE),
@@ -331,15 +335,26 @@ def run_powered(
 
 
 def progress(
-    tuning: list[dict[str, Any]], measured: list[dict[str, Any]], points: int, seeds: list[int], tuning_seed: int
+    tuning: list[dict[str, Any]], measured: list[dict[str, Any]], seeds: list[int], tuning_seed: int
 ) -> dict[str, int]:
-    """Cells finished, and cells the whole suite runs: each grid point at the tuning seed, then every other seed
-    (the tuning seed's cell is a copy of the chosen point's tuning run), for each method this version can run."""
-    runnable = {e["method"] for e in tuning if not e["status"].startswith("not available")}
-    other_seeds = [s for s in seeds if s != tuning_seed]
+    """Cells finished, and cells the whole suite runs: each method's grid points at the tuning seed, then every
+    other seed (the tuning seed's cell is a copy of the chosen point's tuning run), for each method this version
+    can run."""
+    runnable = [e for e in tuning if not e["status"].startswith("not available")]
+    other_seeds = len({e["method"] for e in runnable}) * len([s for s in seeds if s != tuning_seed])
     finished = [e for e in tuning if e["status"] == "finished"]
     finished += [e for e in measured if e["status"] == "finished" and e["seed"] != tuning_seed]
-    return {"finished": len(finished), "planned": len(runnable) * (points + len(other_seeds))}
+    return {"finished": len(finished), "planned": len(runnable) + other_seeds}
+
+
+def tuning_groups(powered: PoweredSuite, methods: list[str] | None) -> dict[str, tuple[dict[str, Any], list[str]]]:
+    """The tuning cells by grid point (its folder label): the point and the methods tuned at it. A method that
+    ignores a grid key is tuned over the other keys only, under a label without that key."""
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for method in selected(powered.suite, methods):
+        for point in powered.protocol.grid_points(method.ignores):
+            groups.setdefault(point_label(point), (point, []))[1].append(method.name)
+    return groups
 
 
 def _reuse_tuning_cell(tuning_out: Path, out: Path, cell: Cell) -> None:

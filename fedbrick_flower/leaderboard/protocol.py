@@ -47,9 +47,10 @@ class Protocol:
     """The server scores its test split (and the models without LoRA) every ``score_every`` rounds and in the
     last; the plateau rule's validation loss is scored every round."""
     grid: dict[str, tuple[Any, ...]] = field(
-        # 2.5e-4 was added after `depth-2of6`'s first 24 tuning cells: 5e-4, then the lowest point, won for every
-        # method that trains LoRA (a grid edge). Cells of the other points stay valid.
-        default_factory=lambda: {"train.lr": (2.5e-4, 5e-4, 1e-3, 2e-3), "train.head_warmup_steps": (0, 20)}
+        # Shifted down twice while `depth-2of6` tuned (docs/results.md, "Learning-rate grid"): the grid's lowest
+        # point won for every LoRA method, and the validation loss rose monotonically from it to 1e-3, so 2e-3
+        # (never run to the end) gave way to 1.25e-4. Cells of the points kept stay valid.
+        default_factory=lambda: {"train.lr": (1.25e-4, 2.5e-4, 5e-4, 1e-3), "train.head_warmup_steps": (0, 20)}
     )
     tuning_seed: int = 0
     seeds: int = MIN_SEEDS
@@ -71,10 +72,25 @@ class Protocol:
         known = {k: v for k, v in self.grid.items() if known_field(k)}
         return known, [k for k in self.grid if k not in known]
 
-    def grid_points(self) -> list[dict[str, Any]]:
-        """Every combination of the available grid's values (one tuning cell each, per method)."""
+    def grid_points(self, ignores: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Every combination of the available grid's values but for the ``ignores`` keys (one tuning cell each,
+        per method: a method that ignores a key is not run once per value of it)."""
         grid, _ = self.available_grid()
+        grid = {key: values for key, values in grid.items() if key not in ignores}
         return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+    def grid_edges(self, point: dict[str, Any]) -> dict[str, str]:
+        """The keys of ``point`` at the lowest or highest of the grid's values (of keys with several; a lowest
+        value of 0 has nothing below it): a choice at an edge says the best value may lie beyond the grid."""
+        grid, _ = self.available_grid()
+        edges = {}
+        for key, value in point.items():
+            values = sorted(grid.get(key, ()))
+            if len(values) > 1 and value == values[-1]:
+                edges[key] = "highest"
+            elif len(values) > 1 and value == values[0] != 0:
+                edges[key] = "lowest"
+        return edges
 
 
 def known_field(key: str) -> bool:

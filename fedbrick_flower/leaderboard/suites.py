@@ -36,6 +36,9 @@ class Method:
     local_steps : Callable[[int], int] | None
         This method's ``train.local_steps`` as a function of the cell's (the suite's, or a size override's), for
         a method that must match another's compute; None keeps the cell's.
+    ignores : tuple[str, ...]
+        Tuning-grid keys this method never reads (a method with frozen LoRA ignores ``train.lr``): the powered
+        protocol tunes it over the grid's other keys only, instead of running the same cell once per value.
     """
 
     name: str
@@ -43,6 +46,7 @@ class Method:
     overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     local_steps: Callable[[int], int] | None = None
+    ignores: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,15 +112,9 @@ def expand(
     methods : list[str] | None
         Only these methods (by name), in the suite's order; ``ValueError`` names an unknown one.
     """
-    known = [m.name for m in suite.methods]
-    unknown = sorted(set(methods or []) - set(known))
-    if unknown:
-        raise ValueError(f"--methods: {unknown} not in suite {suite.name!r} (methods: {known})")
     registered = set(algorithm_names())
     cells = []
-    for method in suite.methods:
-        if methods and method.name not in methods:
-            continue
+    for method in selected(suite, methods):
         for seed in seeds:
             shared = _applicable(extra or {}, method.algorithm) if method.algorithm in registered else {}
             overrides = {**suite.base, **method.overrides, **shared, "algorithm": method.algorithm, "seed": seed}
@@ -134,6 +132,16 @@ def expand(
                 )
             )
     return cells
+
+
+def selected(suite: Suite, methods: list[str] | None) -> tuple[Method, ...]:
+    """The suite's methods named in ``methods`` (all when None or empty), in the suite's order; ``ValueError``
+    names an unknown one."""
+    known = [m.name for m in suite.methods]
+    unknown = sorted(set(methods or []) - set(known))
+    if unknown:
+        raise ValueError(f"--methods: {unknown} not in suite {suite.name!r} (methods: {known})")
+    return tuple(m for m in suite.methods if not methods or m.name in methods)
 
 
 def _local_steps(suite: Suite, overrides: dict[str, Any]) -> int:
@@ -216,6 +224,7 @@ DEPTH = Suite(
             "fedavg",
             {**_FEDRA, "train.freeze_lora": True},
             "backbone frozen, no LoRA training: a federated linear probe (FedRA's allocation)",
+            ignores=("train.lr",),
         ),
     ),
 )

@@ -38,7 +38,7 @@ class FakeRuns:
 
     def __call__(self, cell: Cell, folder: Path, resume: bool, log: Path) -> int:
         self.calls.append(f"{folder.parent.parent.name}/{cell.key}")
-        lr = cell.overrides["train.lr"]
+        lr = cell.overrides.get("train.lr", 0.001)
         accuracy = 0.6 + (0.05 + 0.01 * cell.seed if cell.method == "good" else 0.0)
         rows = [
             {"round": 2, "phase": "server-eval", "accuracy": accuracy, "loss": 1 - accuracy,
@@ -66,6 +66,28 @@ def test_cell_figures_pool_the_clients_test_examples() -> None:
     assert figures["on_device_accuracy"] == 0.75
     assert figures["on_device_micro_accuracy"] == pytest.approx(0.875)
     assert figures["rounds_run"] == 2 and figures["global_accuracy"] is None
+
+
+def test_a_method_that_ignores_a_grid_key_is_tuned_over_the_others_only(tmp_path: Path) -> None:
+    # Prepare: "base" freezes its LoRA, so the LoRA learning rate cannot change its run
+    probe = Method("base", "fedavg", {"train.freeze_lora": True}, ignores=("train.lr",))
+    suite = Suite("toy", "two methods", "fedbrick-tiny", (Method("good", "fedavg", {}), probe))
+    grid = {"train.lr": (0.001, 0.002), "train.head_warmup_steps": (0, 20)}
+    powered = PoweredSuite(suite, Protocol(rounds_cap=3, local_steps=2, grid=grid, seeds=2))
+    runs = FakeRuns()
+
+    # Execute
+    record = run_powered(powered, tmp_path, [0, 1], run_cell=runs, echo=lambda _: None)
+
+    # Assert: good at 4 points, base at 2 (warm-up only, no learning rate set), then seed 1 of each
+    tuned = [call for call in runs.calls if call.startswith(("lr-", "head_"))]
+    assert sorted(c for c in tuned if "/base/" in c) == ["head_warmup_steps-0/base/seed-0",
+                                                          "head_warmup_steps-20/base/seed-0"]  # fmt: skip
+    assert len(tuned) == 6 and len(runs.calls) == 8
+    assert record["progress"] == {"finished": 8, "planned": 8}
+    assert record["chosen"]["base"]["ignored"] == ["train.lr"]
+    assert "train.lr" not in record["chosen"]["base"]["point"]
+    assert record["chosen"]["good"]["grid_edges"] == {"train.lr": "highest"}
 
 
 def test_choose_takes_the_lowest_finished_loss() -> None:

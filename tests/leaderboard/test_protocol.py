@@ -123,3 +123,15 @@ def test_rank_suite_holds_every_client_at_full_depth_and_a_large_test_split() ->
     for cell in cells:
         assert all(cell.overrides[f"clients.{i}.layers"] == 6 for i in range(8)), cell.method
         assert cell.overrides["data.server_test_fraction"] == 0.3
+
+
+def test_a_choice_at_the_grid_edge_is_named_except_a_lowest_value_of_zero() -> None:
+    # Prepare
+    protocol = Protocol(grid={"train.lr": (1e-4, 1e-3, 1e-2), "train.head_warmup_steps": (0, 20)})
+
+    # Execute / Assert
+    assert protocol.grid_edges({"train.lr": 1e-4, "train.head_warmup_steps": 0}) == {"train.lr": "lowest"}
+    assert protocol.grid_edges({"train.lr": 1e-3, "train.head_warmup_steps": 20}) == {
+        "train.head_warmup_steps": "highest"
+    }
+    assert protocol.grid_points(("train.lr",)) == [{"train.head_warmup_steps": 0}, {"train.head_warmup_steps": 20}]
