@@ -207,9 +207,8 @@ DEPTH_2OF6_DRUG = PoweredSuite(
 
 # ---------------------------------------------------------------------------------------------------- others
 _ON_DEVICE = Protocol(plateau_metric="on-device", headline="on-device")
-_PERSONALIZATION_METHODS = (*PERSONALIZATION.methods, Method("fedsa", "fedsa", {}, "FedSA-LoRA: A shared, B personal"))
 PERSONALIZATION_POWERED = PoweredSuite(
-    _with(PERSONALIZATION, "personalization", PERSONALIZATION.description, {}, _PERSONALIZATION_METHODS),
+    PERSONALIZATION,
     protocol=_ON_DEVICE,
     comparisons=tuple(
         Comparison(m, b) for m in ("fedbip", "fedbip-l", "fedmosaic", "fedsa") for b in ("local", "fedit")

@@ -135,3 +135,11 @@ def test_a_choice_at_the_grid_edge_is_named_except_a_lowest_value_of_zero() -> N
         "train.head_warmup_steps": "highest"
     }
     assert protocol.grid_points(("train.lr",)) == [{"train.head_warmup_steps": 0}, {"train.head_warmup_steps": 20}]
+
+
+def test_every_powered_suite_names_each_method_once() -> None:
+    # Execute
+    names = {name: [m.name for m in powered.suite.methods] for name, powered in POWERED.items()}
+
+    # Assert: two methods of one name would share one run directory
+    assert {name: len(set(methods)) for name, methods in names.items()} == {n: len(m) for n, m in names.items()}
