@@ -278,7 +278,7 @@ def run_powered(
             tuning[cell.method]["losses"][label] = loss
             tuning[cell.method]["pending"] += entry["status"] == PENDING
         tuning_entries += ran
-    entries: list[dict[str, Any]] = []
+    measured: list[Cell] = []
     chosen: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
     for method in selected(powered.suite, methods):
@@ -304,7 +304,11 @@ def run_powered(
         cells = expand(powered.suite, seeds, {**shared, **point}, [method.name])
         for cell in cells:
             _reuse_tuning_cell(out / "tuning" / label, out, cell)
-        entries += run_cells(cells, out, run_cell, echo, run, after_cell)
+        measured += cells
+    # Seed by seed across methods: an invocation stopped part-way leaves every method at the same seeds, so each
+    # comparison has a pair for every seed finished.
+    measured.sort(key=lambda cell: cell.seed)
+    entries = run_cells(measured, out, run_cell, echo, run, after_cell)
     cells_figures: dict[str, dict[int, dict[str, Any]]] = {}
     for entry in entries:
         figures = load_figures(Path(entry["run_dir"])) if entry["status"] == "finished" else None

@@ -105,8 +105,11 @@ def test_powered_suite_tunes_measures_compares_and_resumes(tmp_path: Path) -> No
     again = FakeRuns()
     run_powered(POWERED, tmp_path, [0, 1, 2], run_cell=again, echo=lambda _: None)
 
-    # Assert: 2 grid points x 2 methods tuned, then seeds 1 and 2 (seed 0 is the tuning run, copied)
+    # Assert: 2 grid points x 2 methods tuned, then seeds 1 and 2 seed by seed (seed 0 is the tuning run, copied)
     assert len(runs.calls) == 4 + 4 and again.calls == []
+    assert [call.partition("/")[2] for call in runs.calls[4:]] == [
+        "good/seed-1", "base/seed-1", "good/seed-2", "base/seed-2"
+    ]  # fmt: skip
     assert record["chosen"]["good"]["point"] == {"train.lr": 0.002}
     assert record["chosen"]["gone"]["point"] is None
     assert record["rounds_run"]["good/seed-1"] == 2
