@@ -31,7 +31,7 @@ from typing import Any
 from .. import runtime
 from ..metrics import mean_of, read_metrics
 from ..run_files import SUMMARY_FILE
-from .protocol import MIN_LOCAL_STEPS, MIN_ROUNDS_CAP, MIN_SEEDS, PoweredSuite
+from .protocol import MIN_LOCAL_STEPS, MIN_ROUNDS_CAP, MIN_SEEDS, PoweredSuite, Protocol, edges
 from .runner import PENDING, RunCell, _versions, cell_dir, cell_status, earlier_invocations, machine, run_in_child
 from .runner import run_suite as run_cells
 from .stats import NOT_RUN, paired, verdict
@@ -265,24 +265,21 @@ def run_powered(
     _, left_out = protocol.available_grid()
     tuning: dict[str, dict[str, Any]] = {}
     tuning_entries: list[dict[str, Any]] = []
-    for label, (point, names) in tuning_groups(powered, methods).items():
-        echo(f"tuning {label} at seed {protocol.tuning_seed}")
-        cells = expand(powered.suite, [protocol.tuning_seed], {**shared, **point}, names)
-        ran = run_cells(cells, out / "tuning" / label, run_cell, echo, run, after_cell)
-        for entry, cell in zip(ran, cells, strict=True):
-            folder = Path(entry["run_dir"])
-            figures = load_figures(folder) if entry["status"] == "finished" else None
-            loss = figures.get(f"{protocol.plateau_metric.replace('-', '_')}_validation_loss") if figures else None
-            tuning.setdefault(cell.method, {"points": {}, "losses": {}, "status": entry["status"], "pending": 0})
-            tuning[cell.method]["points"][label] = point
-            tuning[cell.method]["losses"][label] = loss
-            tuning[cell.method]["pending"] += entry["status"] == PENDING
-        tuning_entries += ran
+    groups = tuning_groups(powered, methods)
+    for _ in range(protocol.max_extensions + 1):
+        for label, (point, names) in groups.items():
+            echo(f"tuning {label} at seed {protocol.tuning_seed}")
+            cells = expand(powered.suite, [protocol.tuning_seed], {**shared, **point}, names)
+            ran = run_cells(cells, out / "tuning" / label, run_cell, echo, run, after_cell)
+            for entry, cell in zip(ran, cells, strict=True):
+                _record_tuning(tuning.setdefault(cell.method, _new_tuning(entry)), label, point, entry, protocol)
+            tuning_entries += ran
+        groups = extension_groups(tuning, protocol)
     measured: list[Cell] = []
     chosen: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
     for method in selected(powered.suite, methods):
-        record = tuning.get(method.name, {"losses": {}, "points": {}, "status": NOT_RUN, "pending": 0})
+        record = tuning.get(method.name, _new_tuning({"status": NOT_RUN}))
         label = choose(record["losses"])
         if record["pending"]:
             points = len(record["points"])
@@ -297,7 +294,7 @@ def run_powered(
         chosen[method.name] = {
             "point": point,
             "label": label,
-            "grid_edges": protocol.grid_edges(point),
+            "grid_edges": edges(point, list(record["points"].values())),
             "ignored": list(method.ignores),
             "tuning_losses": record["losses"],
         }
@@ -349,6 +346,34 @@ def progress(
     finished = [e for e in tuning if e["status"] == "finished"]
     finished += [e for e in measured if e["status"] == "finished" and e["seed"] != tuning_seed]
     return {"finished": len(finished), "planned": len(runnable) + other_seeds}
+
+
+def _new_tuning(entry: dict[str, Any]) -> dict[str, Any]:
+    """A method's tuning record: its points and final validation losses by label, its first cell's status and
+    how many of its cells have not finished."""
+    return {"points": {}, "losses": {}, "status": entry["status"], "pending": 0}
+
+
+def _record_tuning(record: dict[str, Any], label: str, point: dict, entry: dict, protocol: Protocol) -> None:
+    figures = load_figures(Path(entry["run_dir"])) if entry["status"] == "finished" else None
+    loss = figures.get(f"{protocol.plateau_metric.replace('-', '_')}_validation_loss") if figures else None
+    record["points"][label] = point
+    record["losses"][label] = loss
+    record["pending"] += entry["status"] == PENDING
+
+
+def extension_groups(tuning: dict[str, dict[str, Any]], protocol: Protocol) -> dict[str, tuple[dict, list[str]]]:
+    """The next tuning cells past the grid's edge (:meth:`.Protocol.beyond_edge`), by label: for each method whose
+    tuning is complete and whose choice sits at an edge it has not yet tried past."""
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for method, record in tuning.items():
+        label = choose(record["losses"])
+        if record["pending"] or label is None:
+            continue
+        point = protocol.beyond_edge(record["points"][label], list(record["points"].values()))
+        if point is not None and point_label(point) not in record["points"]:
+            groups.setdefault(point_label(point), (point, []))[1].append(method)
+    return groups
 
 
 def tuning_groups(powered: PoweredSuite, methods: list[str] | None) -> dict[str, tuple[dict[str, Any], list[str]]]:

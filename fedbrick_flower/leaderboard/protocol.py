@@ -52,6 +52,12 @@ class Protocol:
         # (never run to the end) gave way to 1.25e-4. Cells of the points kept stay valid.
         default_factory=lambda: {"train.lr": (1.25e-4, 2.5e-4, 5e-4, 1e-3), "train.head_warmup_steps": (0, 20)}
     )
+    extend: dict[str, float] = field(default_factory=lambda: {"train.lr": 0.5})
+    """Grid keys that extend past an edge: when a method's choice is the lowest (highest) value it tried, it is
+    tuned once more at that value times (divided by) the factor, the other keys as chosen."""
+    max_extensions: int = 2
+    """How many times a method's grid may extend; a choice still at the edge after them is flagged
+    (``grid_edges`` in ``suite.json``)."""
     tuning_seed: int = 0
     seeds: int = MIN_SEEDS
 
@@ -79,18 +85,30 @@ class Protocol:
         grid = {key: values for key, values in grid.items() if key not in ignores}
         return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
-    def grid_edges(self, point: dict[str, Any]) -> dict[str, str]:
-        """The keys of ``point`` at the lowest or highest of the grid's values (of keys with several; a lowest
-        value of 0 has nothing below it): a choice at an edge says the best value may lie beyond the grid."""
-        grid, _ = self.available_grid()
-        edges = {}
-        for key, value in point.items():
-            values = sorted(grid.get(key, ()))
-            if len(values) > 1 and value == values[-1]:
-                edges[key] = "highest"
-            elif len(values) > 1 and value == values[0] != 0:
-                edges[key] = "lowest"
-        return edges
+    def beyond_edge(self, point: dict[str, Any], tried: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The next point past the edge a method's choice sits at: each ``extend`` key whose chosen value is the
+        lowest (highest) of the values ``tried`` moves one ``extend`` factor down (up). None when the choice is
+        inside on every such key."""
+        at_edges = edges(point, tried)
+        moved = {
+            key: point[key] * factor if at_edges[key] == "lowest" else point[key] / factor
+            for key, factor in self.extend.items()
+            if key in at_edges
+        }
+        return {**point, **moved} if moved else None
+
+
+def edges(point: dict[str, Any], tried: list[dict[str, Any]]) -> dict[str, str]:
+    """The keys of ``point`` at the lowest or highest of the values ``tried`` (of keys with several; a lowest value
+    of 0 has nothing below it): a choice at an edge says the best value may lie beyond the values tried."""
+    found = {}
+    for key, value in point.items():
+        values = sorted({other[key] for other in tried if key in other})
+        if len(values) > 1 and value == values[-1]:
+            found[key] = "highest"
+        elif len(values) > 1 and value == values[0] != 0:
+            found[key] = "lowest"
+    return found
 
 
 def known_field(key: str) -> bool:

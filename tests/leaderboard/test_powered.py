@@ -19,7 +19,7 @@ SUITE = Suite(
     "fedbrick-tiny",
     (Method("good", "fedavg", {}), Method("base", "fedavg", {"train.freeze_lora": True}), Method("gone", "nope")),
 )
-PROTOCOL = Protocol(rounds_cap=3, local_steps=2, grid={"train.lr": (0.001, 0.002)}, seeds=3)
+PROTOCOL = Protocol(rounds_cap=3, local_steps=2, grid={"train.lr": (0.001, 0.002)}, extend={}, seeds=3)
 POWERED = PoweredSuite(
     SUITE,
     PROTOCOL,
@@ -73,7 +73,7 @@ def test_a_method_that_ignores_a_grid_key_is_tuned_over_the_others_only(tmp_path
     probe = Method("base", "fedavg", {"train.freeze_lora": True}, ignores=("train.lr",))
     suite = Suite("toy", "two methods", "fedbrick-tiny", (Method("good", "fedavg", {}), probe))
     grid = {"train.lr": (0.001, 0.002), "train.head_warmup_steps": (0, 20)}
-    powered = PoweredSuite(suite, Protocol(rounds_cap=3, local_steps=2, grid=grid, seeds=2))
+    powered = PoweredSuite(suite, Protocol(rounds_cap=3, local_steps=2, grid=grid, extend={}, seeds=2))
     runs = FakeRuns()
 
     # Execute
@@ -88,6 +88,24 @@ def test_a_method_that_ignores_a_grid_key_is_tuned_over_the_others_only(tmp_path
     assert record["chosen"]["base"]["ignored"] == ["train.lr"]
     assert "train.lr" not in record["chosen"]["base"]["point"]
     assert record["chosen"]["good"]["grid_edges"] == {"train.lr": "highest"}
+
+
+def test_a_choice_at_the_grids_edge_is_tuned_past_it_as_often_as_the_protocol_allows(tmp_path: Path) -> None:
+    # Prepare: the fake validation loss falls as the learning rate rises, so the highest rate always wins
+    protocol = Protocol(rounds_cap=3, local_steps=2, grid={"train.lr": (0.001, 0.002)}, max_extensions=2, seeds=1)
+    powered = PoweredSuite(Suite("toy", "one method", "fedbrick-tiny", (Method("good", "fedavg", {}),)), protocol)
+    runs = FakeRuns()
+
+    # Execute
+    record = run_powered(powered, tmp_path, [0], run_cell=runs, echo=lambda _: None)
+    report = run_powered(powered, tmp_path, [0], echo=lambda _: None, run=False)
+
+    # Assert: two doublings past the grid (0.004, 0.008), the last still at the edge and flagged
+    assert [call.partition("/")[0] for call in runs.calls] == ["lr-0.001", "lr-0.002", "lr-0.004", "lr-0.008"]
+    assert record["chosen"]["good"]["point"] == {"train.lr": 0.008}
+    assert record["chosen"]["good"]["grid_edges"] == {"train.lr": "highest"}
+    assert report["chosen"]["good"]["point"] == {"train.lr": 0.008}
+    assert report["progress"] == {"finished": 4, "planned": 4}
 
 
 def test_choose_takes_the_lowest_finished_loss() -> None:

@@ -11,6 +11,7 @@ from fedbrick_flower.leaderboard.protocol import (
     MIN_ROUNDS_CAP,
     POWERED,
     Protocol,
+    edges,
     known_field,
     suite_from_file,
     user_powered_suite,
@@ -127,14 +128,26 @@ def test_rank_suite_holds_every_client_at_full_depth_and_a_large_test_split() ->
 
 def test_a_choice_at_the_grid_edge_is_named_except_a_lowest_value_of_zero() -> None:
     # Prepare
-    protocol = Protocol(grid={"train.lr": (1e-4, 1e-3, 1e-2), "train.head_warmup_steps": (0, 20)})
+    tried = [{"train.lr": lr, "train.head_warmup_steps": wu} for lr in (1e-4, 1e-3, 1e-2) for wu in (0, 20)]
 
     # Execute / Assert
-    assert protocol.grid_edges({"train.lr": 1e-4, "train.head_warmup_steps": 0}) == {"train.lr": "lowest"}
-    assert protocol.grid_edges({"train.lr": 1e-3, "train.head_warmup_steps": 20}) == {
-        "train.head_warmup_steps": "highest"
-    }
-    assert protocol.grid_points(("train.lr",)) == [{"train.head_warmup_steps": 0}, {"train.head_warmup_steps": 20}]
+    assert edges({"train.lr": 1e-4, "train.head_warmup_steps": 0}, tried) == {"train.lr": "lowest"}
+    assert edges({"train.lr": 1e-3, "train.head_warmup_steps": 20}, tried) == {"train.head_warmup_steps": "highest"}
+    assert Protocol().grid_points(("train.lr",)) == [{"train.head_warmup_steps": 0}, {"train.head_warmup_steps": 20}]
+
+
+def test_only_a_choice_at_an_extendable_edge_moves_past_it() -> None:
+    # Prepare: train.lr extends by halving or doubling, the warm-up does not extend
+    protocol = Protocol(extend={"train.lr": 0.5})
+    tried = [{"train.lr": lr, "train.head_warmup_steps": wu} for lr in (1e-4, 1e-3) for wu in (0, 20)]
+
+    # Execute / Assert
+    assert protocol.beyond_edge({"train.lr": 1e-4, "train.head_warmup_steps": 20}, tried) == {
+        "train.lr": 5e-5, "train.head_warmup_steps": 20
+    }  # fmt: skip
+    assert protocol.beyond_edge({"train.lr": 1e-3, "train.head_warmup_steps": 0}, tried)["train.lr"] == 2e-3
+    middle = [*tried, {"train.lr": 5e-4, "train.head_warmup_steps": 20}]
+    assert protocol.beyond_edge({"train.lr": 5e-4, "train.head_warmup_steps": 20}, middle) is None
 
 
 def test_every_powered_suite_names_each_method_once() -> None:
