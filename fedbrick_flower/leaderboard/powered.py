@@ -173,18 +173,23 @@ def summarize_interval(interval: dict[str, Any]) -> str:
     return f"{interval['mean']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}] (n={interval['n']})"
 
 
-def comparison_record(powered: PoweredSuite, cells: dict[str, dict[int, dict[str, Any]]], notes: dict) -> dict:
-    """What ``compare.json`` holds."""
+def comparison_record(
+    powered: PoweredSuite, cells: dict[str, dict[int, dict[str, Any]]], notes: dict, chosen: dict[str, dict]
+) -> dict:
+    """What ``compare.json`` holds; ``chosen`` is each method's tuning (``suite.json``'s), kept beside its figures."""
     headline = powered.protocol.headline
     methods = {}
     for method in powered.suite.methods:
         seeds = cells.get(method.name, {})
         keys = sorted({k for figures in seeds.values() for k, v in figures.items() if not isinstance(v, dict)})
+        tuned = chosen.get(method.name, {})
         methods[method.name] = {
             "seeds": sorted(seeds),
             "per_seed": {str(s): f for s, f in sorted(seeds.items())},
             "mean": {k: mean_of(f.get(k) for f in seeds.values()) for k in keys},
             "status": notes.get(method.name, "finished" if seeds else NOT_RUN),
+            "chosen": tuned.get("label"),
+            "tuning_losses": tuned.get("tuning_losses", {}),
         }
     return {
         "suite": powered.name,
@@ -224,7 +229,24 @@ def compare_markdown(record: dict[str, Any]) -> str:
     lines += ["", "| positive control | difference, points | verdict |", "|---|---|---|"]
     for entry in record["controls"]:
         lines.append(f"| {entry['name']} | {summarize_interval(entry['difference_points'])} | {entry['verdict']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + tuning_table(record["methods"])) + "\n"
+
+
+def tuning_table(methods: dict[str, dict[str, Any]]) -> list[str]:
+    """The tuning evidence: each method's final validation loss at every grid point it ran (``*`` its choice)."""
+    labels = list(dict.fromkeys(label for entry in methods.values() for label in entry.get("tuning_losses", {})))
+    if not labels:
+        return []
+    lines = ["", "Tuning at the tuning seed: final validation loss per grid point (* the choice, - not run):", ""]
+    lines += ["| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name, entry in methods.items():
+        losses = entry.get("tuning_losses", {})
+        cells = [
+            "-" if losses.get(label) is None else f"{losses[label]:.3f}" + ("*" if label == entry.get("chosen") else "")
+            for label in labels
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _format(value: float | None, scale: float, digits: int) -> str:
@@ -312,7 +334,7 @@ def run_powered(
         if figures is not None:
             cells_figures.setdefault(entry["method"], {})[entry["seed"]] = figures
             entry["rounds_run"] = figures["rounds_run"]
-    comparison = comparison_record(powered, cells_figures, notes)
+    comparison = comparison_record(powered, cells_figures, notes, chosen)
     (out / COMPARE_FILE).write_text(json.dumps(comparison, indent=2))
     (out / "compare.md").write_text(compare_markdown(comparison))
     record = {

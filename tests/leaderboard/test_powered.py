@@ -143,6 +143,7 @@ def test_powered_suite_tunes_measures_compares_and_resumes(tmp_path: Path) -> No
     table = (tmp_path / "compare.md").read_text()
     assert table.count("| good - base |") == 1
     assert "- good - base: r2 +6.0" in table
+    assert "| good | 0.900 | 0.800* |" in table  # the tuning evidence: loss 1 - 100 lr, the lower chosen
 
 
 def test_suite_states_list_suites_not_run(tmp_path: Path) -> None:
