@@ -152,12 +152,16 @@ def trend(cells: dict[str, dict[int, dict[str, Any]]], method: str, baseline: st
 
 
 def control_entry(cells: dict[str, dict[int, dict[str, Any]]], control: Any) -> dict:
-    """A positive control's paired difference (points) and verdict: met when the interval lies above zero."""
+    """A positive control's paired difference and verdict: met when the interval lies above zero. Accuracy in
+    points (method - baseline); a loss in nats, baseline - method, so that above zero is better here too."""
+    scale, sign = (1.0, -1.0) if control.lower_is_better else (100.0, 1.0)
     interval = paired(
-        {s: _scaled(v, 100.0) for s, v in by_seed(cells, control.method, control.metric).items()},
-        {s: _scaled(v, 100.0) for s, v in by_seed(cells, control.baseline, control.baseline_metric).items()},
+        {s: _scaled(v, sign * scale) for s, v in by_seed(cells, control.method, control.metric).items()},
+        {s: _scaled(v, sign * scale) for s, v in by_seed(cells, control.baseline, control.baseline_metric).items()},
     )
-    return {**dataclasses.asdict(control), "difference_points": interval.as_dict(), "verdict": verdict(interval, 0.0)}
+    unit = "nats, baseline - method" if control.lower_is_better else "points"
+    return {**dataclasses.asdict(control), "difference": interval.as_dict(), "unit": unit,
+            "verdict": verdict(interval, 0.0)}  # fmt: skip
 
 
 def _scaled(value: float | None, scale: float) -> float | None:
@@ -226,9 +230,10 @@ def compare_markdown(record: dict[str, Any]) -> str:
         for entry, by_round in trends:
             steps = ", ".join(f"r{r} {v['mean']:+.1f}" for r, v in by_round.items())
             lines.append(f"- {entry['method']} - {entry['baseline']}: {steps or 'no round with 2 pairs'}")
-    lines += ["", "| positive control | difference, points | verdict |", "|---|---|---|"]
+    lines += ["", "| positive control | difference, 95 % t | unit | verdict |", "|---|---|---|---|"]
     for entry in record["controls"]:
-        lines.append(f"| {entry['name']} | {summarize_interval(entry['difference_points'])} | {entry['verdict']} |")
+        interval = summarize_interval(entry["difference"])
+        lines.append(f"| {entry['name']} | {interval} | {entry['unit']} | {entry['verdict']} |")
     return "\n".join(lines + tuning_table(record["methods"])) + "\n"
 
 

@@ -136,14 +136,16 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Control:
-    """A positive control: ``method``'s ``metric`` must exceed ``baseline``'s ``baseline_metric`` by an interval
-    that excludes zero, else the suite is not measuring adapters."""
+    """A positive control: ``method``'s ``metric`` must beat ``baseline``'s ``baseline_metric`` (exceed it, or lie
+    below it when ``lower_is_better``, as a loss) by an interval that excludes zero, else the suite is not measuring
+    adapters."""
 
     name: str
     method: str
     baseline: str
     metric: str = "global_accuracy"
     baseline_metric: str = "global_accuracy"
+    lower_is_better: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,14 @@ _DEPTH_CONTROLS = (
     Control("AllLayers: global model with LoRA beats it without", "alllayers", "alllayers", "global_accuracy",
             "global_accuracy_without_lora"),
     Control("AllLayers beats head-only", "alllayers", "head-only"),
+    # The same three on the test loss, the quantity the learning rates are tuned on: at a rate low enough that
+    # LoRA barely moves the accuracy, it may still lower the loss (or not: then the adapters do nothing here).
+    Control("AllLayers beats the smallest depth (loss)", "alllayers", "smallest-depth", "global_loss", "global_loss",
+            lower_is_better=True),
+    Control("AllLayers: global model with LoRA beats it without (loss)", "alllayers", "alllayers", "global_loss",
+            "global_loss_without_lora", lower_is_better=True),
+    Control("AllLayers beats head-only (loss)", "alllayers", "head-only", "global_loss", "global_loss",
+            lower_is_better=True),
 )  # fmt: skip
 _DEPTH_COMPARISONS = (
     Comparison("fedbrick", "fedra"),

@@ -25,7 +25,8 @@ POWERED = PoweredSuite(
     PROTOCOL,
     comparisons=(Comparison("good", "base"),),
     controls=(Control("good beats base", "good", "base"), Control("good with LoRA", "good", "good",
-                                                                  "global_accuracy", "global_accuracy_without_lora")),
+                                                                  "global_accuracy", "global_accuracy_without_lora"),
+              Control("good beats base (loss)", "good", "base", "global_loss", "global_loss", lower_is_better=True)),
 )  # fmt: skip
 
 
@@ -136,7 +137,9 @@ def test_powered_suite_tunes_measures_compares_and_resumes(tmp_path: Path) -> No
     difference = compare["comparisons"][0]["global_accuracy"]
     assert difference["differences"] == pytest.approx([5.0, 6.0, 7.0])
     assert difference["low"] == pytest.approx(6 - 4.3027 / 3**0.5, abs=1e-3)
-    assert [c["verdict"] for c in compare["controls"]] == ["met", "met"]
+    assert [c["verdict"] for c in compare["controls"]] == ["met", "met", "met"]
+    # a loss control reads baseline - method in nats: base's loss 0.4, good's 0.35 - 0.01 x seed
+    assert compare["controls"][2]["difference"]["differences"] == pytest.approx([0.05, 0.06, 0.07])
     assert compare["methods"]["good"]["mean"]["on_device_micro_accuracy"] == pytest.approx(0.875)
     assert compare["methods"]["gone"]["status"].startswith("not available")
     assert compare["comparisons"][0]["global_accuracy_by_round"]["2"]["mean"] == pytest.approx(6.0)
