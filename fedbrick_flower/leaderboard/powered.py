@@ -280,12 +280,14 @@ def run_powered(
     echo: Callable[[str], None] = print,
     run: bool = True,
     after_cell: Callable[[], None] | None = None,
+    started: str | None = None,
 ) -> dict[str, Any]:
     """Tune, measure and write ``compare.json`` into ``out``; returns the suite record (``suite.json``'s).
 
     With ``run`` False no cell runs: the record and the comparison describe the cells finished so far, and a
     method whose tuning is not complete gets no learning rate yet (a choice from part of the grid would not be
-    the protocol's). ``after_cell`` is called after each cell that ran.
+    the protocol's). ``after_cell`` is called after each cell that ran. ``started`` stamps the invocation that
+    calls (:func:`.runner.earlier_invocations`).
     """
     protocol = powered.protocol
     shared = {**protocol.overrides(), **(extra or {})}
@@ -355,7 +357,7 @@ def run_powered(
         "progress": progress(tuning_entries, entries, seeds, protocol.tuning_seed),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "invocations": earlier_invocations(out / SUITE_FILE),
+        "invocations": earlier_invocations(out / SUITE_FILE, started),
         "versions": _versions(entries),
         "cells": entries,
     }
@@ -448,14 +450,16 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
     seeds = seeds if args.seed is None else list(args.seed)
     out = (args.out or Path("bench") / "results" / f"powered-{powered.name}").resolve()
     started, load_before = time.monotonic(), machine()["load_average"]
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
     extra = parse_overrides(args.set)
 
     def report() -> dict[str, Any]:
-        return run_powered(powered, out, seeds, extra, args.methods, run=False, echo=lambda _: None)
+        return run_powered(powered, out, seeds, extra, args.methods, run=False, echo=lambda _: None, started=stamp)
 
     def invocation() -> dict[str, Any]:
         return {
             "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
+            "started": stamp,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "wall_seconds": time.monotonic() - started,
             "machine": {**machine(), "load_average_before": load_before},
@@ -470,7 +474,9 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
     # Every cell joins one simulation SuperLink and one Ray cluster instead of starting its own.
     with runtime.shared_simulation(out, os.cpu_count() or 1) as superlink:
         run_cell = functools.partial(run_in_child, superlink=superlink)
-        record = run_powered(powered, out, seeds, extra, args.methods, run_cell, after_cell=progress_report)
+        record = run_powered(
+            powered, out, seeds, extra, args.methods, run_cell, after_cell=progress_report, started=stamp
+        )
     record["invocations"].append(invocation())
     return _write(record, out)
 

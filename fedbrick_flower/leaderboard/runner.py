@@ -204,15 +204,19 @@ def machine() -> dict[str, Any]:
     }
 
 
-def earlier_invocations(path: Path) -> list[dict[str, Any]]:
+def earlier_invocations(path: Path, started: str | None = None) -> list[dict[str, Any]]:
     """The invocations an earlier ``suite.json`` at ``path`` recorded, so that resuming a suite keeps the load and
     wall time of the invocations that ran its first cells (a file written before this list existed gives its
-    single invocation)."""
+    single invocation). An invocation stopped before its end left itself under ``invocation_in_progress``: it is
+    kept, marked ``interrupted``, unless it is the invocation that ``started`` then (this one, reporting again;
+    also when a ``--report`` run filed it meanwhile)."""
     if not path.is_file():
         return []
     record = json.loads(path.read_text())
     if "invocations" in record:
-        return record["invocations"]
+        stopped = record.get("invocation_in_progress")
+        every = [*record["invocations"], *([{**stopped, "interrupted": True}] if stopped else [])]
+        return [entry for entry in every if started is None or entry.get("started") != started]
     keys = {"command": "command", "date": "date", "wall_seconds": "wall_seconds_this_invocation", "machine": "machine"}
     return [{key: record.get(source) for key, source in keys.items()}]
 

@@ -11,6 +11,7 @@ import pytest
 
 from fedbrick_flower.leaderboard.powered import cell_figures, choose, run_powered
 from fedbrick_flower.leaderboard.protocol import Comparison, Control, PoweredSuite, Protocol
+from fedbrick_flower.leaderboard.runner import earlier_invocations
 from fedbrick_flower.leaderboard.suites import Cell, Method, Suite
 
 SUITE = Suite(
@@ -218,3 +219,18 @@ def test_the_command_records_its_progress_after_every_cell_and_its_invocation_at
     assert record["progress"] == {"finished": 8, "planned": 8}
     assert "invocation_in_progress" not in record
     assert len(record["invocations"]) == 1 and record["invocations"][0]["machine"]["load_average_before"]
+
+
+def test_an_interrupted_invocation_stays_on_record_once(tmp_path: Path) -> None:
+    # Prepare: an invocation stopped mid-suite left itself "in progress" beside one that ended
+    path = tmp_path / "suite.json"
+    stopped = {"command": "bench", "started": "t1", "wall_seconds": 600.0}
+    path.write_text(json.dumps({"invocations": [{"command": "first"}], "invocation_in_progress": stopped}))
+
+    # Execute
+    from_a_later_invocation = earlier_invocations(path, started="t2")
+    from_itself_reporting_again = earlier_invocations(path, started="t1")
+
+    # Assert
+    assert from_a_later_invocation == [{"command": "first"}, {**stopped, "interrupted": True}]
+    assert from_itself_reporting_again == [{"command": "first"}]
