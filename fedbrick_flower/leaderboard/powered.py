@@ -301,14 +301,15 @@ def run_powered(
             cells = expand(powered.suite, [protocol.tuning_seed], {**shared, **point}, names)
             ran = run_cells(cells, out / "tuning" / label, run_cell, echo, run, after_cell)
             for entry, cell in zip(ran, cells, strict=True):
-                _record_tuning(tuning.setdefault(cell.method, _new_tuning(entry)), label, point, entry, protocol)
+                method_tuning = tuning.setdefault(cell.method, _new_tuning(entry["status"]))
+                _record_tuning(method_tuning, label, point, entry, protocol)
             tuning_entries += ran
         groups = extension_groups(tuning, protocol)
     measured: list[Cell] = []
     chosen: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
     for method in selected(powered.suite, methods):
-        record = tuning.get(method.name, _new_tuning({"status": NOT_RUN}))
+        record = tuning.get(method.name, _new_tuning(NOT_RUN))
         label = choose(record["losses"])
         if record["pending"]:
             points = len(record["points"])
@@ -377,10 +378,10 @@ def progress(
     return {"finished": len(finished), "planned": len(runnable) + other_seeds}
 
 
-def _new_tuning(entry: dict[str, Any]) -> dict[str, Any]:
-    """A method's tuning record: its points and final validation losses by label, its first cell's status and
+def _new_tuning(status: str) -> dict[str, Any]:
+    """A method's tuning record: its points and final validation losses by label, its first cell's ``status`` and
     how many of its cells have not finished."""
-    return {"points": {}, "losses": {}, "status": entry["status"], "pending": 0}
+    return {"points": {}, "losses": {}, "status": status, "pending": 0}
 
 
 def _record_tuning(record: dict[str, Any], label: str, point: dict, entry: dict, protocol: Protocol) -> None:
@@ -393,14 +394,15 @@ def _record_tuning(record: dict[str, Any], label: str, point: dict, entry: dict,
 
 def extension_groups(tuning: dict[str, dict[str, Any]], protocol: Protocol) -> dict[str, tuple[dict, list[str]]]:
     """The next tuning cells past the grid's edge (:meth:`.Protocol.beyond_edge`), by label: for each method whose
-    tuning is complete and whose choice sits at an edge it has not yet tried past."""
+    tuning is complete and whose choice sits at an edge (the point past it is new: it lies beyond every value
+    tried)."""
     groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for method, record in tuning.items():
         label = choose(record["losses"])
         if record["pending"] or label is None:
             continue
         point = protocol.beyond_edge(record["points"][label], list(record["points"].values()))
-        if point is not None and point_label(point) not in record["points"]:
+        if point is not None:
             groups.setdefault(point_label(point), (point, []))[1].append(method)
     return groups
 
