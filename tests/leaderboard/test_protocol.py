@@ -42,7 +42,7 @@ def test_protocol_overrides_turn_on_validation_and_the_plateau_stop() -> None:
     overrides = Protocol().overrides()
 
     # Assert
-    assert overrides["rounds"] == 30 and overrides["train.local_steps"] == 20
+    assert overrides["rounds"] == 40 and overrides["train.local_steps"] == 20
     assert overrides["server.stop_when_plateau"] == "global"
     assert overrides["server.plateau_window"] == 5 and overrides["server.plateau_tolerance"] == 0.01
 
@@ -133,7 +133,7 @@ def test_a_choice_at_the_grid_edge_is_named_except_a_lowest_value_of_zero() -> N
     # Execute / Assert
     assert edges({"train.lr": 1e-4, "train.head_warmup_steps": 0}, tried) == {"train.lr": "lowest"}
     assert edges({"train.lr": 1e-3, "train.head_warmup_steps": 20}, tried) == {"train.head_warmup_steps": "highest"}
-    assert Protocol().grid_points(("train.lr",)) == [{"train.head_warmup_steps": 0}, {"train.head_warmup_steps": 20}]
+    assert Protocol().grid_points(("train.lr",)) == [{"train.head_lr": 1e-3}, {"train.head_lr": 5e-3}]
 
 
 def test_only_a_choice_at_an_extendable_edge_moves_past_it() -> None:
