@@ -51,9 +51,9 @@ class Protocol:
     """The server scores its test split (and the models without LoRA) every ``score_every`` rounds and in the
     last; the plateau rule's validation loss is scored every round."""
     grid: dict[str, tuple[Any, ...]] = field(
-        # Protocol 2 (docs/results.md, "Protocol 2"): the head's rate is tuned with the LoRA rate. Under protocol 1
-        # (a fixed `train.head_lr` of 5e-3, warm-up {0, 20}) the head learned the task alone within a few rounds and
-        # the validation loss chose LoRA rates at which AllLayers' adapters changed nothing (its control failed).
+        # Protocol 2 (docs/results.md, "Why protocol 2"): the head's rate is tuned with the LoRA rate. Under
+        # protocol 1 (`train.head_lr` fixed at 5e-3, warm-up {0, 20}) the head did the learning and the validation
+        # loss chose LoRA rates at which AllLayers' adapters changed nothing (its control failed).
         default_factory=lambda: {"train.lr": (6.25e-5, 1.25e-4, 2.5e-4, 5e-4), "train.head_lr": (1e-3, 5e-3)}
     )
     extend: dict[str, float] = field(default_factory=lambda: {"train.lr": 0.5})

@@ -134,6 +134,7 @@ def test_powered_suite_tunes_measures_compares_and_resumes(tmp_path: Path) -> No
     assert record["chosen"]["gone"]["point"] is None
     assert record["rounds_run"]["good/seed-1"] == 2
     assert record["budgets"]["met"] is False  # a cap of 3 rounds is below the protocol's 30
+    assert record["protocol"]["version"] == PROTOCOL.version  # results say which protocol made them
     compare = json.loads((tmp_path / "compare.json").read_text())
     difference = compare["comparisons"][0]["global_accuracy"]
     assert difference["differences"] == pytest.approx([5.0, 6.0, 7.0])
