@@ -451,7 +451,7 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
     seeds = list(range(args.seeds if args.seeds is not None else powered.protocol.seeds))
     seeds = seeds if args.seed is None else list(args.seed)
     out = (args.out or Path("bench") / "results" / f"powered-{powered.name}").resolve()
-    started, load_before = time.monotonic(), machine()["load_average"]
+    clock_start, load_before = time.monotonic(), machine()["load_average"]
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
     extra = parse_overrides(args.set)
 
@@ -463,7 +463,7 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
             "command": " ".join(["fedbrick-flower", *sys.argv[1:]]),
             "started": stamp,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "wall_seconds": time.monotonic() - started,
+            "wall_seconds": time.monotonic() - clock_start,
             "machine": {**machine(), "load_average_before": load_before},
         }
 
