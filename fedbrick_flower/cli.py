@@ -226,6 +226,14 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         help="with --powered: run no cell; write suite.json and compare.* from the cells finished so far",
     )
     parser.add_argument(
+        "--reuse",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="with --powered: copy, instead of running, a cell that repeats a finished run under DIR (same resolved "
+        "scenario but for a round cap it never reached, same library versions; made by the same code)",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key for every method"
     )
     parser.set_defaults(handler=_bench)

@@ -56,7 +56,7 @@ class RunRecorder(RoundCallback):
         self.scenario = scenario
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
-        (run_dir / "versions.json").write_text(json.dumps(_versions(), indent=2))
+        (run_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2))
         self.rows: list[dict] = read_metrics(run_dir)
 
     def drop_rows_after(self, completed_round: int) -> None:
@@ -189,7 +189,8 @@ def summarize(rows: list[dict], rounds_completed: int, extra: dict[str, Any] | N
     }
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Python and the libraries a run depends on, by version (a run's `versions.json`)."""
     versions = {"python": platform.python_version()}
     for package in _PACKAGES:
         try:

@@ -51,9 +51,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if not isinstance(chosen, Suite):
         return powered_main(args, chosen)
-    if getattr(args, "report", False):
-        print("fedbrick-flower bench: error: --report reads a powered suite's cells: add --powered", file=sys.stderr)
-        return 2
+    for option, needs in (("report", "reads a powered suite's cells"), ("reuse", "reads plateau-stopped runs")):
+        if getattr(args, option, None):
+            print(f"fedbrick-flower bench: error: --{option} {needs}: add --powered", file=sys.stderr)
+            return 2
     seeds = list(range(args.seeds or 3)) if args.seed is None else list(args.seed)
     cells = expand(chosen, seeds, parse_overrides(args.set), args.methods)
     out = (args.out or Path("runs") / f"bench-{chosen.name}").resolve()

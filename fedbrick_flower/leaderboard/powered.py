@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .. import runtime
 from ..metrics import mean_of, read_metrics
 from ..run_files import SUMMARY_FILE
 from .protocol import MIN_LOCAL_STEPS, MIN_ROUNDS_CAP, MIN_SEEDS, PoweredSuite, Protocol, edges
+from .reuse import FinishedRun, finished_runs, reuse_finished
 from .runner import PENDING, RunCell, _versions, cell_dir, cell_status, earlier_invocations, machine, run_in_child
 from .runner import run_suite as run_cells
 from .stats import NOT_RUN, paired, verdict
@@ -281,13 +282,15 @@ def run_powered(
     run: bool = True,
     after_cell: Callable[[], None] | None = None,
     started: str | None = None,
+    reusable: Sequence[FinishedRun] = (),
 ) -> dict[str, Any]:
     """Tune, measure and write ``compare.json`` into ``out``; returns the suite record (``suite.json``'s).
 
     With ``run`` False no cell runs: the record and the comparison describe the cells finished so far, and a
     method whose tuning is not complete gets no learning rate yet (a choice from part of the grid would not be
     the protocol's). ``after_cell`` is called after each cell that ran. ``started`` stamps the invocation that
-    calls (:func:`.runner.earlier_invocations`).
+    calls (:func:`.runner.earlier_invocations`). A cell that repeats one of the ``reusable`` runs is copied from it
+    instead of run (:mod:`.reuse`).
     """
     protocol = powered.protocol
     shared = {**protocol.overrides(), **(extra or {})}
@@ -299,6 +302,8 @@ def run_powered(
         for label, (point, names) in groups.items():
             echo(f"tuning {label} at seed {protocol.tuning_seed}")
             cells = expand(powered.suite, [protocol.tuning_seed], {**shared, **point}, names)
+            if run:
+                reuse_finished(cells, out / "tuning" / label, list(reusable), echo)
             ran = run_cells(cells, out / "tuning" / label, run_cell, echo, run, after_cell)
             for entry, cell in zip(ran, cells, strict=True):
                 method_tuning = tuning.setdefault(cell.method, _new_tuning(entry["status"]))
@@ -335,6 +340,8 @@ def run_powered(
     # Seed by seed across methods: an invocation stopped part-way leaves every method at the same seeds, so each
     # comparison has a pair for every seed finished.
     measured.sort(key=lambda cell: cell.seed)
+    if run:
+        reuse_finished(measured, out, list(reusable), echo)
     entries = run_cells(measured, out, run_cell, echo, run, after_cell)
     cells_figures: dict[str, dict[int, dict[str, Any]]] = {}
     for entry in entries:
@@ -473,11 +480,23 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
     if getattr(args, "report", False):
         return _write(report(), out)
     out.mkdir(parents=True, exist_ok=True)
+    sources = getattr(args, "reuse", None) or []
+    reusable = finished_runs(sources)
+    if sources:
+        print(f"{len(reusable)} finished runs under {', '.join(map(str, sources))} can stand in for cells")
     # Every cell joins one simulation SuperLink and one Ray cluster instead of starting its own.
     with runtime.shared_simulation(out, os.cpu_count() or 1) as superlink:
         run_cell = functools.partial(run_in_child, superlink=superlink)
         record = run_powered(
-            powered, out, seeds, extra, args.methods, run_cell, after_cell=progress_report, started=stamp
+            powered,
+            out,
+            seeds,
+            extra,
+            args.methods,
+            run_cell,
+            after_cell=progress_report,
+            started=stamp,
+            reusable=reusable,
         )
     record["invocations"].append(invocation())
     return _write(record, out)

@@ -148,9 +148,11 @@ def run_suite(
         entry = {"method": cell.method, "algorithm": cell.algorithm, "seed": cell.seed, "run_dir": str(folder)}
         status = "unavailable" if cell.unavailable else cell_status(folder, cell)
         if status == "finished":
-            seconds = json.loads((folder / CELL_FILE).read_text())["seconds"]
-            finished.setdefault(cell.method, []).append(seconds)
-            entry.update(status="finished", seconds=seconds, resumed=True)
+            record = json.loads((folder / CELL_FILE).read_text())
+            finished.setdefault(cell.method, []).append(record["seconds"])
+            entry.update(status="finished", seconds=record["seconds"], resumed=True)
+            if "reused_from" in record:  # copied from an earlier folder (:mod:`.reuse`)
+                entry["reused_from"] = record["reused_from"]
         elif status == "unavailable":
             entry.update(status=cell.unavailable)
         else:

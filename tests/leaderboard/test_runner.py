@@ -213,6 +213,24 @@ def test_bench_resolves_a_scenario_file_a_powered_suite_or_a_suite(tmp_path: Pat
         resolve_suite("depth", None, powered=True)
 
 
+@pytest.mark.parametrize("option", [["--report"], ["--reuse", "bench/results"]])
+def test_options_that_read_powered_cells_are_refused_on_a_plain_suite(
+    option: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    from fedbrick_flower import cli
+
+    argv = ["bench", "depth", "--out", str(tmp_path / "out"), *option]
+
+    # Execute
+    code = cli.main(argv)
+
+    # Assert: nothing ran, and the message names the option and the fix
+    error = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert f"{option[0]} " in error and "add --powered" in error
+
+
 CHILD = """
 import signal, sys, time
 from pathlib import Path
