@@ -113,8 +113,13 @@ def read_scenario(path: Path, overrides: dict[str, Any] | None = None) -> dict[s
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted-path keys (``train.lr``, ``clients.0.layers``) in a copy of the raw scenario."""
+    """Set dotted-path keys (``train.lr``, ``clients.0.layers``) in a copy of the raw scenario.
+
+    The values are copied too: a later key (``clients.0.layers``) writes into what an earlier one set
+    (``clients``), and must not write into the caller's overrides (a suite's shared client list).
+    """
     result = copy.deepcopy(raw)
+    overrides = copy.deepcopy(overrides)
     for dotted, value in overrides.items():
         parts = dotted.split(".")
         node: Any = result

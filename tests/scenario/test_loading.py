@@ -169,3 +169,16 @@ def test_loading_every_builtin_scenario_imports_no_torch() -> None:
 
     # Assert
     assert loaded == []
+
+
+def test_overrides_leave_the_callers_values_as_they_were() -> None:
+    # Prepare: a suite's client list, shared by its cells, with a later key that writes into it
+    clients = [{"id": "a", "model": "m", "task": "t", "layers": 2}]
+    overrides = {"clients": clients, "clients.0.layers": 6}
+
+    # Execute
+    raw = apply_overrides({"clients": []}, overrides)
+
+    # Assert
+    assert raw["clients"][0]["layers"] == 6
+    assert clients[0]["layers"] == 2 and overrides["clients"] is clients
