@@ -3,8 +3,10 @@
 A finished cell of an earlier folder is the very run a planned cell would make when
 
 - their resolved scenarios are equal in everything but ``rounds``, the cap;
-- the earlier run stopped on its validation plateau, at a round the planned cap allows: a cap the run never
-  reached did not shape it, so raising the cap (protocol 1's 30 rounds to protocol 2's 40) leaves it as it was;
+- the earlier run stopped on its validation plateau before its own cap and before the planned one: a cap the run
+  never reached did not shape it, so raising the cap (protocol 1's 30 rounds to protocol 2's 40) leaves it as it
+  was. (A round at the cap is scored as the last one, on the clients' test splits too, so a run that stopped
+  exactly at either cap is not the same run under the other.)
 - it ran with this machine's Python and library versions (its ``versions.json``).
 
 A configuration runs deterministically on one machine (the ``depth-2of6`` re-run reproduced protocol 1's cells
@@ -32,7 +34,8 @@ from .suites import Cell
 
 @dataclasses.dataclass(frozen=True)
 class FinishedRun:
-    """A finished cell that stopped on its plateau: where it is, its scenario without the cap, its length."""
+    """A finished cell that stopped on its plateau before its cap: where it is, its settings but the cap, its
+    length."""
 
     folder: Path
     settings: tuple[Any, ...]  # :func:`run_settings`
@@ -41,8 +44,8 @@ class FinishedRun:
 
 
 def finished_runs(sources: Iterable[Path]) -> list[FinishedRun]:
-    """Every cell under ``sources`` (searched recursively) that finished on its plateau with this machine's
-    versions; cells whose scenario no longer validates cannot be the same run and are left out."""
+    """Every cell under ``sources`` (searched recursively) that stopped on its plateau before its cap, with this
+    machine's versions; cells whose scenario no longer validates cannot be the same run and are left out."""
     versions = library_versions()
     runs = []
     for source in sources:
@@ -65,6 +68,8 @@ def _finished_run(folder: Path, versions: dict[str, str]) -> FinishedRun | None:
     except ScenarioError:
         return None
     rounds = json.loads(summary.read_text())["rounds_completed"]
+    if rounds >= scenario.rounds:  # its cap and its plateau agreed: the cap may have shaped its last round
+        return None
     return FinishedRun(folder, run_settings(scenario), rounds, record["seconds"])
 
 
@@ -85,7 +90,7 @@ def same_run(cell: Cell, runs: Iterable[FinishedRun]) -> FinishedRun | None:
     """The earlier run ``cell`` would repeat, if any."""
     planned = load_scenario(cell.scenario, cell.overrides)
     settings = run_settings(planned)
-    return next((r for r in runs if r.settings == settings and r.rounds_completed <= planned.rounds), None)
+    return next((r for r in runs if r.settings == settings and r.rounds_completed < planned.rounds), None)
 
 
 def reuse_finished(

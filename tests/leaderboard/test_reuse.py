@@ -67,14 +67,16 @@ def test_only_the_same_run_is_reused(tmp_path: Path) -> None:
     _finished(tmp_path / "capped" / "seed-0", _cell(rounds=30), stopped_at=30, stop=False)
     _finished(tmp_path / "versions" / "seed-0", _cell(rounds=30), versions={**library_versions(), "torch": "0.1"})
     _finished(tmp_path / "long" / "seed-0", _cell(rounds=30), stopped_at=25)
+    _finished(tmp_path / "at-cap" / "seed-0", _cell(rounds=30, lr=0.004), stopped_at=30)
 
     # Execute
     runs = finished_runs([tmp_path])
 
-    # Assert: the versions mismatch is not even a candidate; the capped run never stopped on its plateau
+    # Assert: not candidates: the versions mismatch, the run stopped by its cap, the plateau met at the cap (the
+    # last round is scored as such, on the clients' test splits too)
     assert sorted(run.folder.parent.name for run in runs) == ["long", "lr", "seed"]
     assert same_run(_cell(rounds=40), runs) is not None
-    assert same_run(_cell(rounds=20), runs) is None  # the only same run went on to round 25
+    assert same_run(_cell(rounds=25), runs) is None  # the only same run stopped at round 25: the new cap
     assert same_run(_cell(rounds=40, lr=0.004), runs) is None
 
 
