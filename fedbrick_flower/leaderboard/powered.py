@@ -367,6 +367,11 @@ def run_powered(
         "machine": machine(),
         "invocations": earlier_invocations(out / SUITE_FILE, started),
         "versions": _versions(entries),
+        "reused": {  # cells copied from an earlier folder (:mod:`.reuse`), tuning cells included
+            str(Path(e["run_dir"]).relative_to(out)): e["reused_from"]
+            for e in [*tuning_entries, *entries]
+            if "reused_from" in e
+        },
         "cells": entries,
     }
     return record

@@ -11,7 +11,7 @@ A finished cell of an earlier folder is the very run a planned cell would make w
 
 A configuration runs deterministically on one machine (the ``depth-2of6`` re-run reproduced protocol 1's cells
 to the last digit), so the copy is the run. It cannot check the package's own code: name only folders made by
-the code that would run now. A reused cell says where it came from (``reused_from`` in its ``cell.json``, and
+the code that would run now. A reused cell says where it came from (``reused_from`` in its ``cell.json``, ``reused``
 in ``suite.json``) and keeps its own files, its ``scenario.yaml`` with the cap it ran under included.
 """
 

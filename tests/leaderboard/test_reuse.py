@@ -109,5 +109,8 @@ def test_a_powered_suite_copies_the_tuning_cells_it_would_repeat(tmp_path: Path)
     # Assert: three of the four tuning cells ran; the fourth is the earlier run, named as such
     assert sorted(runs.calls) == ["lr-0.001/base/seed-0", "lr-0.002/base/seed-0", "lr-0.002/good/seed-0"]
     assert record["chosen"]["good"]["tuning_losses"]["lr-0.001"] is not None  # read from the copied run
+    # its loss (0.5) beats the fake runs' (0.8 at best), so it is also the measurement at seed 0: still named
+    source = str(tmp_path / "old" / "good" / "seed-0")
+    assert record["reused"] == {"tuning/lr-0.001/good/seed-0": source, "good/seed-0": source}
     copied_record = json.loads((tmp_path / "new" / "tuning" / "lr-0.001" / "good" / "seed-0" / CELL_FILE).read_text())
     assert copied_record["reused_from"] == str(tmp_path / "old" / "good" / "seed-0")
