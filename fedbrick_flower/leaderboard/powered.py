@@ -484,8 +484,12 @@ def main(args: argparse.Namespace, powered: PoweredSuite) -> int:
 
     if getattr(args, "report", False):
         return _write(report(), out)
-    out.mkdir(parents=True, exist_ok=True)
     sources = getattr(args, "reuse", None) or []
+    missing = [str(source) for source in sources if not Path(source).is_dir()]
+    if missing:  # a mistyped folder would otherwise reuse nothing, silently
+        print(f"fedbrick-flower bench: error: --reuse: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
     reusable = finished_runs(sources)
     if sources:
         print(f"{len(reusable)} finished runs under {', '.join(map(str, sources))} can stand in for cells")

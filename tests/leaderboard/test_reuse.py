@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from fedbrick_flower.leaderboard.powered import run_powered
@@ -114,3 +115,19 @@ def test_a_powered_suite_copies_the_tuning_cells_it_would_repeat(tmp_path: Path)
     assert record["reused"] == {"tuning/lr-0.001/good/seed-0": source, "good/seed-0": source}
     copied_record = json.loads((tmp_path / "new" / "tuning" / "lr-0.001" / "good" / "seed-0" / CELL_FILE).read_text())
     assert copied_record["reused_from"] == str(tmp_path / "old" / "good" / "seed-0")
+
+
+def test_a_reuse_folder_that_does_not_exist_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    from fedbrick_flower import cli
+
+    argv = ["bench", "depth-2of6", "--powered", "--out", str(tmp_path / "out"), "--reuse", str(tmp_path / "typo")]
+
+    # Execute
+    code = cli.main(argv)
+
+    # Assert
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert "--reuse: no such folder" in capsys.readouterr().err
