@@ -40,7 +40,7 @@ from .metrics import (
     read_metrics,
 )
 from .models import family_of
-from .run_files import CHECKPOINT_DIR, METRICS_FILE, SUMMARY_FILE
+from .run_files import CHECKPOINT_DIR, METRICS_FILE, SCENARIO_FILE, SUMMARY_FILE, VERSIONS_FILE
 from .scenario import Scenario
 from .strategies.base import HeterogeneousStrategy, RoundCallback
 
@@ -55,8 +55,8 @@ class RunRecorder(RoundCallback):
         self.run_dir = run_dir
         self.scenario = scenario
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "scenario.yaml").write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
-        (run_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2))
+        (run_dir / SCENARIO_FILE).write_text(yaml.safe_dump(scenario.raw, sort_keys=False))
+        (run_dir / VERSIONS_FILE).write_text(json.dumps(library_versions(), indent=2))
         self.rows: list[dict] = read_metrics(run_dir)
 
     def drop_rows_after(self, completed_round: int) -> None:

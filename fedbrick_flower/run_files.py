@@ -13,6 +13,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
 SCENARIO_INPUT_FILE = "scenario.input.yaml"  # the scenario as submitted, overrides baked in
+SCENARIO_FILE = "scenario.yaml"  # the resolved scenario the run ran
+VERSIONS_FILE = "versions.json"  # Python and library versions
 LOGS_DIR = "logs"
 
 

@@ -58,7 +58,7 @@ from ..metrics import (
 )
 from ..records import RECEIVED_PREFIX
 from ..registry import compare_curves
-from ..run_files import SUMMARY_FILE
+from ..run_files import SCENARIO_FILE, SUMMARY_FILE
 
 # (key, header, kind): kind picks the formatting (accuracy in %, bytes in KiB or MiB, seconds, MB).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -137,7 +137,7 @@ def load_run(path: Path) -> Run:
     import yaml
 
     cell = json.loads((path / "cell.json").read_text()) if (path / "cell.json").is_file() else {}
-    scenario = yaml.safe_load((path / "scenario.yaml").read_text()) if (path / "scenario.yaml").is_file() else {}
+    scenario = yaml.safe_load((path / SCENARIO_FILE).read_text()) if (path / SCENARIO_FILE).is_file() else {}
     return Run(
         path=path,
         method=cell.get("method") or scenario.get("algorithm") or path.name,

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..metrics import read_metrics
 from ..run_dir import library_versions
-from ..run_files import SUMMARY_FILE
+from ..run_files import SCENARIO_FILE, SUMMARY_FILE, VERSIONS_FILE
 from ..scenario import Scenario, ScenarioError, load_scenario, parse_scenario, read_yaml_mapping
 from .runner import CELL_FILE, cell_dir, cell_record, cell_status
 from .suites import Cell
@@ -58,13 +58,13 @@ def finished_runs(sources: Iterable[Path]) -> list[FinishedRun]:
 
 def _finished_run(folder: Path, versions: dict[str, str]) -> FinishedRun | None:
     record = json.loads((folder / CELL_FILE).read_text())
-    summary, recorded_versions = folder / SUMMARY_FILE, folder / "versions.json"
+    summary, recorded_versions = folder / SUMMARY_FILE, folder / VERSIONS_FILE
     if "seconds" not in record or not summary.is_file() or not stopped_on_plateau(folder):
         return None
     if not recorded_versions.is_file() or json.loads(recorded_versions.read_text()) != versions:
         return None
     try:
-        scenario = parse_scenario(read_yaml_mapping(folder / "scenario.yaml", "scenario"))
+        scenario = parse_scenario(read_yaml_mapping(folder / SCENARIO_FILE, "scenario"))
     except ScenarioError:
         return None
     rounds = json.loads(summary.read_text())["rounds_completed"]

@@ -25,7 +25,7 @@ from statistics import mean
 from typing import Any
 
 from .. import runtime
-from ..run_files import CHECKPOINT_DIR, SUMMARY_FILE
+from ..run_files import CHECKPOINT_DIR, SUMMARY_FILE, VERSIONS_FILE
 from .suites import Cell
 
 CELL_FILE = "cell.json"
@@ -226,7 +226,7 @@ def earlier_invocations(path: Path, started: str | None = None) -> list[dict[str
 def _versions(entries: list[dict[str, Any]]) -> dict[str, str] | None:
     """The library versions a finished run recorded (every cell runs in the same environment)."""
     for entry in entries:
-        path = Path(entry["run_dir"]) / "versions.json"
+        path = Path(entry["run_dir"]) / VERSIONS_FILE
         if path.is_file():
             return json.loads(path.read_text())
     return None
