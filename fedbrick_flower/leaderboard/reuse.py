@@ -97,10 +97,12 @@ def reuse_finished(
     cells: Iterable[Cell], out: Path, runs: list[FinishedRun], echo: Callable[[str], None] = print
 ) -> int:
     """Copy into ``out`` the earlier run of every cell not finished there; returns how many were copied."""
+    if not runs:  # nothing to compare against: skip loading every cell's scenario
+        return 0
     copied = 0
     for cell in cells:
         target = cell_dir(out, cell)
-        if not runs or cell.unavailable or cell_status(target, cell) == "finished":
+        if cell.unavailable or cell_status(target, cell) == "finished":
             continue
         run = same_run(cell, runs)
         if run is None:
